@@ -1,0 +1,60 @@
+# The front door. `make` lists the targets; long recipes live in scripts, not here.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+PYTHON     ?= python3.11
+VENV       ?= .venv
+PY         := $(VENV)/bin/python
+SIZE       ?= tiny
+CHECKPOINT ?= checkpoints/$(SIZE)
+IMAGE_SIZE ?= 448
+VARIANTS   ?= fp32,fp16,int8,int8_dynamic
+OUT        ?= artifacts/$(notdir $(CHECKPOINT))
+PYTEST_ARGS ?=
+
+STAMP := $(VENV)/.installed
+
+.PHONY: help setup checkpoint export demo test test-slow lint format bench-export clean
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-14s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): requirements/dev.txt requirements/colpali.txt
+	scripts/setup.sh "$(PYTHON)" "$(VENV)"
+	@touch $@
+
+setup: $(STAMP) ## create .venv with the pinned dependencies (idempotent)
+
+checkpoints/%/config.json: | $(STAMP)
+	$(PY) -m export.random_checkpoint checkpoints/$* --size $*
+
+checkpoint: $(STAMP) ## build the offline random checkpoint SIZE=tiny|medium|real into checkpoints/SIZE
+	$(PY) -m export.random_checkpoint $(CHECKPOINT) --size $(SIZE)
+
+export: $(STAMP) ## export CHECKPOINT to validated ONNX in OUT (VARIANTS, IMAGE_SIZE); builds the tiny checkpoint if needed
+	@if [ "$(CHECKPOINT)" = "checkpoints/$(SIZE)" ] && [ ! -f "$(CHECKPOINT)/config.json" ]; then \
+		$(PY) -m export.random_checkpoint $(CHECKPOINT) --size $(SIZE); fi
+	$(PY) -m export --checkpoint $(CHECKPOINT) --out $(OUT) --image-size $(IMAGE_SIZE) --variants $(VARIANTS)
+
+demo: export ## offline demo: embed sample charts and product images, search them by text and by image
+	$(PY) -m export.demo --artifacts $(OUT)
+
+test: $(STAMP) ## run the test suite (real ONNX Runtime, real colpali-engine)
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-slow: $(STAMP) ## the slow tests: export of the real-size random checkpoint (about 10 min, 20 GB RAM)
+	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+
+lint: $(STAMP) ## ruff check and format check
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: $(STAMP) ## apply ruff fixes and formatting
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
+
+bench-export: $(STAMP) ## CPU speed record: PyTorch vs ORT fp32/fp16/int8 on the medium checkpoint
+	$(PY) -m bench.encoders --size medium
+
+clean: ## remove artifacts and checkpoints (keeps .venv)
+	rm -rf artifacts checkpoints

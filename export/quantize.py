@@ -1,0 +1,88 @@
+"""INT8 forms of an exported fp32 graph.
+
+- QDQ (static): per-channel symmetric int8 weights and calibrated symmetric int8 activations on
+  the weight matmuls (and the patch-embedding Conv) only. Attention's activation x activation
+  matmuls, norms and softmax stay in float: quantizing them costs far more accuracy than it saves.
+  This is the form TensorRT builds INT8 kernels from; ONNX Runtime runs it on any provider.
+- Dynamic: MatMulInteger with weights quantized ahead and activations at run time. ONNX Runtime's
+  CUDA provider sends these nodes back to the CPU, so this form is for CPU hosts only.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+log = logging.getLogger(__name__)
+
+
+def weight_matmul_nodes(model_path: Path) -> list[str]:
+    """Names of the MatMul nodes whose second input is a weight, and of Conv nodes."""
+    model = onnx.load(str(model_path), load_external_data=False)
+    weights = {init.name for init in model.graph.initializer}
+    return [
+        n.name for n in model.graph.node if (n.op_type == "MatMul" and n.input[1] in weights) or n.op_type == "Conv"
+    ]
+
+
+def _preprocess(src: Path, dst: Path, external: bool) -> None:
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    quant_pre_process(str(src), str(dst), skip_symbolic_shape=True, save_as_external_data=external)
+
+
+def quantize_qdq(src: Path, dst: Path, calibration: Iterable[dict[str, np.ndarray]], external: bool) -> Path:
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._feeds = iter(calibration)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self._feeds, None)
+
+    with tempfile.TemporaryDirectory(dir=dst.parent) as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        _preprocess(src, pre, external)
+        quantize_static(
+            str(pre),
+            str(dst),
+            _Reader(),
+            quant_format=QuantFormat.QDQ,
+            nodes_to_quantize=weight_matmul_nodes(pre),
+            per_channel=True,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,  # percentile/entropy were no better here
+            use_external_data_format=external,
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+        )
+    return dst
+
+
+def quantize_dynamic_int8(src: Path, dst: Path, external: bool) -> Path:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with tempfile.TemporaryDirectory(dir=dst.parent) as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        _preprocess(src, pre, external)
+        quantize_dynamic(
+            str(pre),
+            str(dst),
+            weight_type=QuantType.QInt8,
+            nodes_to_quantize=weight_matmul_nodes(pre),
+            op_types_to_quantize=["MatMul"],
+            use_external_data_format=external,
+        )
+    return dst

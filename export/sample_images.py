@@ -1,0 +1,125 @@
+"""Deterministic images of the kinds the service embeds, drawn with PIL alone.
+
+Used for export validation, INT8 calibration and the tests: Keepa-style price-history charts
+(step lines, text and a date axis on white), product-style photos (an object with shading on a
+light or textured background), and the awkward cases: grayscale, RGBA with transparency,
+palette images and extreme aspect ratios.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
+
+# Keepa's usual series colours.
+KEEPA_AMAZON = (255, 153, 0)
+KEEPA_NEW = (24, 119, 242)
+KEEPA_USED = (68, 68, 68)
+KEEPA_SALES_RANK = (63, 163, 63)
+
+
+@dataclass(frozen=True)
+class SampleImage:
+    name: str
+    kind: str  # "keepa_chart", "product_image" or an edge case name
+    image: Image.Image
+
+
+def keepa_chart(seed: int, width: int = 800, height: int = 500) -> Image.Image:
+    """A price-history chart: Amazon, new and used price step lines, sales rank, date axis."""
+    rng = random.Random(seed)
+    img = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(img)
+    font = ImageFont.load_default(size=max(10, height // 40))
+    left, right, top, bottom = 60, width - 70, 30, height - 50
+    for i in range(6):  # horizontal grid and price labels
+        y = top + i * (bottom - top) // 5
+        draw.line([(left, y), (right, y)], fill=(230, 230, 230))
+        draw.text((5, y - 6), f"$ {rng.randint(10, 300)}", fill=(90, 90, 90), font=font)
+    months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+    for i in range(7):  # date axis
+        x = left + i * (right - left) // 6
+        draw.line([(x, top), (x, bottom)], fill=(240, 240, 240))
+        draw.text((x - 12, bottom + 8), f"{rng.choice(months)} {rng.randint(1, 28)}", fill=(90, 90, 90), font=font)
+    for colour, width_px in ((KEEPA_SALES_RANK, 1), (KEEPA_USED, 2), (KEEPA_NEW, 2), (KEEPA_AMAZON, 3)):
+        y = rng.uniform(top + 20, bottom - 20)
+        points = []
+        x = float(left)
+        while x < right:
+            points.append((x, y))
+            x += rng.uniform(10, 60)
+            points.append((min(x, right), y))
+            y = min(max(y + rng.gauss(0, (bottom - top) / 12), top), bottom)
+        draw.line(points, fill=colour, width=width_px)
+    draw.rectangle([left, top, right, bottom], outline=(150, 150, 150))
+    draw.text((left, 8), f"Keepa price history ASIN B0{rng.randint(10**7, 10**8 - 1)}", fill=(0, 0, 0), font=font)
+    return img
+
+
+def product_image(seed: int, width: int = 600, height: int = 600) -> Image.Image:
+    """A photo-like product shot: a shaded object on a light, slightly noisy background."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    base = rng.uniform(200, 250)
+    bg = base - 25 * (yy / height) + rng.normal(0, 3, (height, width))
+    arr = np.repeat(bg[..., None], 3, axis=2)
+    colour = rng.uniform(20, 230, 3)
+    cx, cy = width * rng.uniform(0.35, 0.65), height * rng.uniform(0.35, 0.65)
+    rx, ry = width * rng.uniform(0.15, 0.35), height * rng.uniform(0.15, 0.35)
+    d = ((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2
+    shade = np.clip(1.2 - 0.5 * ((xx - cx + rx / 2) / rx) ** 2, 0.4, 1.2)
+    inside = d <= 1.0
+    arr[inside] = (colour[None, :] * shade[inside][:, None]).clip(0, 255)
+    img = Image.fromarray(arr.clip(0, 255).astype(np.uint8), "RGB").filter(ImageFilter.GaussianBlur(1.2))
+    draw = ImageDraw.Draw(img)
+    draw.text((10, height - 24), f"SKU {seed:05d}", fill=(40, 40, 40), font=ImageFont.load_default(size=16))
+    return img
+
+
+def edge_cases(seed: int) -> list[SampleImage]:
+    """Modes and shapes that preprocessing must handle."""
+    chart = keepa_chart(seed)
+    photo = product_image(seed)
+    rgba = photo.convert("RGBA")
+    alpha = Image.new("L", rgba.size, 0)
+    ImageDraw.Draw(alpha).ellipse([50, 50, rgba.width - 50, rgba.height - 50], fill=255)
+    rgba.putalpha(alpha)
+    return [
+        SampleImage(f"grayscale_{seed}", "grayscale", chart.convert("L")),
+        SampleImage(f"rgba_{seed}", "rgba", rgba),
+        SampleImage(f"palette_{seed}", "palette", photo.convert("P")),
+        SampleImage(f"wide_{seed}", "extreme_aspect", keepa_chart(seed + 1, width=1600, height=120)),
+        SampleImage(f"tall_{seed}", "extreme_aspect", product_image(seed + 2, width=90, height=900)),
+    ]
+
+
+def validation_set(count: int = 4, seed: int = 0) -> list[SampleImage]:
+    """Charts, photos and edge cases: the images every exported artifact is checked on."""
+    out: list[SampleImage] = []
+    for i in range(count):
+        out.append(SampleImage(f"keepa_chart_{seed + i}", "keepa_chart", keepa_chart(seed + i)))
+        out.append(SampleImage(f"product_{seed + i}", "product_image", product_image(seed + i)))
+    out.extend(edge_cases(seed))
+    return out
+
+
+def calibration_images(count: int, seed: int = 1000) -> Iterator[Image.Image]:
+    """Charts and product images for INT8 calibration, disjoint from the validation seeds."""
+    for i in range(count):
+        yield keepa_chart(seed + i) if i % 2 == 0 else product_image(seed + i)
+
+
+QUERIES = (
+    "keepa price history chart",
+    "amazon price drop in november",
+    "red running shoe",
+    "used price higher than new price",
+    "sales rank spike",
+    "stainless steel kettle",
+    "wireless bluetooth headphones black",
+    "lowest price of the year",
+)
