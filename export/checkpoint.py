@@ -27,6 +27,7 @@ class LoadedCheckpoint:
     processor: Any  # colpali_engine.models.ColQwen2Processor
     source: str
     merged_adapter: bool
+    random_weights: bool  # built offline by export.random_checkpoint
 
 
 def _resolve(name_or_path: str) -> Path:
@@ -104,4 +105,10 @@ def load_checkpoint(name_or_path: str) -> LoadedCheckpoint:
         sum(p.numel() for p in model.parameters()) / 1e6,
         ", LoRA merged" if merged else "",
     )
-    return LoadedCheckpoint(model=model, processor=processor, source=str(name_or_path), merged_adapter=merged)
+    return LoadedCheckpoint(
+        model=model,
+        processor=processor,
+        source=str(name_or_path),
+        merged_adapter=merged,
+        random_weights=(folder / "random_checkpoint.json").exists(),
+    )

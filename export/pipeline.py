@@ -47,7 +47,8 @@ class ExportOptions:
     out_dir: Path
     image_size: int = DEFAULT_IMAGE_SIZE
     variants: tuple[str, ...] = DEFAULT_VARIANTS
-    validation_images: int = 4  # charts and photos each, plus the five edge cases
+    validation_images: int = 4  # charts and photos each
+    edge_cases: bool = True  # grayscale, RGBA, palette, extreme aspect ratios
     calibration_images: int = 16
     polygraphy: bool = True
 
@@ -73,11 +74,11 @@ def check_options(opts: ExportOptions) -> None:
         raise ConfigurationError(f"output path {out} is a file")
 
 
-def _validation_inputs(processor, image_size: int, count: int):
+def _validation_inputs(processor, image_size: int, count: int, with_edge_cases: bool):
     from .letterbox import letterbox
     from .sample_images import QUERIES, validation_set
 
-    samples = validation_set(count)
+    samples = validation_set(count, with_edge_cases=with_edge_cases)
     pixels = np.stack([letterbox(s.image, image_size) for s in samples])
     batch = processor.process_queries(list(QUERIES))
     return ValidationInputs(
@@ -167,7 +168,7 @@ def run_export(opts: ExportOptions) -> Path:
         IMAGE_ENCODER.name: ImageEncoder(model, processor, opts.image_size).eval(),
         QUERY_ENCODER.name: QueryEncoder(model).eval(),
     }
-    inputs, kinds = _validation_inputs(processor, opts.image_size, opts.validation_images)
+    inputs, kinds = _validation_inputs(processor, opts.image_size, opts.validation_images, opts.edge_cases)
     refs = _references(model, processor, inputs)
     n_params = sum(p.numel() for p in model.parameters())
     external = n_params * 4 > EXTERNAL_DATA_BYTES
@@ -220,6 +221,7 @@ def run_export(opts: ExportOptions) -> Path:
     meta = {
         "checkpoint": ckpt.source,
         "merged_adapter": ckpt.merged_adapter,
+        "random_weights": ckpt.random_weights,
         "parameters": n_params,
         "image_size": opts.image_size,
         "image_sequence_length": int(refs.images.shape[1]),

@@ -97,13 +97,14 @@ def edge_cases(seed: int) -> list[SampleImage]:
     ]
 
 
-def validation_set(count: int = 4, seed: int = 0) -> list[SampleImage]:
-    """Charts, photos and edge cases: the images every exported artifact is checked on."""
+def validation_set(count: int = 4, seed: int = 0, with_edge_cases: bool = True) -> list[SampleImage]:
+    """`count` charts and `count` photos, then the edge cases: what every artifact is checked on."""
     out: list[SampleImage] = []
     for i in range(count):
         out.append(SampleImage(f"keepa_chart_{seed + i}", "keepa_chart", keepa_chart(seed + i)))
         out.append(SampleImage(f"product_{seed + i}", "product_image", product_image(seed + i)))
-    out.extend(edge_cases(seed))
+    if with_edge_cases:
+        out.extend(edge_cases(seed))
     return out
 
 

@@ -12,6 +12,8 @@ if [ ! -x "$venv/bin/python" ]; then
   "$python_bin" -m venv "$venv"
 fi
 pip=("$venv/bin/python" -m pip --disable-pip-version-check)
-"${pip[@]}" install --quiet -r requirements/dev.txt
-"${pip[@]}" install --quiet --no-deps -r requirements/colpali.txt
+# This machine's pip configuration lists local indexes with gaps; pip warns for every gap.
+quiet_gaps() { grep -v "is ignored: it is neither a file nor a directory" >&2 || true; }
+"${pip[@]}" install --quiet -r requirements/dev.txt 2> >(quiet_gaps)
+"${pip[@]}" install --quiet --no-deps -r requirements/colpali.txt 2> >(quiet_gaps)
 "$venv/bin/python" -c "import colpali_engine, onnxruntime, torchvision; print('setup: ok, torch', __import__('torch').__version__)"
