@@ -65,8 +65,6 @@ def ensure_artifacts(size: str, image_size: int) -> tuple[Path, Path]:
             str(artifacts),
             "--image-size",
             str(image_size),
-            "--validation-images",
-            "2",
             "--no-polygraphy",
         ]
         subprocess.run(cmd, check=True)

@@ -208,11 +208,13 @@ def run_export(opts: ExportOptions) -> Path:
         img = compare(variant, IMAGE_ENCODER.name, outputs[variant]["images"], refs.images, None)
         qry = compare(variant, QUERY_ENCODER.name, outputs[variant]["queries"], refs.queries, mask)
         if VARIANTS[variant].tolerance.top1_agreement is not None:
-            agreement, decisive, _ = top1_agreement(outputs["fp32"], outputs[variant], mask)
+            fp32, other = outputs["fp32"], outputs[variant]
+            by_image = top1_agreement(fp32["image_queries"], other["image_queries"], fp32["images"], other["images"])
+            by_text = top1_agreement(fp32["queries"], other["queries"], fp32["images"], other["images"], mask)
             for check in (img, qry):
-                check.top1_agreement, check.decisive_queries = agreement, decisive
-            apply_tolerance(img, VARIANTS[variant].tolerance)
-            apply_tolerance(qry, VARIANTS[variant].tolerance)
+                check.top1_agreement, check.decisive_queries = by_image.agreement, by_image.decisive
+                check.text_top1_agreement = f"{by_text.agreement:.3f} of {by_text.decisive}"
+                apply_tolerance(check, VARIANTS[variant].tolerance)
         checks += [img, qry]
     if "fp32" not in opts.variants:
         shutil.rmtree(fp32_dir)
