@@ -25,9 +25,6 @@ $(STAMP): requirements/dev.txt requirements/colpali.txt
 
 setup: $(STAMP) ## create .venv with the pinned dependencies (idempotent)
 
-checkpoints/%/config.json: | $(STAMP)
-	$(PY) -m export.random_checkpoint checkpoints/$* --size $*
-
 checkpoint: $(STAMP) ## build the offline random checkpoint SIZE=tiny|medium|real into checkpoints/SIZE
 	$(PY) -m export.random_checkpoint $(CHECKPOINT) --size $(SIZE)
 
