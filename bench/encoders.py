@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-VARIANTS = ("fp32", "fp16", "int8", "int8_dynamic")
 
 
 def _median_ms(fn, repeats: int, warmup: int = 2) -> tuple[float, list[float]]:
@@ -72,13 +71,14 @@ def ensure_artifacts(size: str, image_size: int) -> tuple[Path, Path]:
 
 
 def run(size: str, image_size: int, threads: int, batches: tuple[int, ...], repeats: int) -> dict:
-    import onnxruntime as ort
     import torch
     from PIL import Image
 
     from export.checkpoint import load_checkpoint
     from export.letterbox import letterbox
+    from export.runtime import cpu_session
     from export.sample_images import calibration_images
+    from export.spec import DEFAULT_VARIANTS
 
     checkpoint, artifacts = ensure_artifacts(size, image_size)
     torch.set_num_threads(threads)
@@ -96,13 +96,8 @@ def run(size: str, image_size: int, threads: int, batches: tuple[int, ...], repe
 
         median, times = _median_ms(torch_call, repeats)
         rows.append({"runtime": "colpali-engine PyTorch fp32", "batch": batch, "median_ms": median, "times_ms": times})
-        for variant in VARIANTS:
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads = threads
-            opts.inter_op_num_threads = 1
-            session = ort.InferenceSession(
-                str(artifacts / variant / "image_encoder.onnx"), opts, providers=["CPUExecutionProvider"]
-            )
+        for variant in DEFAULT_VARIANTS:
+            session = cpu_session(artifacts / variant / "image_encoder.onnx", threads)
             median, times = _median_ms(lambda s=session, p=pixels: s.run(None, {"pixel_values": p}), repeats)
             rows.append({"runtime": f"ORT {variant}", "batch": batch, "median_ms": median, "times_ms": times})
     return {

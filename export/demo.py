@@ -17,17 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from .letterbox import letterbox
+from .runtime import cpu_session, embed_images
 from .sample_images import keepa_chart, product_image
 from .validate import degrade, maxsim
-
-
-def _session(path: Path, threads: int = 2):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,15 +34,15 @@ def main(argv: list[str] | None = None) -> int:
     manifest = json.loads((args.artifacts / "manifest.json").read_text())
     size = manifest["image_size"]
     processor = ColQwen2Processor.from_pretrained(args.artifacts / "processor")
-    image_encoder = _session(args.artifacts / args.variant / "image_encoder.onnx")
-    query_encoder = _session(args.artifacts / args.variant / "query_encoder.onnx")
+    image_encoder = cpu_session(args.artifacts / args.variant / "image_encoder.onnx", threads=2)
+    query_encoder = cpu_session(args.artifacts / args.variant / "query_encoder.onnx", threads=2)
 
     names = [f"keepa_chart_{i}" for i in range(6)] + [f"product_{i}" for i in range(6)]
     pixels = np.stack(
         [letterbox(keepa_chart(i), size) for i in range(6)] + [letterbox(product_image(i), size) for i in range(6)]
     )
     t = time.perf_counter()
-    docs = np.concatenate([image_encoder.run(None, {"pixel_values": pixels[i : i + 4]})[0] for i in range(0, 12, 4)])
+    docs = embed_images(image_encoder, pixels)
     elapsed = time.perf_counter() - t
     print(f"checkpoint {manifest['checkpoint']} ({manifest['parameters'] / 1e6:.1f} M parameters), {args.variant}")
     print(f"embedded {len(docs)} images at {size}x{size} in {elapsed:.2f} s: {docs.shape[1]} vectors x 128 each\n")

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ConfigurationError, ValidationError
+from .runtime import cpu_session, embed_images
 from .spec import (
     DEFAULT_IMAGE_SIZE,
     DEFAULT_VARIANTS,
@@ -103,23 +104,15 @@ def _references(model, processor, inputs: ValidationInputs) -> References:
     return References(images=np.stack(images), queries=q.float().numpy())
 
 
-def _session(path: Path):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
 def _run_variant(folder: Path, inputs) -> dict[str, np.ndarray]:
-    image = _session(folder / f"{IMAGE_ENCODER.name}.onnx")
-    query = _session(folder / f"{QUERY_ENCODER.name}.onnx")
-
-    def images(px: np.ndarray) -> np.ndarray:
-        return np.concatenate([image.run(None, {"pixel_values": px[i : i + 4]})[0] for i in range(0, len(px), 4)])
-
+    image = cpu_session(folder / f"{IMAGE_ENCODER.name}.onnx")
+    query = cpu_session(folder / f"{QUERY_ENCODER.name}.onnx")
     q = query.run(None, {"input_ids": inputs.query_ids, "attention_mask": inputs.query_mask})[0]
-    return {"images": images(inputs.pixels), "image_queries": images(inputs.query_pixels), "queries": q}
+    return {
+        "images": embed_images(image, inputs.pixels),
+        "image_queries": embed_images(image, inputs.query_pixels),
+        "queries": q,
+    }
 
 
 def _calibration_feeds(processor, image_size: int, count: int):

@@ -127,7 +127,6 @@ MIN_DECISIVE_QUERIES = 3
 class Agreement:
     agreement: float  # share of decisive queries with the same top-1 as fp32
     decisive: int  # queries whose fp32 top-1 beats the runner-up by more than TIE_FRACTION
-    total: int
 
 
 def top1_agreement(
@@ -144,7 +143,7 @@ def top1_agreement(
     clear = (top2[:, 1] - top2[:, 0]) > TIE_FRACTION * np.abs(top2[:, 1])
     decisive = int(clear.sum())
     agree = int((ref.argmax(1) == got)[clear].sum())
-    return Agreement(agree / decisive if decisive else 0.0, decisive, len(ref))
+    return Agreement(agree / decisive if decisive else 0.0, decisive)
 
 
 def write_report(checks: list[Check], meta: dict, out_dir: Path) -> None:
