@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from export.encoders import ImageEncoder, QueryEncoder
-from export.letterbox import letterbox
+from model_repository.colqwen2_serving.imaging import letterbox
 from export.sample_images import QUERIES, validation_set
 
 

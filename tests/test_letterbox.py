@@ -7,7 +7,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from export.letterbox import letterbox
+from model_repository.colqwen2_serving.imaging import letterbox
 from export.sample_images import edge_cases, keepa_chart
 
 

@@ -1,0 +1,108 @@
+"""Turn encoded image bytes, or any PIL image, into the S x S RGB uint8 array the image encoder takes.
+
+Steps, in this order: size checks on the header (before any pixel is decoded), decode (first frame
+of animations), EXIF orientation, any mode to RGB with transparency composited on white, then a
+letterbox: scale so the longer side is S (bicubic, aspect ratio kept) and centre on a white S x S
+canvas. An S x S RGB input passes through unchanged, so the encoder then sees exactly what
+colpali-engine's processor sees for that image. Normalisation happens inside the ONNX graph, so
+the tensor that crosses process boundaries stays uint8 (4x smaller than float32).
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import InputError
+
+PAD_COLOUR = (255, 255, 255)  # charts and product shots sit on white
+# What the service accepts. Anything else Pillow could open (PSD, EPS, ...) is refused by name.
+ACCEPTED_FORMATS = frozenset({"PNG", "JPEG", "MPO", "WEBP", "GIF", "BMP", "TIFF"})
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """Refuse before decoding: a 50 KB PNG can claim 100 000 x 100 000 pixels (a decompression bomb)."""
+
+    max_bytes: int = 32 * 1024 * 1024
+    max_pixels: int = 40_000_000  # 40 MP: well above product photos (about 9 MP) and charts
+
+
+def decode_image(data: bytes, limits: ImageLimits = ImageLimits()) -> Image.Image:
+    """Encoded bytes -> a loaded PIL image (first frame), or InputError naming what is wrong."""
+    if len(data) == 0:
+        raise InputError("empty image: the request carried 0 bytes")
+    if len(data) > limits.max_bytes:
+        raise InputError(f"image is {len(data)} bytes, over the limit of {limits.max_bytes} bytes")
+    with warnings.catch_warnings():
+        # Pillow's own bomb warning is replaced by the explicit limit below.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(io.BytesIO(data))  # reads the header only
+        except UnidentifiedImageError:
+            raise InputError(f"not a recognised image: {len(data)} bytes starting {data[:8]!r}") from None
+        except Image.DecompressionBombError as exc:
+            raise InputError(f"image refused before decoding: {exc}") from None
+        except Exception as exc:
+            raise InputError(f"unreadable image header: {exc}") from None
+        if image.format not in ACCEPTED_FORMATS:
+            raise InputError(f"unsupported image format {image.format}; send PNG, JPEG, WebP, GIF, BMP or TIFF")
+        width, height = image.size
+        if width < 1 or height < 1:
+            raise InputError(f"image has no pixels ({width}x{height})")
+        if width * height > limits.max_pixels:
+            raise InputError(
+                f"{image.format} image is {width}x{height} = {width * height} pixels, over the limit of "
+                f"{limits.max_pixels} pixels; refused before decoding (possible decompression bomb)"
+            )
+        try:
+            image.seek(0)  # GIF/WebP/TIFF animations and multi-page files: the first frame
+            image.load()
+        except Exception as exc:
+            raise InputError(f"corrupt or truncated {image.format} image ({width}x{height}): {exc}") from None
+    return image
+
+
+def preprocess_image(data: bytes, size: int, limits: ImageLimits = ImageLimits()) -> np.ndarray:
+    """Encoded bytes -> uint8 (size, size, 3), the image encoder's input."""
+    image = decode_image(data, limits)
+    try:
+        return letterbox(image, size)
+    except Exception as exc:  # exotic modes Pillow opens but cannot convert (e.g. some CMYK TIFFs)
+        raise InputError(f"cannot convert {image.format} image in mode {image.mode} to RGB: {exc}") from None
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Apply EXIF orientation and convert any mode to RGB, alpha composited on white."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGB", rgba.size, PAD_COLOUR)
+        canvas.paste(rgba, mask=rgba.getchannel("A"))
+        return canvas
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16/32-bit grayscale: scale to 8 bits instead of clipping.
+        arr = np.asarray(image, dtype=np.float64)
+        peak = arr.max() or 1.0
+        image = Image.fromarray((arr * (255.0 / peak)).astype(np.uint8), "L")
+    return image.convert("RGB")
+
+
+def letterbox(image: Image.Image, size: int) -> np.ndarray:
+    """RGB uint8 array of shape (size, size, 3)."""
+    image = to_rgb(image)
+    w, h = image.size
+    if (w, h) != (size, size):
+        scale = size / max(w, h)
+        nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+        resized = image.resize((nw, nh), Image.Resampling.BICUBIC)
+        canvas = Image.new("RGB", (size, size), PAD_COLOUR)
+        canvas.paste(resized, ((size - nw) // 2, (size - nh) // 2))
+        image = canvas
+    return np.asarray(image, dtype=np.uint8)

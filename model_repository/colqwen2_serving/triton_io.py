@@ -1,0 +1,54 @@
+"""The only module that touches `triton_python_backend_utils`: request tensors in, responses out.
+
+Imported by the `model.py` adapters inside the Triton Python backend (or with a fake module in
+unit tests). One response per request, always: an `InputError` becomes INVALID_ARG with its
+message; anything else becomes INTERNAL naming the model and the error, never a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from .errors import InputError
+
+log = logging.getLogger("colqwen2_serving")
+
+
+def input_array(request: Any, name: str) -> np.ndarray | None:
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    return None if tensor is None else tensor.as_numpy()
+
+
+def output_dtypes(model_config: Mapping[str, Any]) -> dict[str, np.dtype]:
+    """Each output's numpy dtype, read once from the config so it is written in one place."""
+    return {o["name"]: np.dtype(pb_utils.triton_string_to_numpy(o["data_type"])) for o in model_config["output"]}
+
+
+def response(outputs: Mapping[str, np.ndarray], dtypes: Mapping[str, np.dtype]) -> Any:
+    tensors = [pb_utils.Tensor(name, np.ascontiguousarray(value, dtype=dtypes[name])) for name, value in outputs.items()]
+    return pb_utils.InferenceResponse(output_tensors=tensors)
+
+
+def error_response(error: Exception, model_name: str) -> Any:
+    if isinstance(error, InputError):
+        return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error), pb_utils.TritonError.INVALID_ARG))
+    log.error("%s: %s: %s", model_name, type(error).__name__, error)
+    message = f"{model_name} failed: {type(error).__name__}: {error}"[:1000]
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, pb_utils.TritonError.INTERNAL))
+
+
+def encoder_responses(results: list, dtypes: Mapping[str, np.dtype], model_name: str) -> list:
+    """Encoder results (an `Embedded` or the exception for that request) -> Triton responses."""
+    out = []
+    for result in results:
+        if isinstance(result, Exception):
+            out.append(error_response(result, model_name))
+        else:
+            outputs = {"EMBEDDINGS": result.embeddings, "NUM_VECTORS": result.num_vectors, "POOLED": result.pooled}
+            out.append(response(outputs, dtypes))
+    return out
