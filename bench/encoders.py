@@ -75,10 +75,10 @@ def run(size: str, image_size: int, threads: int, batches: tuple[int, ...], repe
     from PIL import Image
 
     from export.checkpoint import load_checkpoint
-    from model_repository.colqwen2_serving.imaging import letterbox
     from export.runtime import cpu_session
     from export.sample_images import calibration_images
     from export.spec import DEFAULT_VARIANTS
+    from model_repository.colqwen2_serving.imaging import letterbox
 
     checkpoint, artifacts = ensure_artifacts(size, image_size)
     torch.set_num_threads(threads)

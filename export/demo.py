@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from model_repository.colqwen2_serving.imaging import letterbox
+
 from .runtime import cpu_session, embed_images
 from .sample_images import keepa_chart, product_image
 from .validate import degrade, maxsim

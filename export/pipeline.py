@@ -77,6 +77,7 @@ def check_options(opts: ExportOptions) -> None:
 
 def _validation_inputs(processor, image_size: int, count: int, with_edge_cases: bool):
     from model_repository.colqwen2_serving.imaging import letterbox
+
     from .sample_images import QUERIES, validation_set
 
     samples = validation_set(count, with_edge_cases=with_edge_cases)
@@ -117,6 +118,7 @@ def _run_variant(folder: Path, inputs) -> dict[str, np.ndarray]:
 
 def _calibration_feeds(processor, image_size: int, count: int):
     from model_repository.colqwen2_serving.imaging import letterbox
+
     from .sample_images import QUERIES, calibration_images
 
     images = [{"pixel_values": letterbox(img, image_size)[None]} for img in calibration_images(count)]

@@ -141,7 +141,9 @@ def render(opts: RenderOptions) -> Path:
     values: dict[str, object] = {
         "max_batch_size": opts.max_batch_size,
         "preferred_batch_sizes": ", ".join(map(str, opts.preferred_batch_sizes or ((8, 16, 32) if gpu else (4, 8)))),
-        "encoder_queue_delay_us": opts.encoder_queue_delay_us if opts.encoder_queue_delay_us >= 0 else (2000 if gpu else 1000),
+        "encoder_queue_delay_us": opts.encoder_queue_delay_us
+        if opts.encoder_queue_delay_us >= 0
+        else (2000 if gpu else 1000),
         "preprocess_queue_delay_us": opts.preprocess_queue_delay_us,
         "preprocess_instances": opts.preprocess_instances,
         "encoder_instances": opts.encoder_instances,

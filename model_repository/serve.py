@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from .render import RenderError, add_render_arguments, options_from_args, render
-from .triton import TritonError, TritonServer
+from .server import TritonError, TritonServer
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,3 +32,39 @@ def tiny_artifacts(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFacto
 
     out = tmp_path_factory.mktemp("artifacts") / "tiny"
     return run_export(ExportOptions(checkpoint=str(tiny_checkpoint), out_dir=out))
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_repository(tiny_artifacts: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The CPU model repository for the tiny export, with the fp16 and QDQ int8 encoders loaded too."""
+    from model_repository.render import RenderOptions, render
+
+    out = tmp_path_factory.mktemp("repository") / "tiny"
+    return render(RenderOptions(tiny_artifacts, out, device="cpu", extra_variants=("fp16", "int8")))
+
+
+@pytest.fixture(scope="session")
+def triton_server(tiny_repository: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A real Triton server (from the nvidia-pytriton wheel) serving the tiny repository."""
+    from model_repository.server import TritonServer
+
+    log_file = tmp_path_factory.mktemp("triton") / "tritonserver.log"
+    server = TritonServer(tiny_repository, http_port=_free_port(), grpc_port=_free_port(), metrics_port=_free_port())
+    with open(log_file, "w") as log:
+        server.start(log)
+        try:
+            server.wait_ready(180)
+        except Exception:
+            server.stop()
+            print(log_file.read_text()[-5000:])
+            raise
+        yield server
+        server.stop()

@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 
 from export.encoders import ImageEncoder, QueryEncoder
-from model_repository.colqwen2_serving.imaging import letterbox
 from export.sample_images import QUERIES, validation_set
+from model_repository.colqwen2_serving.imaging import letterbox
 
 
 @pytest.mark.parametrize("size", [224, 448])

@@ -7,8 +7,8 @@ import io
 import numpy as np
 from PIL import Image
 
-from model_repository.colqwen2_serving.imaging import letterbox
 from export.sample_images import edge_cases, keepa_chart
+from model_repository.colqwen2_serving.imaging import letterbox
 
 
 def test_square_input_passes_unchanged():

@@ -53,7 +53,9 @@ class Preprocessor:
 
     def images(self, raw: np.ndarray) -> np.ndarray:
         """[n, 1] encoded bytes -> uint8 [n, S, S, 3]."""
-        return np.stack(_each(_items(raw, "IMAGE"), lambda b: preprocess_image(_bytes(b), self.image_size, self.limits)))
+        return np.stack(
+            _each(_items(raw, "IMAGE"), lambda b: preprocess_image(_bytes(b), self.image_size, self.limits))
+        )
 
     def queries(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """[n, 1] UTF-8 texts -> (input_ids, attention_mask) int64 [n, T], left padded."""

@@ -53,7 +53,9 @@ class QueryTokenizer:
             try:
                 raw = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                raise InputError(f"query is not valid UTF-8: byte {raw[exc.start]:#04x} at offset {exc.start}") from None
+                raise InputError(
+                    f"query is not valid UTF-8: byte {raw[exc.start]:#04x} at offset {exc.start}"
+                ) from None
         if not raw.strip():
             raise InputError("empty query: send at least one non-space character")
         return raw

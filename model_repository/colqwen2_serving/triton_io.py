@@ -30,7 +30,9 @@ def output_dtypes(model_config: Mapping[str, Any]) -> dict[str, np.dtype]:
 
 
 def response(outputs: Mapping[str, np.ndarray], dtypes: Mapping[str, np.dtype]) -> Any:
-    tensors = [pb_utils.Tensor(name, np.ascontiguousarray(value, dtype=dtypes[name])) for name, value in outputs.items()]
+    tensors = [
+        pb_utils.Tensor(name, np.ascontiguousarray(value, dtype=dtypes[name])) for name, value in outputs.items()
+    ]
     return pb_utils.InferenceResponse(output_tensors=tensors)
 
 

@@ -24,7 +24,9 @@ class TritonPythonModel:
 
     def execute(self, requests: list) -> list:
         """All queries of all requests in one encoder call, re-padded to the longest; one response per request."""
-        results = self.encoder.embed([(input_array(r, "INPUT_IDS"), input_array(r, "ATTENTION_MASK")) for r in requests])
+        results = self.encoder.embed(
+            [(input_array(r, "INPUT_IDS"), input_array(r, "ATTENTION_MASK")) for r in requests]
+        )
         return encoder_responses(results, self.dtypes, self.name)
 
     def finalize(self) -> None:
