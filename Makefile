@@ -6,15 +6,20 @@ PYTHON     ?= python3.11
 VENV       ?= .venv
 PY         := $(VENV)/bin/python
 SIZE       ?= tiny
-CHECKPOINT ?= checkpoints/$(SIZE)
+MODEL      ?= checkpoints/$(SIZE)
+CHECKPOINT ?= $(MODEL)
 IMAGE_SIZE ?= 448
 VARIANTS   ?= fp32,fp16,int8,int8_dynamic
 OUT        ?= artifacts/$(notdir $(CHECKPOINT))
 PYTEST_ARGS ?=
+HTTP_PORT  ?= 8000
+GRPC_PORT  ?= 8001
+METRICS_PORT ?= 8002
+SERVE_ARGS ?=
 
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup checkpoint export demo test test-slow lint format bench-export clean
+.PHONY: help setup checkpoint export serve demo test test-slow lint format bench-export clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-14s\033[0m %s\n", $$1, $$2}'
@@ -32,6 +37,10 @@ export: $(STAMP) ## export CHECKPOINT to validated ONNX in OUT (VARIANTS, IMAGE_
 	@if [ "$(CHECKPOINT)" = "checkpoints/$(SIZE)" ] && [ ! -f "$(CHECKPOINT)/config.json" ]; then \
 		$(PY) -m export.random_checkpoint $(CHECKPOINT) --size $(SIZE); fi
 	$(PY) -m export --checkpoint $(CHECKPOINT) --out $(OUT) --image-size $(IMAGE_SIZE) --variants $(VARIANTS)
+
+serve: $(STAMP) ## run Triton on 127.0.0.1 (HTTP 8000, gRPC 8001, metrics 8002) for MODEL (default the tiny checkpoint), exporting first if needed
+	@[ -f "$(OUT)/manifest.json" ] || $(MAKE) --no-print-directory export CHECKPOINT="$(CHECKPOINT)" OUT="$(OUT)"
+	exec $(PY) -m model_repository.serve --artifacts "$(OUT)" --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT) $(SERVE_ARGS)
 
 demo: export ## offline demo: embed sample charts and product images, search them by text and by image
 	$(PY) -m export.demo --artifacts $(OUT)

@@ -37,11 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     stopping = False
 
     def shut_down(signum: int, _frame: object) -> None:
+        # Only signal here: waiting inside a handler would deadlock with the main thread's wait().
         nonlocal stopping
-        if not stopping:
-            stopping = True
-            print(f"\n{signal.Signals(signum).name}: stopping Triton ...", file=sys.stderr, flush=True)
-            server.stop()
+        print(f"\n{signal.Signals(signum).name}: stopping Triton (again to kill) ...", file=sys.stderr, flush=True)
+        server.interrupt(force=stopping)
+        stopping = True
 
     signal.signal(signal.SIGINT, shut_down)
     signal.signal(signal.SIGTERM, shut_down)

@@ -137,6 +137,15 @@ class TritonServer:
             time.sleep(0.25)
         raise TritonError(f"tritonserver not ready after {timeout:.0f} s")
 
+    def interrupt(self, force: bool = False) -> None:
+        """Ask the server to shut down (SIGINT), or kill its whole process group; never waits."""
+        process = self.process
+        if process is not None and process.poll() is None:
+            if force:
+                os.killpg(process.pid, signal.SIGKILL)
+            else:
+                process.send_signal(signal.SIGINT)
+
     def stop(self, timeout: float = 20.0) -> int | None:
         """SIGINT (Triton's graceful shutdown), then SIGKILL to the whole group if it hangs."""
         process, self.process = self.process, None
