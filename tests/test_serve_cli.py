@@ -1,0 +1,61 @@
+"""`python -m model_repository.serve` (what `make serve` runs): ready, answers, stops cleanly on Ctrl-C."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from tests.conftest import _free_port
+
+
+def test_serve_starts_answers_and_stops_on_sigint(tiny_artifacts, tmp_path):
+    ports = [_free_port() for _ in range(3)]
+    command = [
+        sys.executable, "-m", "model_repository.serve", "--artifacts", str(tiny_artifacts),
+        "--repository", str(tmp_path / "repo"), "--device", "cpu",
+        "--http-port", str(ports[0]), "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2]),
+    ]  # fmt: skip
+    log = tmp_path / "serve.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 60  # the issue's bound for the tiny checkpoint on this machine
+            while "is ready in" not in log.read_text():
+                assert process.poll() is None, log.read_text()[-3000:]
+                assert time.monotonic() < deadline, "not ready within 60 s"
+                time.sleep(0.2)
+            with urllib.request.urlopen(f"http://127.0.0.1:{ports[0]}/v2/models/colqwen2/ready") as reply:
+                assert reply.status == 200
+            with urllib.request.urlopen(f"http://127.0.0.1:{ports[2]}/metrics") as reply:
+                assert b"nv_inference_request_success" in reply.read()
+            process.send_signal(signal.SIGINT)
+            assert process.wait(30) == 0
+        finally:
+            if process.poll() is None:
+                process.kill()
+    text = log.read_text()
+    assert "SIGINT: stopping Triton" in text and "successfully unloaded 'colqwen2_preprocess'" in text
+    assert not processes_mentioning(str(tmp_path / "repo")), "processes left behind"
+
+
+def processes_mentioning(text: str) -> list[str]:
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in args:
+            found.append(args)
+    return found
+
+
+def test_serve_refuses_an_unexported_folder(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "model_repository.serve", "--artifacts", str(tmp_path)], capture_output=True, text=True
+    )
+    assert result.returncode == 2 and "no manifest.json" in result.stderr
