@@ -24,7 +24,7 @@ STAMP := $(VENV)/.installed
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-14s\033[0m %s\n", $$1, $$2}'
 
-$(STAMP): requirements/dev.txt requirements/colpali.txt
+$(STAMP): requirements/dev.txt requirements/colpali.txt client/pyproject.toml scripts/setup.sh
 	scripts/setup.sh "$(PYTHON)" "$(VENV)"
 	@touch $@
 

@@ -159,6 +159,7 @@ def render(opts: RenderOptions) -> Path:
         "threads": opts.threads,
         "trt_cache_dir": opts.trt_cache_dir,
         "warmup_tokens": len(warmup_ids),
+        "device": device,
     }
     if opts.max_batch_size < 1:
         raise RenderError("max_batch_size must be at least 1")

@@ -16,4 +16,6 @@ pip=("$venv/bin/python" -m pip --disable-pip-version-check)
 quiet_gaps() { grep -v "is ignored: it is neither a file nor a directory" >&2 || true; }
 "${pip[@]}" install --quiet -r requirements/dev.txt 2> >(quiet_gaps)
 "${pip[@]}" install --quiet --no-deps -r requirements/colpali.txt 2> >(quiet_gaps)
-"$venv/bin/python" -c "import colpali_engine, onnxruntime, torchvision; print('setup: ok, torch', __import__('torch').__version__)"
+# The client package, editable: its dependencies are pinned in requirements/dev.txt.
+"${pip[@]}" install --quiet --no-deps --no-build-isolation -e ./client 2> >(quiet_gaps)
+"$venv/bin/python" -c "import colqwen2_client.gateway, colpali_engine, onnxruntime, torchvision; print('setup: ok, torch', __import__('torch').__version__)"

@@ -1,0 +1,118 @@
+"""What the sync and async clients share: options, model choice, results and the health verdict."""
+
+from __future__ import annotations
+
+import io
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from ._constants import DEFAULT_BATCH_SIZE, DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT, EMBEDDING_DIM, MODELS
+from ._transport import Endpoint, parse_url
+from .errors import ColQwen2Error, InvalidInputError, ServerError
+from .types import Embedding
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class ClientOptions:
+    endpoint: Endpoint
+    precision: str
+    timeout: float
+    max_retries: int
+    batch_size: int
+
+    @classmethod
+    def create(
+        cls,
+        url: str,
+        precision: str = "fp16",
+        timeout: float = DEFAULT_TIMEOUT,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> ClientOptions:
+        if precision not in MODELS:
+            raise ValueError(f"precision must be one of {', '.join(MODELS)}, not {precision!r}")
+        if timeout <= 0 or max_retries < 0 or batch_size < 1:
+            raise ValueError("timeout must be > 0, max_retries >= 0 and batch_size >= 1")
+        return cls(parse_url(url), precision, timeout, max_retries, batch_size)
+
+    @property
+    def image_model(self) -> str:
+        return MODELS[self.precision][0]
+
+    @property
+    def query_model(self) -> str:
+        return MODELS[self.precision][1]
+
+
+def single(outputs: dict[str, np.ndarray]) -> Embedding:
+    return Embedding.from_outputs(outputs, 0)
+
+
+def collect(results: Sequence[Any], return_exceptions: bool, what: str = "image") -> list:
+    """Per-item results -> Embeddings; the first error raised (naming its item) unless asked to return them."""
+    out: list = []
+    for index, result in enumerate(results):
+        if isinstance(result, ColQwen2Error):
+            if not return_exceptions:
+                raise type(result)(f"{what} {index}: {result}") from None
+            out.append(result)
+        else:
+            out.append(single(result))
+    return out
+
+
+def progress_callback(progress: bool | Progress | None) -> Progress | None:
+    if progress is True:
+        return stderr_bar
+    return progress or None
+
+
+def stderr_bar(done: int, total: int) -> None:
+    width = 30
+    filled = width * done // max(total, 1)
+    end = "\n" if done >= total else ""
+    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total}{end}")
+    sys.stderr.flush()
+
+
+def chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+@lru_cache(maxsize=1)
+def canary_png() -> bytes:
+    """A small generated PNG: enough to prove decode, preprocess and the encoder all run."""
+    image = Image.new("RGB", (56, 40), (255, 255, 255))
+    image.paste((30, 90, 200), (8, 8, 48, 32))
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def check_canary(embedding: Embedding, what: str) -> None:
+    """A canary passes only with finite, unit-length 128-dim vectors."""
+    v = embedding.vectors
+    if v.ndim != 2 or v.shape[1] != EMBEDDING_DIM or v.shape[0] == 0 or not np.isfinite(v).all():
+        raise ServerError(f"{what} canary returned malformed vectors {v.shape}")
+    if not np.allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-2):
+        raise ServerError(f"{what} canary vectors are not L2-normalised")
+
+
+def health_verdict(loaded: bool, parameters: dict[str, str] | None) -> dict[str, Any]:
+    """The original service's health shape."""
+    device = (parameters or {}).get("device", "")
+    return {"status": "healthy" if loaded else "unhealthy", "gpu_available": device == "gpu", "model_loaded": loaded}
+
+
+def require_text(text: Any) -> str:
+    if not isinstance(text, str):
+        raise InvalidInputError(f"a query must be a str, not {type(text).__name__}")
+    return text

@@ -1,0 +1,320 @@
+"""tritonclient behind one small interface, sync and async, over HTTP or gRPC.
+
+Everything tritonclient, grpc, gevent or aiohttp can raise is translated here into the SDK's
+own exceptions, so callers see one hierarchy whatever the protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+import socket
+import threading
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import urlparse
+
+import numpy as np
+
+from ._constants import DEFAULT_BACKOFF, DEFAULT_PORTS, MAX_BACKOFF, OUTPUTS
+from .errors import (
+    ColQwen2Error,
+    InvalidInputError,
+    ModelNotFoundError,
+    RequestTimeoutError,
+    ServerBusyError,
+    ServerError,
+    ServerUnavailableError,
+)
+
+T = TypeVar("T")
+Outputs = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    protocol: str  # "http" | "grpc"
+    address: str  # host:port
+    ssl: bool
+
+    @property
+    def url(self) -> str:
+        return f"{self.protocol}{'s' if self.ssl else ''}://{self.address}"
+
+
+def parse_url(url: str) -> Endpoint:
+    """`http://host:8000` (the default scheme), `https://...`, `grpc://host:8001`, `grpcs://...`."""
+    if "://" not in url:
+        url = f"http://{url}"
+    parsed = urlparse(url)
+    scheme = parsed.scheme.lower()
+    if scheme not in DEFAULT_PORTS:
+        raise ValueError(f"unsupported scheme {scheme!r} in {url!r}: use http://, https://, grpc:// or grpcs://")
+    if not parsed.hostname:
+        raise ValueError(f"no host in {url!r}")
+    host = f"[{parsed.hostname}]" if ":" in parsed.hostname else parsed.hostname
+    port = parsed.port or DEFAULT_PORTS[scheme]
+    return Endpoint("grpc" if scheme.startswith("grpc") else "http", f"{host}:{port}", scheme.endswith("s"))
+
+
+def translate(exc: BaseException, model: str = "") -> ColQwen2Error:
+    """Any transport exception -> the SDK's exception, with the server's message kept."""
+    if isinstance(exc, ColQwen2Error):
+        return exc
+    where = f" ({model})" if model else ""
+    status = ""
+    message = str(exc)
+    if hasattr(exc, "status") and hasattr(exc, "message"):  # tritonclient's InferenceServerException
+        status = str(exc.status() or "")
+        message = exc.message() or message
+        message = re.sub(r"^in ensemble '[^']*', ", "", message)  # Triton's wrapper adds nothing for users
+    lowered = message.lower()
+    if status in ("400", "StatusCode.INVALID_ARGUMENT"):
+        return InvalidInputError(message)
+    if "maximum queue size" in lowered or "queue is full" in lowered:
+        return ServerBusyError(f"server busy{where}: {message}")
+    if status in ("404", "StatusCode.NOT_FOUND") or "unknown model" in lowered or "unavailable model" in lowered:
+        return ModelNotFoundError(f"model not served{where}: {message}")
+    if status in ("504", "StatusCode.DEADLINE_EXCEEDED") or "deadline exceeded" in lowered:
+        return RequestTimeoutError(f"timed out{where}: {message}")
+    if isinstance(exc, (TimeoutError, socket.timeout, asyncio.TimeoutError)) or type(exc).__name__ == "Timeout":
+        return RequestTimeoutError(f"timed out{where}: {message or type(exc).__name__}")
+    if status in ("503", "StatusCode.UNAVAILABLE") or isinstance(exc, (ConnectionError, OSError)):
+        return ServerUnavailableError(f"server unavailable{where}: {message or type(exc).__name__}")
+    if type(exc).__module__.startswith("aiohttp"):
+        return ServerUnavailableError(f"server unavailable{where}: {message or type(exc).__name__}")
+    return ServerError(f"server error{where}: {message}")
+
+
+def backoff_delay(attempt: int, base: float = DEFAULT_BACKOFF) -> float:
+    """Full jitter: uniform in [0, min(cap, base * 2**attempt)]."""
+    return random.uniform(0, min(MAX_BACKOFF, base * 2**attempt))
+
+
+def retrying(call: Callable[[], T], retries: int) -> T:
+    for attempt in range(retries + 1):
+        try:
+            return call()
+        except ColQwen2Error as exc:
+            if not exc.retryable or attempt == retries:
+                raise
+        time.sleep(backoff_delay(attempt))
+    raise AssertionError("unreachable")
+
+
+async def retrying_async(call: Callable[[], Awaitable[T]], retries: int) -> T:
+    for attempt in range(retries + 1):
+        try:
+            return await call()
+        except ColQwen2Error as exc:
+            if not exc.retryable or attempt == retries:
+                raise
+        await asyncio.sleep(backoff_delay(attempt))
+    raise AssertionError("unreachable")
+
+
+def _bytes_array(items: Sequence[bytes]) -> np.ndarray:
+    return np.array([[item] for item in items], dtype=np.object_)
+
+
+def _outputs(result: Any) -> Outputs:
+    return {name: result.as_numpy(name) for name in OUTPUTS}
+
+
+def _parameters(config: dict) -> dict[str, str]:
+    config = config.get("config", config)  # gRPC's JSON wraps the config
+    return {k: v.get("string_value", v.get("stringValue", "")) for k, v in (config.get("parameters") or {}).items()}
+
+
+class SyncTransport:
+    """Blocking calls; `infer_each` keeps up to `concurrency` single-item requests in flight."""
+
+    def __init__(self, endpoint: Endpoint, timeout: float, concurrency: int) -> None:
+        self.endpoint, self.timeout = endpoint, timeout
+        if endpoint.protocol == "http":
+            import tritonclient.http as module
+
+            self.module = module
+            self.client = module.InferenceServerClient(
+                endpoint.address,
+                ssl=endpoint.ssl,
+                concurrency=max(1, concurrency),
+                connection_timeout=timeout,
+                network_timeout=timeout,
+            )
+        else:
+            import tritonclient.grpc as module
+
+            self.module = module
+            self.client = module.InferenceServerClient(endpoint.address, ssl=endpoint.ssl)
+
+    def _input(self, name: str, items: Sequence[bytes]) -> Any:
+        tensor = self.module.InferInput(name, [len(items), 1], "BYTES")
+        if self.endpoint.protocol == "http":
+            tensor.set_data_from_numpy(_bytes_array(items), binary_data=True)  # JSON cannot carry raw bytes
+        else:
+            tensor.set_data_from_numpy(_bytes_array(items))
+        return tensor
+
+    def _outputs_requested(self) -> list:
+        if self.endpoint.protocol == "http":
+            return [self.module.InferRequestedOutput(n, binary_data=True) for n in OUTPUTS]
+        return [self.module.InferRequestedOutput(n) for n in OUTPUTS]
+
+    def infer(self, model: str, input_name: str, items: Sequence[bytes], timeout: float | None = None) -> Outputs:
+        """One request carrying every item."""
+        kwargs: dict[str, Any] = {"outputs": self._outputs_requested()}
+        if self.endpoint.protocol == "grpc":
+            kwargs["client_timeout"] = timeout or self.timeout
+        try:
+            return _outputs(self.client.infer(model, [self._input(input_name, items)], **kwargs))
+        except Exception as exc:
+            raise translate(exc, model) from None
+
+    def infer_each(
+        self, model: str, input_name: str, items: Sequence[bytes], window: int
+    ) -> list[Outputs | ColQwen2Error]:
+        """One request per item, `window` in flight; a result or the item's error, in order."""
+        if self.endpoint.protocol == "http":
+            return self._each_http(model, input_name, items, window)
+        return self._each_grpc(model, input_name, items, window)
+
+    def _each_http(self, model: str, input_name: str, items: Sequence[bytes], window: int) -> list:
+        results: list = [None] * len(items)
+        pending: dict[int, Any] = {}
+        next_item = 0
+        for done in range(len(items)):
+            while next_item < len(items) and len(pending) < window:
+                request = self._input(input_name, [items[next_item]])
+                pending[next_item] = self.client.async_infer(model, [request], outputs=self._outputs_requested())
+                next_item += 1
+            try:
+                results[done] = _outputs(pending.pop(done).get_result())
+            except Exception as exc:
+                results[done] = translate(exc, model)
+        return results
+
+    def _each_grpc(self, model: str, input_name: str, items: Sequence[bytes], window: int) -> list:
+        results: list = [None] * len(items)
+        slots = threading.Semaphore(window)
+        finished = threading.Event()
+        remaining = [len(items)]
+        lock = threading.Lock()
+
+        def callback(index: int, result: Any, error: Exception | None) -> None:
+            try:  # runs on a gRPC thread: whatever happens, the slot and the count must be released
+                results[index] = translate(error, model) if error is not None else _outputs(result)
+            except Exception as exc:
+                results[index] = translate(exc, model)
+            finally:
+                slots.release()
+                with lock:
+                    remaining[0] -= 1
+                    if remaining[0] == 0:
+                        finished.set()
+
+        if not items:
+            return results
+        for index, item in enumerate(items):
+            slots.acquire()
+            try:
+                self.client.async_infer(
+                    model,
+                    [self._input(input_name, [item])],
+                    callback=lambda result, error, i=index: callback(i, result, error),
+                    outputs=self._outputs_requested(),
+                    client_timeout=self.timeout,
+                )
+            except Exception as exc:
+                callback(index, None, exc)
+        finished.wait()
+        return results
+
+    def server_ready(self) -> bool:
+        try:
+            return bool(self.client.is_server_ready())
+        except Exception as exc:
+            raise translate(exc) from None
+
+    def model_parameters(self, model: str) -> dict[str, str]:
+        try:
+            if self.endpoint.protocol == "grpc":
+                return _parameters(self.client.get_model_config(model, as_json=True, client_timeout=self.timeout))
+            return _parameters(self.client.get_model_config(model))
+        except Exception as exc:
+            raise translate(exc, model) from None
+
+    def close(self) -> None:
+        try:
+            self.client.close()
+        except Exception:  # closing must never raise
+            pass
+
+
+class AsyncTransport:
+    """The same calls on asyncio (tritonclient's `aio` clients)."""
+
+    def __init__(self, endpoint: Endpoint, timeout: float, concurrency: int) -> None:
+        self.endpoint, self.timeout = endpoint, timeout
+        if endpoint.protocol == "http":
+            import tritonclient.http.aio as module
+
+            self.module = module
+            self.client = module.InferenceServerClient(
+                endpoint.address, ssl=endpoint.ssl, conn_limit=max(1, concurrency), conn_timeout=timeout
+            )
+        else:
+            import tritonclient.grpc.aio as module
+
+            self.module = module
+            self.client = module.InferenceServerClient(endpoint.address, ssl=endpoint.ssl)
+
+    def _input(self, name: str, items: Sequence[bytes]) -> Any:
+        tensor = self.module.InferInput(name, [len(items), 1], "BYTES")
+        if self.endpoint.protocol == "http":
+            tensor.set_data_from_numpy(_bytes_array(items), binary_data=True)
+        else:
+            tensor.set_data_from_numpy(_bytes_array(items))
+        return tensor
+
+    async def _call(self, awaitable: Awaitable[T], model: str = "") -> T:
+        try:
+            return await asyncio.wait_for(awaitable, self.timeout)
+        except Exception as exc:
+            raise translate(exc, model) from None
+
+    async def infer(self, model: str, input_name: str, items: Sequence[bytes]) -> Outputs:
+        kwargs: dict[str, Any] = {}
+        if self.endpoint.protocol == "grpc":
+            kwargs["client_timeout"] = self.timeout
+        result = await self._call(self.client.infer(model, [self._input(input_name, items)], **kwargs), model)
+        return _outputs(result)
+
+    async def infer_each(self, model: str, input_name: str, items: Sequence[bytes], window: int) -> list:
+        slots = asyncio.Semaphore(window)
+
+        async def one(item: bytes) -> Outputs | ColQwen2Error:
+            async with slots:
+                try:
+                    return await self.infer(model, input_name, [item])
+                except ColQwen2Error as exc:
+                    return exc
+
+        return list(await asyncio.gather(*(one(item) for item in items)))
+
+    async def server_ready(self) -> bool:
+        return bool(await self._call(self.client.is_server_ready()))
+
+    async def model_parameters(self, model: str) -> dict[str, str]:
+        if self.endpoint.protocol == "grpc":
+            return _parameters(await self._call(self.client.get_model_config(model, as_json=True), model))
+        return _parameters(await self._call(self.client.get_model_config(model), model))
+
+    async def close(self) -> None:
+        try:
+            await self.client.close()
+        except Exception:
+            pass

@@ -1,0 +1,149 @@
+"""`ColQwen2Client`: the blocking SDK over Triton (HTTP or gRPC, picked by the URL's scheme)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from . import _base
+from ._constants import CANARY_QUERY, DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT, DEFAULT_URL, IMAGE_INPUT, TEXT_INPUT
+from ._transport import SyncTransport, retrying
+from .errors import ColQwen2Error
+from .inputs import ImageInput, image_bytes, text_bytes
+from .scoring import maxsim_scores
+from .types import Embedding
+
+
+class ColQwen2Client:
+    """Embed images and queries with the ColQwen2 service.
+
+    >>> with ColQwen2Client("grpc://127.0.0.1:8001") as client:
+    ...     page = client.embed("chart.png")
+    ...     scores = client.score("lego price drop", [page])
+    """
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        *,
+        precision: str = "fp16",
+        timeout: float = DEFAULT_TIMEOUT,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        batch_size: int = _base.DEFAULT_BATCH_SIZE,
+    ) -> None:
+        self.options = _base.ClientOptions.create(url, precision, timeout, max_retries, batch_size)
+        self._transport = SyncTransport(self.options.endpoint, timeout, batch_size)
+
+    @property
+    def url(self) -> str:
+        return self.options.endpoint.url
+
+    def _infer(self, model: str, name: str, items: list[bytes]) -> dict[str, np.ndarray]:
+        return retrying(lambda: self._transport.infer(model, name, items), self.options.max_retries)
+
+    def _infer_each(
+        self, model: str, name: str, items: list[bytes], progress: _base.Progress | None, window: int | None = None
+    ) -> list:
+        window = window or self.options.batch_size
+        results: list = []
+        for chunk in _base.chunks(items, window * 4):
+            results.extend(self._transport.infer_each(model, name, chunk, window))
+            # Retry, one at a time, only the items whose failure is safe to retry.
+            for i in range(len(results) - len(chunk), len(results)):
+                if isinstance(results[i], ColQwen2Error) and results[i].retryable:
+                    try:
+                        results[i] = self._infer(model, name, [items[i]])
+                    except ColQwen2Error as exc:
+                        results[i] = exc
+            if progress:
+                progress(len(results), len(items))
+        return results
+
+    def embed(self, image: ImageInput) -> Embedding:
+        """One image (a path, bytes, a PIL image or a base64 string) -> its Embedding."""
+        return _base.single(self._infer(self.options.image_model, IMAGE_INPUT, [image_bytes(image)]))
+
+    def embed_batch(
+        self,
+        images: Sequence[ImageInput],
+        batch_size: int | None = None,
+        progress: bool | _base.Progress | None = None,
+        return_exceptions: bool = False,
+    ) -> list[Embedding]:
+        """Many images, one request each with `batch_size` in flight (Triton batches them).
+
+        A bad image raises its error naming its index, unless `return_exceptions`, which puts
+        the error in its place and keeps the rest.
+        """
+        data: list[Any] = []
+        for image in images:
+            try:
+                data.append(image_bytes(image))
+            except ColQwen2Error as exc:
+                data.append(exc)
+        sendable = [i for i, d in enumerate(data) if isinstance(d, bytes)]
+        sent = self._infer_each(
+            self.options.image_model,
+            IMAGE_INPUT,
+            [data[i] for i in sendable],
+            _base.progress_callback(progress),
+            batch_size,
+        )
+        for i, result in zip(sendable, sent, strict=True):
+            data[i] = result
+        return _base.collect(data, return_exceptions, "image")
+
+    def embed_query(self, text: str) -> Embedding:
+        """One text query -> its Embedding (one vector per token, augmentation tokens included)."""
+        items = [text_bytes(_base.require_text(text))]
+        return _base.single(self._infer(self.options.query_model, TEXT_INPUT, items))
+
+    def embed_queries(self, texts: Sequence[str], return_exceptions: bool = False) -> list[Embedding]:
+        items = [text_bytes(_base.require_text(t)) for t in texts]
+        results = self._infer_each(self.options.query_model, TEXT_INPUT, items, None)
+        return _base.collect(results, return_exceptions, "query")
+
+    def score(self, query: str | Embedding, images: Sequence[Embedding | ImageInput]) -> np.ndarray:
+        """MaxSim of the query against each image, float32 [len(images)]."""
+        q = query if isinstance(query, Embedding) else self.embed_query(query)
+        todo = [i for i, image in enumerate(images) if not isinstance(image, Embedding)]
+        done = dict(zip(todo, self.embed_batch([images[i] for i in todo]), strict=True))
+        return maxsim_scores(q, [done.get(i, image) for i, image in enumerate(images)])
+
+    def health(self) -> dict[str, Any]:
+        """`{"status", "gpu_available", "model_loaded"}`; `model_loaded` only after real canary inferences."""
+        parameters = None
+        try:
+            parameters = self._transport.model_parameters(self.options.image_model)
+            image = self._transport.infer(self.options.image_model, IMAGE_INPUT, [_base.canary_png()])
+            _base.check_canary(_base.single(image), "image")
+            query = self._transport.infer(self.options.query_model, TEXT_INPUT, [CANARY_QUERY.encode()])
+            _base.check_canary(_base.single(query), "query")
+        except ColQwen2Error:
+            return _base.health_verdict(False, parameters)
+        return _base.health_verdict(True, parameters)
+
+    def server_info(self) -> dict[str, str]:
+        """The image ensemble's config parameters: precision, device, image_size, checkpoint."""
+        return self._transport.model_parameters(self.options.image_model)
+
+    def with_options(self, **overrides: Any) -> ColQwen2Client:
+        """A new client with some options changed, e.g. `client.with_options(timeout=5)`."""
+        current = {
+            "precision": self.options.precision,
+            "timeout": self.options.timeout,
+            "max_retries": self.options.max_retries,
+            "batch_size": self.options.batch_size,
+        }
+        return ColQwen2Client(self.options.endpoint.url, **(current | overrides))
+
+    def close(self) -> None:
+        self._transport.close()
+
+    def __enter__(self) -> ColQwen2Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

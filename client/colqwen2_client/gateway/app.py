@@ -1,0 +1,193 @@
+"""FastAPI app with the original API: `POST /embed`, `POST /embed_batch`, `GET /health`, plus `POST /embed_query`.
+
+The app is a thin layer over `AsyncColQwen2Client`: JSON and base64 in, the SDK's `Embedding`
+as the original JSON out, the SDK's exceptions mapped to HTTP status codes.
+"""
+
+# No `from __future__ import annotations`: FastAPI must resolve the request model defined in create_app.
+
+import asyncio
+import json
+import os
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
+
+from .._constants import DEFAULT_TIMEOUT, EMBEDDING_DIM, MODELS
+from ..async_client import AsyncColQwen2Client
+from ..errors import (
+    ColQwen2Error,
+    InvalidInputError,
+    ModelNotFoundError,
+    RequestTimeoutError,
+    ServerUnavailableError,
+)
+from ..inputs import decode_base64
+from .limits import BodySizeLimit
+
+Precision = Literal["fp16", "int8"]
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    triton_url: str = field(default_factory=lambda: os.environ.get("COLQWEN2_TRITON_URL", "grpc://127.0.0.1:8001"))
+    precision: str = "fp16"
+    max_body_bytes: int = 64 * 1024 * 1024  # base64 adds a third: 32 MiB images fit one per request
+    max_batch: int = 32
+    health_ttl: float = 2.0  # seconds a canary verdict is reused, so probes cannot flood the server
+    timeout: float = DEFAULT_TIMEOUT
+
+
+class ErrorResponse(BaseModel):
+    detail: str
+
+
+class EmbedRequest(BaseModel):
+    image: str = Field(description="the image file's bytes (PNG, JPEG, WebP, GIF, BMP, TIFF), base64-encoded")
+    precision: Precision | None = Field(default=None, description="fp16 (default ensembles) or int8")
+
+
+class QueryRequest(BaseModel):
+    text: str = Field(description="a UTF-8 text query")
+    precision: Precision | None = None
+
+
+Vector = Annotated[list[float], Field(min_length=EMBEDDING_DIM, max_length=EMBEDDING_DIM)]
+
+
+class EmbedResponse(BaseModel):
+    embedding: Vector = Field(description="the pooled vector: mean of `vectors`, L2-normalised")
+    dim: int = EMBEDDING_DIM
+    vectors: list[Vector] = Field(description="every vector of the image or query (late interaction)")
+    num_vectors: int
+
+
+class EmbedBatchResponse(BaseModel):
+    embeddings: list[Vector]
+    count: int
+    vectors: list[list[Vector]]
+
+
+class HealthResponse(BaseModel):
+    status: Literal["healthy", "unhealthy"]
+    gpu_available: bool
+    model_loaded: bool
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "bad base64, a bad image or a bad query; the detail says which"},
+    413: {"model": ErrorResponse, "description": "request body over the size limit"},
+    503: {"model": ErrorResponse, "description": "Triton unreachable, busy, or the model not served"},
+    504: {"model": ErrorResponse, "description": "Triton did not answer in time"},
+    502: {"model": ErrorResponse, "description": "Triton failed on a valid request"},
+}
+
+
+def status_for(error: ColQwen2Error) -> int:
+    if isinstance(error, InvalidInputError):
+        return 400
+    if isinstance(error, (ServerUnavailableError, ModelNotFoundError)):
+        return 503
+    if isinstance(error, RequestTimeoutError):
+        return 504
+    return 502
+
+
+def _json(payload: dict[str, Any], status: int = 200) -> Response:
+    # json.dumps directly: FastAPI's encoder is slow on tens of thousands of floats.
+    return Response(json.dumps(payload, separators=(",", ":")), status_code=status, media_type="application/json")
+
+
+def create_app(settings: GatewaySettings | None = None) -> FastAPI:
+    settings = settings or GatewaySettings()
+    if settings.precision not in MODELS:
+        raise ValueError(f"precision must be one of {', '.join(MODELS)}")
+    clients: dict[str, AsyncColQwen2Client] = {}
+    health_cache: dict[str, Any] = {"at": -1e9, "verdict": None}
+    health_lock = asyncio.Lock()
+
+    def client_for(precision: str | None) -> AsyncColQwen2Client:
+        precision = precision or settings.precision
+        if precision not in clients:  # created lazily, inside the running event loop
+            clients[precision] = AsyncColQwen2Client(
+                settings.triton_url, precision=precision, timeout=settings.timeout, batch_size=settings.max_batch
+            )
+        return clients[precision]
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        yield
+        for client in clients.values():
+            await client.close()
+
+    class EmbedBatchRequest(BaseModel):
+        images: list[str] = Field(max_length=settings.max_batch, description="base64-encoded image files")
+        precision: Precision | None = None
+
+    app = FastAPI(
+        title="ColQwen2 embedding gateway",
+        version="0.1.0",
+        description="The original /embed API in front of the ColQwen2 ensembles on Triton.",
+        lifespan=lifespan,
+    )
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request: Request, error: RequestValidationError) -> JSONResponse:
+        # FastAPI's default echoes the input back: megabytes of base64 for a 33-image batch.
+        detail = [{k: v for k, v in e.items() if k in ("type", "loc", "msg")} for e in error.errors()]
+        return JSONResponse({"detail": detail}, status_code=422)
+
+    @app.exception_handler(ColQwen2Error)
+    async def sdk_error(_request: Request, error: ColQwen2Error) -> JSONResponse:
+        return JSONResponse({"detail": str(error)}, status_code=status_for(error))
+
+    @app.post("/embed", response_model=EmbedResponse, responses=ERRORS)
+    async def embed(body: EmbedRequest) -> Response:
+        """Embed one base64-encoded image."""
+        embedding = await client_for(body.precision).embed(decode_base64(body.image, "image"))
+        return _json(embedding.to_dict())
+
+    @app.post("/embed_batch", response_model=EmbedBatchResponse, responses=ERRORS)
+    async def embed_batch(body: EmbedBatchRequest) -> Response:
+        """Embed up to `max_batch` images; a bad one fails the call with its index in the detail."""
+        data = []
+        for index, image in enumerate(body.images):
+            try:
+                data.append(decode_base64(image, f"images[{index}]"))
+            except InvalidInputError as exc:
+                raise InvalidInputError(str(exc)) from None
+        results = await client_for(body.precision).embed_batch(data, return_exceptions=True)
+        for index, result in enumerate(results):
+            if isinstance(result, ColQwen2Error):
+                raise type(result)(f"images[{index}]: {result}")
+        return _json(
+            {
+                "embeddings": [r.pooled.tolist() for r in results],
+                "count": len(results),
+                "vectors": [r.vectors.tolist() for r in results],
+            }
+        )
+
+    @app.post("/embed_query", response_model=EmbedResponse, responses=ERRORS)
+    async def embed_query(body: QueryRequest) -> Response:
+        """Embed a text query (one vector per token) for MaxSim search."""
+        return _json((await client_for(body.precision).embed_query(body.text)).to_dict())
+
+    @app.get("/health", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
+    async def health() -> Response:
+        """Healthy only if a canary image and a canary query just went through the models (cached briefly)."""
+        async with health_lock:
+            if time.monotonic() - health_cache["at"] > settings.health_ttl:
+                health_cache["verdict"] = await client_for(None).health()
+                health_cache["at"] = time.monotonic()
+            verdict = health_cache["verdict"]
+        return _json(verdict, 200 if verdict["status"] == "healthy" else 503)
+
+    return app
