@@ -16,10 +16,11 @@ HTTP_PORT  ?= 8000
 GRPC_PORT  ?= 8001
 METRICS_PORT ?= 8002
 SERVE_ARGS ?=
+GATEWAY_PORT ?= 8080
 
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup checkpoint export serve demo test test-slow lint format bench-export clean
+.PHONY: help setup checkpoint export serve gateway demo test test-slow lint format bench-export clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-14s\033[0m %s\n", $$1, $$2}'
@@ -41,6 +42,9 @@ export: $(STAMP) ## export CHECKPOINT to validated ONNX in OUT (VARIANTS, IMAGE_
 serve: $(STAMP) ## run Triton on 127.0.0.1 (HTTP 8000, gRPC 8001, metrics 8002) for MODEL (default the tiny checkpoint), exporting first if needed
 	@[ -f "$(OUT)/manifest.json" ] || $(MAKE) --no-print-directory export CHECKPOINT="$(CHECKPOINT)" OUT="$(OUT)"
 	exec $(PY) -m model_repository.serve --artifacts "$(OUT)" --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT) $(SERVE_ARGS)
+
+gateway: $(STAMP) ## the REST gateway (/embed, /embed_batch, /health) on 127.0.0.1:GATEWAY_PORT in front of `make serve`
+	exec $(VENV)/bin/colqwen2-gateway --triton-url grpc://127.0.0.1:$(GRPC_PORT) --port $(GATEWAY_PORT)
 
 demo: export ## offline demo: embed sample charts and product images, search them by text and by image
 	$(PY) -m export.demo --artifacts $(OUT)

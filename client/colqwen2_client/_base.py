@@ -69,10 +69,12 @@ def collect(results: Sequence[Any], return_exceptions: bool, what: str = "image"
     return out
 
 
-def progress_callback(progress: bool | Progress | None) -> Progress | None:
-    if progress is True:
-        return stderr_bar
-    return progress or None
+def progress_callback(progress: bool | Progress | None, skipped: int = 0) -> Progress | None:
+    """The caller's progress callable (or a stderr bar for True), counting inputs refused locally as done."""
+    callback = stderr_bar if progress is True else (progress or None)
+    if callback is None or not skipped:
+        return callback
+    return lambda done, total: callback(done + skipped, total + skipped)
 
 
 def stderr_bar(done: int, total: int) -> None:

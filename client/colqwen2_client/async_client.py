@@ -82,7 +82,7 @@ class AsyncColQwen2Client:
             self.options.image_model,
             IMAGE_INPUT,
             [data[i] for i in sendable],
-            _base.progress_callback(progress),
+            _base.progress_callback(progress, skipped=len(data) - len(sendable)),
             batch_size,
         )
         for i, result in zip(sendable, sent, strict=True):

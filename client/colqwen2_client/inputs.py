@@ -6,6 +6,7 @@ import base64
 import binascii
 import io
 import os
+import re
 from pathlib import Path
 from typing import Union
 
@@ -13,6 +14,8 @@ from PIL import Image
 
 from .errors import InvalidInputError
 
+_BASE64_CHARS = re.compile(r"[A-Za-z0-9+/_-]")
+_BASE64 = re.compile(r"[A-Za-z0-9+/_-]*={0,2}")  # standard or URL-safe alphabet, optional padding
 ImageInput = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image]  # noqa: UP007 (runtime alias)
 
 
@@ -21,6 +24,9 @@ def decode_base64(text: str, what: str = "image") -> bytes:
     if text.startswith("data:"):
         _, _, text = text.partition(",")
     cleaned = "".join(text.split())
+    if not _BASE64.fullmatch(cleaned):
+        bad = next((c for c in cleaned if not _BASE64_CHARS.fullmatch(c)), "=")
+        raise InvalidInputError(f"{what} is not valid base64: unexpected character {bad!r}")
     try:
         if "-" in cleaned or "_" in cleaned:
             return base64.urlsafe_b64decode(cleaned + "=" * (-len(cleaned) % 4))

@@ -1,13 +1,14 @@
-"""Refuse oversized request bodies with 413 before they are parsed (ASGI middleware)."""
+"""Refuse oversized request bodies with 413 before the app parses them (ASGI middleware).
+
+A declared Content-Length over the limit is refused at once; a chunked body is read up to the
+limit and refused as soon as it passes it. The app then gets the body replayed. (Raising from
+inside `receive` would not work: FastAPI turns any error while reading the body into a 400.)
+"""
 
 from __future__ import annotations
 
 import json
 from typing import Any
-
-
-class _TooLarge(Exception):
-    pass
 
 
 class BodySizeLimit:
@@ -22,28 +23,24 @@ class BodySizeLimit:
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             await self._refuse(send)
             return
+        messages = []
         seen = 0
-        started = False
-
-        async def counting_receive() -> dict:
-            nonlocal seen
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:  # chunked uploads without a Content-Length
-                    raise _TooLarge
-            return message
-
-        async def tracking_send(message: dict) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, counting_receive, tracking_send)
-        except _TooLarge:
-            if not started:
+            messages.append(message)
+            if message["type"] != "http.request":
+                break
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
                 await self._refuse(send)
+                return
+            if not message.get("more_body", False):
+                break
+
+        async def replay() -> dict:
+            return messages.pop(0) if messages else await receive()
+
+        await self.app(scope, replay, send)
 
     async def _refuse(self, send: Any) -> None:
         body = json.dumps({"detail": f"request body over the limit of {self.max_bytes} bytes"}).encode()

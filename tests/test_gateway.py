@@ -1,0 +1,141 @@
+"""`colqwen2-gateway` (uvicorn, real sockets) in front of the real Triton server: the original API."""
+
+from __future__ import annotations
+
+import base64
+import itertools
+
+import httpx
+import numpy as np
+import pytest
+import schemathesis
+from colqwen2_client import ColQwen2Client
+from hypothesis import HealthCheck, given, settings
+from schemathesis.checks import not_a_server_error
+
+from tests.images import encode, png_bomb, square_chart, truncated_png
+
+CHART = encode(square_chart(448, seed=31), "PNG")
+B64 = base64.b64encode(CHART).decode()
+TRUNCATED_JPEG = encode(square_chart(448), "JPEG")[:3000]
+
+
+@pytest.fixture(scope="module")
+def http(gateway_url):
+    with httpx.Client(base_url=gateway_url, timeout=60) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def sdk(triton_server):
+    with ColQwen2Client(f"grpc://{triton_server.grpc_url}") as client:
+        yield client
+
+
+def is_vector(value) -> bool:
+    return isinstance(value, list) and len(value) == 128 and all(isinstance(x, float) for x in value)
+
+
+def test_embed_keeps_the_original_shape(http, sdk):
+    reply = http.post("/embed", json={"image": B64})
+    assert reply.status_code == 200 and reply.headers["content-type"] == "application/json"
+    body = reply.json()
+    assert list(body) == ["embedding", "dim", "vectors", "num_vectors"]
+    assert is_vector(body["embedding"]) and body["dim"] == 128 and body["num_vectors"] == 271
+    assert len(body["vectors"]) == 271 and all(is_vector(v) for v in body["vectors"])
+    expected = sdk.embed(CHART)
+    assert np.array_equal(np.array(body["embedding"], np.float32), expected.pooled)  # float32 round-trips exactly
+    assert np.array_equal(np.array(body["vectors"], np.float32), expected.vectors)
+
+
+def test_embed_batch_keeps_the_original_shape(http, sdk):
+    other = encode(square_chart(448, seed=32), "JPEG")
+    body = http.post("/embed_batch", json={"images": [B64, base64.b64encode(other).decode()]}).json()
+    assert list(body) == ["embeddings", "count", "vectors"] and body["count"] == 2
+    assert all(is_vector(e) for e in body["embeddings"]) and [len(v) for v in body["vectors"]] == [271, 271]
+    assert np.array_equal(np.array(body["embeddings"][1], np.float32), sdk.embed(other).pooled)
+    assert http.post("/embed_batch", json={"images": []}).json() == {"embeddings": [], "count": 0, "vectors": []}
+
+
+def test_embed_query_and_precision(http, sdk):
+    body = http.post("/embed_query", json={"text": "lego price drop"}).json()
+    assert body["num_vectors"] == sdk.embed_query("lego price drop").num_vectors
+    int8 = http.post("/embed", json={"image": B64, "precision": "int8"}).json()
+    assert (
+        int8["num_vectors"] == 271 and int8["embedding"] != http.post("/embed", json={"image": B64}).json()["embedding"]
+    )
+
+
+def test_health_is_a_canary(http):
+    reply = http.get("/health")
+    assert reply.status_code == 200
+    assert reply.json() == {"status": "healthy", "gpu_available": False, "model_loaded": True}
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "detail"),
+    [
+        ("/embed", {"image": "%%% not base64"}, 400, "image is not valid base64"),
+        (
+            "/embed",
+            {"image": base64.b64encode(encode(square_chart(448), "JPEG")[:3000]).decode()},
+            400,
+            "truncated JPEG",
+        ),
+        ("/embed", {"image": base64.b64encode(png_bomb()).decode()}, 400, "refused before decoding"),
+        ("/embed", {"image": ""}, 400, "empty image"),
+        ("/embed_batch", {"images": [B64, base64.b64encode(truncated_png()).decode()]}, 400, "images[1]: corrupt"),
+        ("/embed_batch", {"images": [B64, "@@"]}, 400, "images[1] is not valid base64"),
+        ("/embed_batch", {"images": [B64] * 9}, 422, "at most 8 items"),
+        ("/embed_query", {"text": ""}, 400, "empty query"),
+        ("/embed_query", {"text": "lego " * 600}, 400, "over the limit of 512"),
+        ("/embed", {"images": B64}, 422, "Field required"),
+        ("/embed", {"image": B64, "precision": "fp64"}, 422, "fp16"),
+    ],
+)
+def test_bad_requests_get_clear_4xx(http, path, body, status, detail):
+    reply = http.post(path, json=body)
+    assert reply.status_code == status, reply.text
+    assert detail in reply.text
+    assert "input" not in reply.json() and len(reply.content) < 2000  # no echo of megabytes of base64
+
+
+def test_body_size_limit_gives_413(http):
+    big = base64.b64encode(b"\0" * (4 * 2**20)).decode()
+    reply = http.post("/embed", json={"image": big})
+    assert reply.status_code == 413 and "over the limit" in reply.json()["detail"]
+
+    def chunks():
+        for _ in range(6):
+            yield b" " * 2**20
+
+    chunked = http.post("/embed", content=chunks(), headers={"content-type": "application/json"})
+    assert chunked.status_code == 413
+
+
+def test_openapi_documents_the_api(http):
+    spec = http.get("/openapi.json").json()
+    assert {"/embed", "/embed_batch", "/embed_query", "/health"} <= set(spec["paths"])
+    assert {"400", "413", "503"} <= set(spec["paths"]["/embed"]["post"]["responses"])
+
+
+def test_fuzzing_the_openapi_finds_no_server_error(gateway_url):
+    """Bounded property-based fuzz of every operation with schema-valid and schema-breaking data
+    (schemathesis strategies, 30 examples per operation and mode, fixed seed): never a 5xx.
+    schemathesis' pytest plugin does not load under pytest 9, so hypothesis drives it directly."""
+    schema = schemathesis.openapi.from_url(f"{gateway_url}/openapi.json")
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert {op.path for op in operations} == {"/embed", "/embed_batch", "/embed_query", "/health"}
+    statuses: list[int] = []
+    for operation, mode in itertools.product(operations, schemathesis.GenerationMode):
+        if operation.path == "/health" and mode is schemathesis.GenerationMode.NEGATIVE:
+            continue  # no parameters to break
+
+        @given(case=operation.as_strategy(mode))
+        @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+        def no_server_error(case) -> None:
+            statuses.append(case.call_and_validate(checks=[not_a_server_error]).status_code)
+
+        no_server_error()
+    assert len(statuses) >= 120 and max(statuses) < 500, sorted(set(statuses))
+    assert {200, 400, 422} <= set(statuses)  # the fuzz reached both success and validation paths

@@ -1,0 +1,103 @@
+"""`/health` infers: it turns unhealthy when a Python model's process dies, healthy once reloaded.
+
+Triton itself keeps saying READY for a model whose stub process was killed; this test shows
+that and shows the SDK's and the gateway's canary telling the truth. It runs its own server
+and restarts it, leaving the shared one alone.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import tritonclient.http as httpclient
+from colqwen2_client import ColQwen2Client
+
+from model_repository.server import TritonServer
+from tests.conftest import _console_script, _free_port
+
+
+def stub_pids(server_pid: int, model: str) -> list[int]:
+    """The Python-backend stub processes of `model` started by this server (not by another one)."""
+    pids = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            text = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if parent == server_pid and "triton_python_backend_stub" in text and f"/{model}/" in text:
+            pids.append(int(proc.name))
+    return pids
+
+
+@pytest.fixture(scope="module")
+def own_server(tiny_repository, tmp_path_factory):
+    server = TritonServer(
+        tiny_repository,
+        http_port=_free_port(),
+        grpc_port=_free_port(),
+        metrics_port=_free_port(),
+    )
+    with open(tmp_path_factory.mktemp("health") / "triton.log", "w") as log:
+        server.start(log)
+        server.wait_ready(180)
+        yield server, log
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def own_gateway(own_server):
+    own_server, _ = own_server
+    port = _free_port()
+    command = [
+        _console_script("colqwen2-gateway"), "--triton-url", f"http://{own_server.http_url}",
+        "--port", str(port), "--health-ttl", "0", "--timeout", "20",
+    ]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(150):
+        try:
+            httpx.get(f"{url}/openapi.json", timeout=1)
+            break
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    yield url
+    process.terminate()
+    process.wait(10)
+
+
+def test_health_follows_a_dead_model_and_its_recovery(own_server, own_gateway):
+    own_server, log = own_server
+    client = ColQwen2Client(f"grpc://{own_server.grpc_url}", timeout=20, max_retries=0)
+    triton = httpclient.InferenceServerClient(own_server.http_url)
+    assert client.health()["status"] == "healthy"
+    assert httpx.get(f"{own_gateway}/health").status_code == 200
+
+    pids = stub_pids(own_server.process.pid, "colqwen2_preprocess")
+    assert pids, "no preprocess stub process found"
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    time.sleep(1)
+
+    assert triton.is_model_ready("colqwen2_preprocess") and triton.is_model_ready("colqwen2")  # Triton's view
+    assert client.health() == {"status": "unhealthy", "gpu_available": False, "model_loaded": False}
+    reply = httpx.get(f"{own_gateway}/health", timeout=30)
+    assert reply.status_code == 503
+    assert reply.json() == {"status": "unhealthy", "gpu_available": False, "model_loaded": False}
+
+    # Recovery is a restart, as Kubernetes' liveness probe would do; the gateway keeps running.
+    # (Reloading the model in place does not replace every dead instance in Triton 2.51.)
+    own_server.stop()
+    own_server.start(log)
+    own_server.wait_ready(180)
+    assert client.health() == {"status": "healthy", "gpu_available": False, "model_loaded": True}
+    reply = httpx.get(f"{own_gateway}/health", timeout=30)
+    assert reply.status_code == 200 and reply.json()["model_loaded"] is True
+    client.close()
+    triton.close()
