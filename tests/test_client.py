@@ -177,3 +177,15 @@ def test_image_inputs_without_a_server(tmp_path):
         image_bytes("not base64.")
     with pytest.raises(InvalidInputError, match="unsupported image input of type int"):
         image_bytes(42)  # type: ignore[arg-type]
+
+
+def test_the_client_never_imports_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, colqwen2_client, colqwen2_client.cli, colqwen2_client.gateway;"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'onnxruntime'));"
+        "assert not heavy, heavy"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
