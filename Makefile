@@ -46,8 +46,9 @@ serve: $(STAMP) ## run Triton on 127.0.0.1 (HTTP 8000, gRPC 8001, metrics 8002) 
 gateway: $(STAMP) ## the REST gateway (/embed, /embed_batch, /health) on 127.0.0.1:GATEWAY_PORT in front of `make serve`
 	exec $(VENV)/bin/colqwen2-gateway --triton-url grpc://127.0.0.1:$(GRPC_PORT) --port $(GATEWAY_PORT)
 
-demo: export ## offline demo: embed sample charts and product images, search them by text and by image
-	$(PY) -m export.demo --artifacts $(OUT)
+demo: $(STAMP) ## offline demo: Triton + embedded Qdrant index sample charts and photos, then search by text and image
+	@[ -f "$(OUT)/manifest.json" ] || $(MAKE) --no-print-directory export CHECKPOINT="$(CHECKPOINT)" OUT="$(OUT)"
+	$(PY) -m demo --artifacts "$(OUT)"
 
 test: $(STAMP) ## run the test suite (real ONNX Runtime, real colpali-engine)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)

@@ -92,12 +92,3 @@ def test_manifest_describes_the_artifacts(tiny_artifacts):
     assert manifest["image_size"] == 448 and manifest["visual_tokens"] == 256
     assert manifest["image_sequence_length"] == 271 and manifest["embedding_dim"] == 128
     assert set(manifest["variants"]) == set(DEFAULT_VARIANTS)
-
-
-def test_demo_runs_on_the_artifacts(tiny_artifacts, capsys):
-    from export.demo import main
-
-    assert main(["--artifacts", str(tiny_artifacts)]) == 0
-    out = capsys.readouterr().out
-    assert "1. product_2" in out.split("image query")[1], "a near-duplicate must find its source"
-    assert "RANDOM weights" in out

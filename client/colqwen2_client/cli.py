@@ -3,6 +3,9 @@
     colqwen2 embed charts/*.png > vectors.jsonl     one JSON line per file
     colqwen2 query "lego price drop"
     colqwen2 health
+    colqwen2 index samples/ --kind auto           into embedded Qdrant (./qdrant_data)
+    colqwen2 search "lego price drop" --html results.html
+    colqwen2 search --image photo.jpg
 
 Exit codes: 0 all done; 1 some inputs failed (their lines carry "error"); 2 usage;
 3 service unreachable or unhealthy; 4 any other service error.
@@ -15,6 +18,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from ._constants import DEFAULT_BATCH_SIZE, DEFAULT_TIMEOUT, DEFAULT_URL, MODELS
@@ -62,6 +66,84 @@ def _health(client: ColQwen2Client, _args: argparse.Namespace) -> int:
     return EXIT_OK if verdict["status"] == "healthy" else EXIT_UNAVAILABLE
 
 
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+
+
+def guess_kind(path: Path) -> str:
+    name = path.name.lower()
+    return "keepa_chart" if "keepa" in name or "chart" in name else "product_image"
+
+
+def _index(client: ColQwen2Client, args: argparse.Namespace) -> int:
+    from .qdrant import VisualIndex
+
+    files = sorted(
+        p for d in args.paths for p in (Path(d).rglob("*") if Path(d).is_dir() else [Path(d)])
+        if p.suffix.lower() in IMAGE_SUFFIXES
+    )  # fmt: skip
+    if not files:
+        print("colqwen2: no image files found", file=sys.stderr)
+        return EXIT_USAGE
+    payloads = [{"kind": guess_kind(f) if args.kind == "auto" else args.kind} for f in files]
+    index = VisualIndex(client, _qdrant(args), _settings(args))
+    show = args.progress if args.progress is not None else sys.stderr.isatty()
+    report = index.index([str(f.resolve()) for f in files], payloads, progress=show or None)
+    _line(
+        {
+            "indexed": report.indexed,
+            "skipped": report.skipped,
+            "failed": len(report.failed),
+            "points": index.count(),
+            "stored_vectors": report.stored_vectors,
+            "raw_vectors": report.raw_vectors,
+        }
+    )
+    for source, error in report.failed:
+        print(f"colqwen2: {source}: {error}", file=sys.stderr)
+    return EXIT_PARTIAL if report.failed else EXIT_OK
+
+
+def _search(client: ColQwen2Client, args: argparse.Namespace) -> int:
+    from .qdrant import VisualIndex
+    from .report import table, write_html
+
+    if (args.text is None) == (args.image is None):
+        print("colqwen2: search needs a TEXT query or --image FILE (one of them)", file=sys.stderr)
+        return EXIT_USAGE
+    index = VisualIndex(client, _qdrant(args), _settings(args))
+    if index.count() == 0:
+        print("colqwen2: the collection is empty: run `colqwen2 index DIR` first", file=sys.stderr)
+        return EXIT_USAGE
+    hits = index.search(text=args.text, image=args.image, limit=args.limit)
+    title = f'text "{args.text}"' if args.text is not None else f"image {args.image}"
+    print(f"{title}: top {len(hits)} by MaxSim\n{table(hits)}")
+    if args.html:
+        print(f"results page: {write_html(args.html, [(title, hits)])}")
+    return EXIT_OK
+
+
+def _qdrant(args: argparse.Namespace):
+    from .qdrant import open_qdrant
+
+    return open_qdrant(args.qdrant_path, args.qdrant_url)
+
+
+def _settings(args: argparse.Namespace):
+    from .qdrant import IndexSettings
+
+    return IndexSettings(
+        collection=args.collection, pool_factor=getattr(args, "pool_factor", 1), quantization=args.quantization
+    )
+
+
+def _qdrant_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--qdrant-path", default=os.environ.get("COLQWEN2_QDRANT_PATH", "qdrant_data"),
+                        help="embedded Qdrant folder (default %(default)s)")  # fmt: skip
+    parser.add_argument("--qdrant-url", default=os.environ.get("QDRANT_URL"), help="a Qdrant server instead")
+    parser.add_argument("--collection", default="visual_embeddings")
+    parser.add_argument("--quantization", choices=["none", "scalar", "binary"], default="none")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="colqwen2", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -89,6 +171,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     health = sub.add_parser("health", help="canary inference; exit 0 when healthy, 3 when not")
     health.set_defaults(run=_health)
+
+    index = sub.add_parser("index", help="embed image files (folders are searched) into Qdrant")
+    index.add_argument("paths", nargs="+")
+    index.add_argument("--kind", default="auto", help="payload kind: keepa_chart, product_image or auto (by name)")
+    index.add_argument("--pool-factor", type=int, default=1, help="hierarchical token pooling (1: off)")
+    index.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    _qdrant_options(index)
+    index.set_defaults(run=_index)
+
+    search = sub.add_parser("search", help="search the indexed images by text or by image")
+    search.add_argument("text", nargs="?")
+    search.add_argument("--image", help="an image file to search with instead of text")
+    search.add_argument("--limit", type=int, default=10)
+    search.add_argument("--html", help="also write an HTML page of the results with thumbnails")
+    _qdrant_options(search)
+    search.set_defaults(run=_search)
     return parser
 
 

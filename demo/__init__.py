@@ -1,0 +1,1 @@
+"""`make demo`: the whole service on this machine, offline (see `python -m demo --help`)."""
