@@ -20,7 +20,7 @@ GATEWAY_PORT ?= 8080
 
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup checkpoint export serve gateway demo test test-slow lint format bench-export clean
+.PHONY: help setup checkpoint export serve gateway demo test test-slow lint format bench-export bench-pooling clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-14s\033[0m %s\n", $$1, $$2}'
@@ -66,6 +66,10 @@ format: $(STAMP) ## apply ruff fixes and formatting
 
 bench-export: $(STAMP) ## CPU speed record: PyTorch vs ORT fp32/fp16/int8 on the medium checkpoint
 	$(PY) -m bench.encoders --size medium --repeats 5
+
+bench-pooling: $(STAMP) ## token pooling at index time: storage saved vs ranking changes (demo images, OUT's export)
+	@[ -f "$(OUT)/manifest.json" ] || $(MAKE) --no-print-directory export CHECKPOINT="$(CHECKPOINT)" OUT="$(OUT)"
+	$(PY) -m bench.token_pooling --artifacts "$(OUT)"
 
 clean: ## remove artifacts and checkpoints (keeps .venv)
 	rm -rf artifacts checkpoints
