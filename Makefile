@@ -20,12 +20,12 @@ GATEWAY_PORT ?= 8080
 
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup checkpoint export serve gateway demo test test-slow lint format bench-export bench-pooling clean
+.PHONY: help setup checkpoint export serve gateway demo helm-lint test test-slow lint format bench-export bench-pooling clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-14s\033[0m %s\n", $$1, $$2}'
 
-$(STAMP): requirements/dev.txt requirements/colpali.txt client/pyproject.toml scripts/setup.sh
+$(STAMP): requirements/dev.txt requirements/colpali.txt client/pyproject.toml scripts/setup.sh scripts/fetch_k8s_tools.sh
 	scripts/setup.sh "$(PYTHON)" "$(VENV)"
 	@touch $@
 
@@ -49,6 +49,9 @@ gateway: $(STAMP) ## the REST gateway (/embed, /embed_batch, /health) on 127.0.0
 demo: $(STAMP) ## offline demo: Triton + embedded Qdrant index sample charts and photos, then search by text and image
 	@[ -f "$(OUT)/manifest.json" ] || $(MAKE) --no-print-directory export CHECKPOINT="$(CHECKPOINT)" OUT="$(OUT)"
 	$(PY) -m demo --artifacts "$(OUT)"
+
+helm-lint: $(STAMP) ## the Helm chart: lint --strict, Kubernetes schema validation of every render, chart and image tests
+	scripts/helm_check.sh "$(VENV)"
 
 test: $(STAMP) ## run the test suite (real ONNX Runtime, real colpali-engine)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)

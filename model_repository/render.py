@@ -224,6 +224,8 @@ def add_render_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: all cores)")
     parser.add_argument("--max-query-tokens", type=int, default=defaults.max_query_tokens)
     parser.add_argument("--max-image-pixels", type=int, default=defaults.max_image_pixels)
+    parser.add_argument("--execution-providers", default=defaults.execution_providers, help="order, on GPU instances")
+    parser.add_argument("--trt-cache-dir", default="", help="TensorRT engine/timing cache (a persistent volume)")
     parser.add_argument("--copy", action="store_true", help="copy ONNX files instead of symlinking them")
 
 
@@ -239,6 +241,8 @@ def options_from_args(args: argparse.Namespace, out: Path) -> RenderOptions:
         threads=args.threads,
         max_query_tokens=args.max_query_tokens,
         max_image_pixels=args.max_image_pixels,
+        execution_providers=args.execution_providers,
+        trt_cache_dir=args.trt_cache_dir,
         copy=args.copy,
     )
 

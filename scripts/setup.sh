@@ -18,4 +18,6 @@ quiet_gaps() { grep -v "is ignored: it is neither a file nor a directory" >&2 ||
 "${pip[@]}" install --quiet --no-deps -r requirements/colpali.txt 2> >(quiet_gaps)
 # The client package, editable: its dependencies are pinned in requirements/dev.txt.
 "${pip[@]}" install --quiet --no-deps --no-build-isolation -e ./client 2> >(quiet_gaps)
+# helm and kubectl for the chart's checks (make helm-lint, tests/test_helm.py).
+scripts/fetch_k8s_tools.sh "$venv"
 "$venv/bin/python" -c "import colqwen2_client.gateway, colpali_engine, onnxruntime, torchvision; print('setup: ok, torch', __import__('torch').__version__)"

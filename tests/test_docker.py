@@ -1,0 +1,83 @@
+"""What can be checked of the image without a Docker engine: lint, pins, files, entry point."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCKERFILE = ROOT / "docker" / "Dockerfile"
+BIN = Path(sys.executable).parent
+
+
+def test_hadolint_passes():
+    result = subprocess.run([str(BIN / "hadolint"), str(DOCKERFILE)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_shell_scripts_pass_shellcheck():
+    scripts = [ROOT / "docker" / "entrypoint.sh", *sorted((ROOT / "scripts").glob("*.sh"))]
+    result = subprocess.run([str(BIN / "shellcheck"), *map(str, scripts)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_base_image_is_pinned_and_artifacts_are_not_baked_in():
+    text = DOCKERFILE.read_text()
+    assert re.search(r"^ARG TRITON_RELEASE=\d\d\.\d\d$", text, re.M)
+    assert "nvcr.io/nvidia/tritonserver:${TRITON_RELEASE}-py3" in text
+    copied = re.findall(r"^COPY (?:--\S+ )*(\S+)", text, re.M)
+    assert copied and all((ROOT / src.rstrip("/")).exists() for src in copied), copied
+    assert not any(src.startswith(("artifacts", "checkpoints")) for src in copied)
+    assert re.search(r"^USER 1000$", text, re.M)
+
+
+def test_serving_requirements_are_pinned_and_torch_free():
+    lines = [
+        line.split("#")[0].strip()
+        for line in (ROOT / "docker" / "requirements-serving.txt").read_text().splitlines()
+        if line.split("#")[0].strip()
+    ]
+    assert all("==" in line for line in lines), lines
+    names = {line.split("==")[0].split("[")[0] for line in lines}
+    assert {"numpy", "onnxruntime-gpu", "pillow", "tokenizers", "tritonclient"} <= names
+    assert "torch" not in names and "onnxruntime" not in names  # the two ORT wheels must not coexist
+    assert any(line.startswith("numpy==1.") for line in lines)  # the Python backend needs numpy < 2
+
+
+def test_entrypoint_refuses_a_missing_export(tmp_path):
+    result = subprocess.run(
+        ["bash", str(ROOT / "docker" / "entrypoint.sh"), "serve"],
+        env={"ARTIFACTS": str(tmp_path), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2 and "no export at" in result.stderr
+
+
+def test_entrypoint_renders_the_repository_it_serves(tiny_artifacts, tmp_path):
+    """`serve` renders with the image's command line; tritonserver is stubbed to show its arguments."""
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "tritonserver").write_text('#!/bin/sh\necho "tritonserver $*"\n')
+    (fake_bin / "tritonserver").chmod(0o755)
+    (fake_bin / "python3").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    (fake_bin / "python3").chmod(0o755)
+    env = {
+        "ARTIFACTS": str(tiny_artifacts),
+        "REPOSITORY": str(tmp_path / "repo"),
+        "DEVICE": "gpu",
+        "RENDER_ARGS": "--trt-cache-dir /models/trt-cache",
+        "PATH": f"{fake_bin}:/usr/bin:/bin",
+        "PYTHONPATH": str(ROOT),
+    }
+    result = subprocess.run(
+        ["bash", str(ROOT / "docker" / "entrypoint.sh")], env=env, capture_output=True, text=True, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    assert (
+        f"--model-repository={tmp_path / 'repo'}" in result.stdout and "--disable-auto-complete-config" in result.stdout
+    )
+    config = (tmp_path / "repo" / "colqwen2_image_encoder_fp16" / "config.pbtxt").read_text()
+    assert "KIND_GPU" in config and "/models/trt-cache" in config

@@ -1,0 +1,190 @@
+"""The Helm chart, checked with the real helm binary and Kubernetes' own schemas (no cluster needed)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+CHART = ROOT / "helm" / "colqwen2"
+SCENARIOS = sorted((CHART / "ci").glob("*.yaml"))
+HELM = str(Path(sys.executable).parent / "helm")
+KUBERNETES = "1.35.0"
+# CRDs have no schema in Kubernetes' own set: checked here against the fields the operator needs.
+SERVICE_MONITOR_SCHEMA = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "spec": {
+            "type": "object",
+            "required": ["selector", "endpoints"],
+            "properties": {
+                "selector": {"type": "object", "required": ["matchLabels"]},
+                "endpoints": {"type": "array", "minItems": 1, "items": {"type": "object", "required": ["port"]}},
+            },
+        }
+    },
+}
+
+
+def render(*values: Path, extra: tuple[str, ...] = ()) -> list[dict]:
+    args = [HELM, "template", "colqwen2", str(CHART), "--namespace", "ai-stack"]
+    for v in values:
+        args += ["-f", str(v)]
+    out = subprocess.run([*args, *extra], capture_output=True, text=True, check=True).stdout
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+def by_kind(docs: list[dict], kind: str, name: str | None = None) -> dict:
+    found = [d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
+    assert len(found) == 1, f"{kind} {name}: {len(found)} found"
+    return found[0]
+
+
+@pytest.fixture(scope="module")
+def default() -> list[dict]:
+    return render()
+
+
+def test_helm_lint_strict():
+    for values in [None, *SCENARIOS]:
+        args = [HELM, "lint", "--strict", str(CHART)] + (["-f", str(values)] if values else [])
+        result = subprocess.run(args, capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("values", [None, *SCENARIOS], ids=lambda v: v.stem if v else "defaults")
+def test_every_manifest_is_valid_kubernetes(values):
+    import jsonschema
+
+    docs = render(values) if values else render()
+    for doc in docs:
+        if doc["kind"] == "ServiceMonitor":
+            jsonschema.validate(doc, SERVICE_MONITOR_SCHEMA)
+            continue
+        kubernetes_validate.validate(doc, KUBERNETES, strict=True)
+
+
+def test_defaults_reproduce_the_original_deployment(default):
+    deployment = by_kind(default, "Deployment", "colqwen2")
+    pod = deployment["spec"]["template"]
+    assert pod["metadata"]["labels"]["app"] == "colqwen2"
+    assert deployment["spec"]["selector"]["matchLabels"]["app"] == "colqwen2"
+    spec = pod["spec"]
+    assert spec["nodeSelector"] == {"gpu": "true"}
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
+    triton = next(c for c in spec["containers"] if c["name"] == "triton")
+    assert triton["resources"] == {
+        "requests": {"cpu": "2", "memory": "8Gi"},
+        "limits": {"cpu": "4", "memory": "16Gi", "nvidia.com/gpu": 1},
+    }
+
+
+def test_the_original_urls_and_the_triton_ports(default):
+    api = by_kind(default, "Service", "colqwen2")
+    assert api["spec"]["ports"] == [{"name": "api", "port": 8001, "targetPort": "gateway", "protocol": "TCP"}]
+    triton_service = by_kind(default, "Service", "colqwen2-triton")
+    assert {(p["name"], p["port"]) for p in triton_service["spec"]["ports"]} == {
+        ("http", 8000),
+        ("grpc", 8001),
+        ("metrics", 8002),
+    }
+    containers = by_kind(default, "Deployment")["spec"]["template"]["spec"]["containers"]
+    ports = {p["name"]: p["containerPort"] for c in containers for p in c["ports"]}
+    assert ports == {"http": 8000, "grpc": 8001, "metrics": 8002, "gateway": 8080}
+    gateway = next(c for c in containers if c["name"] == "gateway")
+    assert "--triton-url=grpc://127.0.0.1:8001" in gateway["args"]
+    test_pod = by_kind(default, "Pod")
+    assert test_pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    assert "http://colqwen2:8001/health" in test_pod["spec"]["containers"][0]["args"]
+
+
+def test_probes_are_sized_for_loading_and_liveness_infers(default):
+    containers = by_kind(default, "Deployment")["spec"]["template"]["spec"]["containers"]
+    triton = next(c for c in containers if c["name"] == "triton")
+    startup = triton["startupProbe"]
+    assert startup["httpGet"]["path"] == "/v2/health/ready"
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 600
+    assert triton["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert triton["livenessProbe"]["exec"]["command"][0] == "colqwen2"
+    assert triton["livenessProbe"]["exec"]["command"][-1] == "health"  # a canary inference, not a port check
+    gateway = next(c for c in containers if c["name"] == "gateway")
+    assert gateway["readinessProbe"]["httpGet"]["path"] == "/health"
+
+
+def test_secure_defaults_and_shared_memory(default):
+    spec = by_kind(default, "Deployment")["spec"]["template"]["spec"]
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert spec["automountServiceAccountToken"] is False
+    for container in spec["containers"]:
+        security = container["securityContext"]
+        assert security["readOnlyRootFilesystem"] is True and security["allowPrivilegeEscalation"] is False
+        assert security["capabilities"]["drop"] == ["ALL"]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["dshm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "2Gi"}
+    assert volumes["artifacts"]["persistentVolumeClaim"]["claimName"] == "colqwen2-artifacts"
+    mounts = {m["mountPath"] for m in spec["containers"][0]["volumeMounts"]}
+    assert {"/dev/shm", "/models", "/tmp"} <= mounts
+
+
+def test_opt_in_features_stay_off_by_default(default):
+    kinds = {d["kind"] for d in default}
+    assert kinds == {"ServiceAccount", "PersistentVolumeClaim", "Service", "Deployment", "Pod"}
+
+
+def test_everything_scenario():
+    docs = render(CHART / "ci" / "everything-values.yaml")
+    hpa = by_kind(docs, "HorizontalPodAutoscaler")
+    assert hpa["spec"]["metrics"][0]["pods"]["target"]["averageValue"] == "50000"
+    assert "replicas" not in by_kind(docs, "Deployment")["spec"]  # the HPA owns it
+    assert by_kind(docs, "PodDisruptionBudget")["spec"]["minAvailable"] == 1
+    assert by_kind(docs, "ServiceMonitor")["spec"]["endpoints"][0]["port"] == "metrics"
+    assert by_kind(docs, "NetworkPolicy")["spec"]["podSelector"]["matchLabels"]["app"] == "colqwen2"
+    spec = by_kind(docs, "Deployment")["spec"]["template"]["spec"]
+    init = spec["initContainers"][0]
+    assert "python3 -m export" in init["args"][0] and "manifest.json" in init["args"][0]
+    assert {"name": "CHECKPOINT", "value": "vidore/colqwen2-v1.0"} in init["env"]
+
+
+def test_cpu_scenario_drops_the_gpu():
+    docs = render(CHART / "ci" / "cpu-existing-claim-values.yaml")
+    spec = by_kind(docs, "Deployment")["spec"]["template"]["spec"]
+    assert "nodeSelector" not in spec and "tolerations" not in spec
+    assert [c["name"] for c in spec["containers"]] == ["triton"]
+    assert "nvidia.com/gpu" not in spec["containers"][0]["resources"]["limits"]
+    assert {"name": "DEVICE", "value": "cpu"} in spec["containers"][0]["env"]
+    assert spec["volumes"][0]["persistentVolumeClaim"]["claimName"] == "colqwen2-exports"
+    assert not [d for d in docs if d["kind"] == "PersistentVolumeClaim"]
+
+
+def test_schema_refuses_bad_values():
+    result = subprocess.run(
+        [HELM, "template", "x", str(CHART), "--set", "gateway.precision=fp64"], capture_output=True, text=True
+    )
+    assert result.returncode != 0 and "precision" in result.stderr
+    result = subprocess.run(
+        [HELM, "template", "x", str(CHART), "--set", "artifacts.init.imageSize=450"], capture_output=True, text=True
+    )
+    assert result.returncode != 0 and "imageSize" in result.stderr
+
+
+def test_kustomize_users_get_plain_manifests(tmp_path):
+    """The documented path: `helm template` into a kustomization, then `kubectl kustomize`."""
+    manifest = subprocess.run(
+        [HELM, "template", "colqwen2", str(CHART), "--namespace", "ai-stack"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    (tmp_path / "colqwen2.yaml").write_text(manifest)
+    (tmp_path / "kustomization.yaml").write_text("namespace: ai-stack\nresources:\n  - colqwen2.yaml\n")
+    kubectl = str(Path(sys.executable).parent / "kubectl")
+    built = subprocess.run([kubectl, "kustomize", str(tmp_path)], capture_output=True, text=True, check=True).stdout
+    docs = [d for d in yaml.safe_load_all(built) if d]
+    assert {d["metadata"].get("namespace") for d in docs} == {"ai-stack"}
