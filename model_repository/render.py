@@ -85,13 +85,15 @@ class RenderOptions:
     max_image_pixels: int = 40_000_000
     max_query_tokens: int = 512
     copy: bool = False
+    dynamic_batching: bool = True  # off only to measure what it brings (bench/serving.py)
+    ensemble_variants: dict[str, str] = field(default_factory=dict)  # e.g. {"colqwen2": "fp16"} on a CPU host
 
 
 def _plan(opts: RenderOptions, device: str, available: set[str]) -> dict[str, tuple[str, str]]:
     """Encoder model name -> (kind, variant) for everything this repository loads."""
     plan: dict[str, tuple[str, str]] = {}
     for ensemble, (_, kind, gpu_variant, cpu_variant) in ENSEMBLES.items():
-        variant = gpu_variant if device == "gpu" else cpu_variant
+        variant = opts.ensemble_variants.get(ensemble, gpu_variant if device == "gpu" else cpu_variant)
         if variant not in available:
             raise RenderError(
                 f"{ensemble} on a {device.upper()} host needs the {variant} artifacts, which {opts.artifacts} lacks; "
@@ -104,6 +106,18 @@ def _plan(opts: RenderOptions, device: str, available: set[str]) -> dict[str, tu
         for kind in ONNX_FILES:
             plan[encoder_name(kind, variant)] = (kind, variant)
     return plan
+
+
+def _batching_block(opts: RenderOptions, preferred: str, delay_us: int) -> str:
+    """The `dynamic_batching` block, or nothing: each execute() then gets exactly one request."""
+    if not opts.dynamic_batching:
+        return "# dynamic batching off (render option)"
+    return (
+        "dynamic_batching {\n"
+        f"  preferred_batch_size: [ {preferred} ]\n"
+        f"  max_queue_delay_microseconds: {delay_us}\n"
+        "}"
+    )
 
 
 def _write(path: Path, text: str) -> None:
@@ -138,13 +152,10 @@ def render(opts: RenderOptions) -> Path:
     warmup_ids = np.asarray(tokenizer.token_ids(WARMUP_QUERY), dtype="<i8")
     checkpoint = Path(manifest["checkpoint"])
     gpu = device == "gpu"
+    preferred = ", ".join(map(str, opts.preferred_batch_sizes or ((8, 16, 32) if gpu else (4, 8))))
+    encoder_delay = opts.encoder_queue_delay_us if opts.encoder_queue_delay_us >= 0 else (2000 if gpu else 1000)
     values: dict[str, object] = {
         "max_batch_size": opts.max_batch_size,
-        "preferred_batch_sizes": ", ".join(map(str, opts.preferred_batch_sizes or ((8, 16, 32) if gpu else (4, 8)))),
-        "encoder_queue_delay_us": opts.encoder_queue_delay_us
-        if opts.encoder_queue_delay_us >= 0
-        else (2000 if gpu else 1000),
-        "preprocess_queue_delay_us": opts.preprocess_queue_delay_us,
         "preprocess_instances": opts.preprocess_instances,
         "encoder_instances": opts.encoder_instances,
         "instance_kind": "KIND_GPU" if gpu else "KIND_CPU",
@@ -159,6 +170,8 @@ def render(opts: RenderOptions) -> Path:
         "threads": opts.threads,
         "trt_cache_dir": opts.trt_cache_dir,
         "warmup_tokens": len(warmup_ids),
+        "preprocess_batching": _batching_block(opts, preferred, opts.preprocess_queue_delay_us),
+        "encoder_batching": _batching_block(opts, preferred, encoder_delay),
         "device": device,
     }
     if opts.max_batch_size < 1:
@@ -192,7 +205,7 @@ def render(opts: RenderOptions) -> Path:
             np.ones_like(warmup_ids).tofile(warmup / "attention_mask")
 
     for ensemble, (template, kind, gpu_variant, cpu_variant) in ENSEMBLES.items():
-        variant = gpu_variant if gpu else cpu_variant
+        variant = opts.ensemble_variants.get(ensemble, gpu_variant if gpu else cpu_variant)
         config(template, ensemble, {"name": ensemble, "encoder": encoder_name(kind, variant), "precision": variant})
         (staging / ensemble / "1").mkdir()  # ensembles still need a version folder
 
@@ -201,7 +214,10 @@ def render(opts: RenderOptions) -> Path:
             {
                 "artifacts": str(artifacts),
                 "device": device,
-                "ensembles": {e: encoder_name(k, g if gpu else c) for e, (_, k, g, c) in ENSEMBLES.items()},
+                "ensembles": {
+                    e: encoder_name(k, opts.ensemble_variants.get(e, g if gpu else c))
+                    for e, (_, k, g, c) in ENSEMBLES.items()
+                },
                 "encoders": sorted(plan),
                 "manifest": manifest,
             },
