@@ -20,7 +20,7 @@ GATEWAY_PORT ?= 8080
 
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup checkpoint export serve gateway demo helm-lint test test-slow lint format bench-export bench-pooling clean
+.PHONY: help setup checkpoint export serve gateway demo helm-lint test test-slow lint format bench bench-export bench-pooling clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-14s\033[0m %s\n", $$1, $$2}'
@@ -66,6 +66,12 @@ lint: $(STAMP) ## ruff check and format check
 format: $(STAMP) ## apply ruff fixes and formatting
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
+
+BENCH_ARTIFACTS ?= artifacts/medium-448
+bench: $(STAMP) ## serving benchmark on the medium checkpoint: Triton sweep vs in-process references, report + plots (~10 min)
+	@[ -f "$(BENCH_ARTIFACTS)/manifest.json" ] || { [ -f checkpoints/medium/config.json ] || $(PY) -m export.random_checkpoint checkpoints/medium --size medium; \
+		$(PY) -m export --checkpoint checkpoints/medium --out $(BENCH_ARTIFACTS) --image-size 448; }
+	$(PY) -m bench.serving --artifacts "$(BENCH_ARTIFACTS)" $(BENCH_ARGS)
 
 bench-export: $(STAMP) ## CPU speed record: PyTorch vs ORT fp32/fp16/int8 on the medium checkpoint
 	$(PY) -m bench.encoders --size medium --repeats 5

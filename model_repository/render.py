@@ -113,10 +113,7 @@ def _batching_block(opts: RenderOptions, preferred: str, delay_us: int) -> str:
     if not opts.dynamic_batching:
         return "# dynamic batching off (render option)"
     return (
-        "dynamic_batching {\n"
-        f"  preferred_batch_size: [ {preferred} ]\n"
-        f"  max_queue_delay_microseconds: {delay_us}\n"
-        "}"
+        f"dynamic_batching {{\n  preferred_batch_size: [ {preferred} ]\n  max_queue_delay_microseconds: {delay_us}\n}}"
     )
 
 
