@@ -86,6 +86,7 @@ class RenderOptions:
     max_query_tokens: int = 512
     copy: bool = False
     dynamic_batching: bool = True  # off only to measure what it brings (bench/serving.py)
+    max_session_batch: int = -1  # images per ONNX Runtime call; -1: 4 on CPU (bounded memory), all on GPU
     ensemble_variants: dict[str, str] = field(default_factory=dict)  # e.g. {"colqwen2": "fp16"} on a CPU host
 
 
@@ -167,6 +168,7 @@ def render(opts: RenderOptions) -> Path:
         "threads": opts.threads,
         "trt_cache_dir": opts.trt_cache_dir,
         "warmup_tokens": len(warmup_ids),
+        "max_session_batch": opts.max_session_batch if opts.max_session_batch >= 0 else (0 if gpu else 4),
         "preprocess_batching": _batching_block(opts, preferred, opts.preprocess_queue_delay_us),
         "encoder_batching": _batching_block(opts, preferred, encoder_delay),
         "device": device,

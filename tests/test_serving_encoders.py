@@ -85,3 +85,23 @@ def test_provider_chain_keeps_what_the_host_has(tmp_path):
         provider_chain(SessionConfig(providers=("tensorrt",)), tmp_path / "m.onnx", ["CPUExecutionProvider"])
     with pytest.raises(ValueError, match="execution_providers"):
         parse_providers("cuda,metal")
+
+
+def test_a_large_batch_runs_in_bounded_session_calls(tiny_artifacts):
+    calls = []
+
+    class Counting:
+        def __init__(self, session):
+            self.session = session
+
+        def run(self, outputs, feeds):
+            calls.append(len(feeds["pixel_values"]))
+            return self.session.run(outputs, feeds)
+
+    session = create_session(tiny_artifacts / "fp32" / "image_encoder.onnx", SessionConfig(providers=("cpu",)))
+    pixels = [np.asarray(square_chart(448, seed))[None] for seed in range(5)]
+    chunked = ImageEncoder(Counting(session), 448, max_session_batch=2).embed(pixels)
+    whole = ImageEncoder(session, 448).embed(pixels)
+    assert calls == [2, 2, 1]
+    for a, b in zip(chunked, whole, strict=True):
+        assert np.abs(a.embeddings - b.embeddings).max() < 1e-5

@@ -75,9 +75,12 @@ def run_isolated(items: Sequence, run: Callable[[list], list[Result]]) -> list[R
 class ImageEncoder:
     """uint8 pixels [n, S, S, 3] per request -> Embedded per request."""
 
-    def __init__(self, session, image_size: int) -> None:
+    def __init__(self, session, image_size: int, max_session_batch: int = 0) -> None:
         self.session = session
         self.image_size = image_size
+        # Triton may hand over 32 images at once; on a CPU, attention over 1024 patches for all of
+        # them at once costs gigabytes and no speed, so the session sees at most this many (0: all).
+        self.max_session_batch = max_session_batch
 
     def check(self, pixels: np.ndarray) -> InputError | None:
         s = self.image_size
@@ -85,8 +88,13 @@ class ImageEncoder:
             return InputError(f"PIXEL_VALUES must be uint8 [n, {s}, {s}, 3], got {pixels.dtype} {list(pixels.shape)}")
         return None
 
+    def _vectors(self, pixels: np.ndarray) -> np.ndarray:
+        step = self.max_session_batch or len(pixels)
+        parts = [self.session.run(None, {IMAGE_INPUT: pixels[i : i + step]})[0] for i in range(0, len(pixels), step)]
+        return np.concatenate(parts).astype(np.float32, copy=False)
+
     def _run(self, batch: list[np.ndarray]) -> list[Result]:
-        vectors = self.session.run(None, {IMAGE_INPUT: np.concatenate(batch)})[0].astype(np.float32, copy=False)
+        vectors = self._vectors(np.concatenate(batch))
         results: list[Result] = []
         start = 0
         for pixels in batch:

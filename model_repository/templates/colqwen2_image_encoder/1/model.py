@@ -20,7 +20,7 @@ class TritonPythonModel:
         size = params.integer("image_size")
         profile = (("pixel_values", (1, size, size, 3), (8, size, size, 3), (config["max_batch_size"], size, size, 3)),)
         session = session_from_parameters(params, args, profile)
-        self.encoder = ImageEncoder(session, size)
+        self.encoder = ImageEncoder(session, size, params.integer("max_session_batch", 0))
 
     def execute(self, requests: list) -> list:
         """All requests in one encoder call; one response per request."""
