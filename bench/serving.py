@@ -30,10 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from demo.__main__ import free_port
 from export.sample_images import keepa_chart, product_image
 from model_repository.render import RenderOptions, render
-from model_repository.server import TritonServer
+from model_repository.server import TritonServer, free_port
 
 from .encoders import _cpu_name
 

@@ -25,11 +25,10 @@ from colqwen2_client.qdrant import IndexSettings, VisualIndex, open_qdrant, poin
 from PIL import Image
 from scipy.stats import spearmanr
 
-from demo.__main__ import free_port
 from demo.samples import write_samples
 from export.sample_images import QUERIES
 from model_repository.render import RenderOptions, render
-from model_repository.server import TritonServer
+from model_repository.server import TritonServer, free_port
 
 from .encoders import _cpu_name
 

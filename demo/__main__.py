@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import sys
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ from colqwen2_client.report import table, write_html
 from PIL import Image
 
 from model_repository.render import RenderOptions, render
-from model_repository.server import TritonServer
+from model_repository.server import TritonServer, free_port
 
 from .samples import write_samples
 
@@ -33,12 +32,6 @@ RANDOM_WEIGHTS_NOTE = (
     "download), so text rankings mean nothing yet; near-duplicate image search already works. For real results: "
     "make demo MODEL=vidore/colqwen2-v1.0 (downloads the weights once; the LoRA adapter is merged at export)."
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def degraded_copy(path: Path, out: Path) -> Path:

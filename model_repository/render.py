@@ -90,11 +90,17 @@ class RenderOptions:
     ensemble_variants: dict[str, str] = field(default_factory=dict)  # e.g. {"colqwen2": "fp16"} on a CPU host
 
 
+def ensemble_variant(opts: RenderOptions, ensemble: str, device: str) -> str:
+    """The variant an ensemble serves: the override if given, else the host's default."""
+    _, _, gpu_variant, cpu_variant = ENSEMBLES[ensemble]
+    return opts.ensemble_variants.get(ensemble, gpu_variant if device == "gpu" else cpu_variant)
+
+
 def _plan(opts: RenderOptions, device: str, available: set[str]) -> dict[str, tuple[str, str]]:
     """Encoder model name -> (kind, variant) for everything this repository loads."""
     plan: dict[str, tuple[str, str]] = {}
-    for ensemble, (_, kind, gpu_variant, cpu_variant) in ENSEMBLES.items():
-        variant = opts.ensemble_variants.get(ensemble, gpu_variant if device == "gpu" else cpu_variant)
+    for ensemble, (_, kind, _, _) in ENSEMBLES.items():
+        variant = ensemble_variant(opts, ensemble, device)
         if variant not in available:
             raise RenderError(
                 f"{ensemble} on a {device.upper()} host needs the {variant} artifacts, which {opts.artifacts} lacks; "
@@ -203,9 +209,11 @@ def render(opts: RenderOptions) -> Path:
             warmup_ids.tofile(warmup / "input_ids")
             np.ones_like(warmup_ids).tofile(warmup / "attention_mask")
 
-    for ensemble, (template, kind, gpu_variant, cpu_variant) in ENSEMBLES.items():
-        variant = opts.ensemble_variants.get(ensemble, gpu_variant if gpu else cpu_variant)
-        config(template, ensemble, {"name": ensemble, "encoder": encoder_name(kind, variant), "precision": variant})
+    served: dict[str, str] = {}  # ensemble -> encoder model
+    for ensemble, (template, kind, _, _) in ENSEMBLES.items():
+        variant = ensemble_variant(opts, ensemble, device)
+        served[ensemble] = encoder_name(kind, variant)
+        config(template, ensemble, {"name": ensemble, "encoder": served[ensemble], "precision": variant})
         (staging / ensemble / "1").mkdir()  # ensembles still need a version folder
 
     (staging / "render.json").write_text(
@@ -213,10 +221,7 @@ def render(opts: RenderOptions) -> Path:
             {
                 "artifacts": str(artifacts),
                 "device": device,
-                "ensembles": {
-                    e: encoder_name(k, opts.ensemble_variants.get(e, g if gpu else c))
-                    for e, (_, k, g, c) in ENSEMBLES.items()
-                },
+                "ensembles": served,
                 "encoders": sorted(plan),
                 "manifest": manifest,
             },

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import sysconfig
@@ -33,6 +34,13 @@ def triton_home() -> Path:
     except ImportError:
         raise TritonError("nvidia-pytriton is not installed: run `make setup`") from None
     return Path(pytriton.__file__).resolve().parent / "tritonserver"
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now (for servers started beside others)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def make_backend_dir(target: Path) -> Path:

@@ -34,14 +34,6 @@ def tiny_artifacts(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFacto
     return run_export(ExportOptions(checkpoint=str(tiny_checkpoint), out_dir=out))
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def tiny_repository(tiny_artifacts: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The CPU model repository for the tiny export, with the fp16 and QDQ int8 encoders loaded too.
@@ -62,10 +54,10 @@ def tiny_repository(tiny_artifacts: Path, tmp_path_factory: pytest.TempPathFacto
 @pytest.fixture(scope="session")
 def triton_server(tiny_repository: Path, tmp_path_factory: pytest.TempPathFactory):
     """A real Triton server (from the nvidia-pytriton wheel) serving the tiny repository."""
-    from model_repository.server import TritonServer
+    from model_repository.server import TritonServer, free_port
 
     log_file = tmp_path_factory.mktemp("triton") / "tritonserver.log"
-    server = TritonServer(tiny_repository, http_port=_free_port(), grpc_port=_free_port(), metrics_port=_free_port())
+    server = TritonServer(tiny_repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
     with open(log_file, "w") as log:
         server.start(log)
         try:
@@ -91,7 +83,9 @@ def gateway_url(triton_server, tmp_path_factory: pytest.TempPathFactory):
     import time
     import urllib.request
 
-    port = _free_port()
+    from model_repository.server import free_port
+
+    port = free_port()
     log_file = tmp_path_factory.mktemp("gateway") / "gateway.log"
     command = [
         _console_script("colqwen2-gateway"), "--triton-url", f"grpc://{triton_server.grpc_url}",

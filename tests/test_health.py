@@ -18,8 +18,8 @@ import pytest
 import tritonclient.http as httpclient
 from colqwen2_client import ColQwen2Client
 
-from model_repository.server import TritonServer
-from tests.conftest import _console_script, _free_port
+from model_repository.server import TritonServer, free_port
+from tests.conftest import _console_script
 
 
 def stub_pids(server_pid: int, model: str) -> list[int]:
@@ -40,9 +40,9 @@ def stub_pids(server_pid: int, model: str) -> list[int]:
 def own_server(tiny_repository, tmp_path_factory):
     server = TritonServer(
         tiny_repository,
-        http_port=_free_port(),
-        grpc_port=_free_port(),
-        metrics_port=_free_port(),
+        http_port=free_port(),
+        grpc_port=free_port(),
+        metrics_port=free_port(),
     )
     with open(tmp_path_factory.mktemp("health") / "triton.log", "w") as log:
         server.start(log)
@@ -54,7 +54,7 @@ def own_server(tiny_repository, tmp_path_factory):
 @pytest.fixture(scope="module")
 def own_gateway(own_server):
     own_server, _ = own_server
-    port = _free_port()
+    port = free_port()
     command = [
         _console_script("colqwen2-gateway"), "--triton-url", f"http://{own_server.http_url}",
         "--port", str(port), "--health-ttl", "0", "--timeout", "20",

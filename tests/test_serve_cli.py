@@ -9,11 +9,11 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tests.conftest import _free_port
+from model_repository.server import free_port
 
 
 def test_serve_starts_answers_and_stops_on_sigint(tiny_artifacts, tmp_path):
-    ports = [_free_port() for _ in range(3)]
+    ports = [free_port() for _ in range(3)]
     command = [
         sys.executable, "-m", "model_repository.serve", "--artifacts", str(tiny_artifacts),
         "--repository", str(tmp_path / "repo"), "--device", "cpu",

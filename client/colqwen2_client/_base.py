@@ -14,7 +14,8 @@ from PIL import Image
 
 from ._constants import DEFAULT_BATCH_SIZE, DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT, EMBEDDING_DIM, MODELS
 from ._transport import Endpoint, parse_url
-from .errors import ColQwen2Error, InvalidInputError, ServerError
+from .errors import ColQwen2Error, ServerError
+from .inputs import image_bytes
 from .types import Embedding
 
 Progress = Callable[[int, int], None]
@@ -43,6 +44,15 @@ class ClientOptions:
             raise ValueError("timeout must be > 0, max_retries >= 0 and batch_size >= 1")
         return cls(parse_url(url), precision, timeout, max_retries, batch_size)
 
+    def settings(self) -> dict[str, Any]:
+        """The keyword options a client was made with, for `with_options`."""
+        return {
+            "precision": self.precision,
+            "timeout": self.timeout,
+            "max_retries": self.max_retries,
+            "batch_size": self.batch_size,
+        }
+
     @property
     def image_model(self) -> str:
         return MODELS[self.precision][0]
@@ -50,6 +60,17 @@ class ClientOptions:
     @property
     def query_model(self) -> str:
         return MODELS[self.precision][1]
+
+
+def encode_images(images: Sequence[Any]) -> tuple[list[Any], list[int]]:
+    """Each image's bytes, or the SDK error it raised locally; and the indices that can be sent."""
+    data: list[Any] = []
+    for image in images:
+        try:
+            data.append(image_bytes(image))
+        except ColQwen2Error as exc:
+            data.append(exc)
+    return data, [i for i, d in enumerate(data) if isinstance(d, bytes)]
 
 
 def single(outputs: dict[str, np.ndarray]) -> Embedding:
@@ -112,9 +133,3 @@ def health_verdict(loaded: bool, parameters: dict[str, str] | None) -> dict[str,
     """The original service's health shape."""
     device = (parameters or {}).get("device", "")
     return {"status": "healthy" if loaded else "unhealthy", "gpu_available": device == "gpu", "model_loaded": loaded}
-
-
-def require_text(text: Any) -> str:
-    if not isinstance(text, str):
-        raise InvalidInputError(f"a query must be a str, not {type(text).__name__}")
-    return text

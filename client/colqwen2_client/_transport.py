@@ -116,8 +116,15 @@ async def retrying_async(call: Callable[[], Awaitable[T]], retries: int) -> T:
     raise AssertionError("unreachable")
 
 
-def _bytes_array(items: Sequence[bytes]) -> np.ndarray:
-    return np.array([[item] for item in items], dtype=np.object_)
+def _bytes_input(module: Any, protocol: str, name: str, items: Sequence[bytes]) -> Any:
+    """A [n, 1] BYTES input of tritonclient's `module` (http, grpc or their aio twins)."""
+    tensor = module.InferInput(name, [len(items), 1], "BYTES")
+    array = np.array([[item] for item in items], dtype=np.object_)
+    if protocol == "http":
+        tensor.set_data_from_numpy(array, binary_data=True)  # JSON cannot carry raw bytes
+    else:
+        tensor.set_data_from_numpy(array)
+    return tensor
 
 
 def _outputs(result: Any) -> Outputs:
@@ -152,23 +159,18 @@ class SyncTransport:
             self.client = module.InferenceServerClient(endpoint.address, ssl=endpoint.ssl)
 
     def _input(self, name: str, items: Sequence[bytes]) -> Any:
-        tensor = self.module.InferInput(name, [len(items), 1], "BYTES")
-        if self.endpoint.protocol == "http":
-            tensor.set_data_from_numpy(_bytes_array(items), binary_data=True)  # JSON cannot carry raw bytes
-        else:
-            tensor.set_data_from_numpy(_bytes_array(items))
-        return tensor
+        return _bytes_input(self.module, self.endpoint.protocol, name, items)
 
     def _outputs_requested(self) -> list:
         if self.endpoint.protocol == "http":
             return [self.module.InferRequestedOutput(n, binary_data=True) for n in OUTPUTS]
         return [self.module.InferRequestedOutput(n) for n in OUTPUTS]
 
-    def infer(self, model: str, input_name: str, items: Sequence[bytes], timeout: float | None = None) -> Outputs:
+    def infer(self, model: str, input_name: str, items: Sequence[bytes]) -> Outputs:
         """One request carrying every item."""
         kwargs: dict[str, Any] = {"outputs": self._outputs_requested()}
         if self.endpoint.protocol == "grpc":
-            kwargs["client_timeout"] = timeout or self.timeout
+            kwargs["client_timeout"] = self.timeout
         try:
             return _outputs(self.client.infer(model, [self._input(input_name, items)], **kwargs))
         except Exception as exc:
@@ -273,12 +275,7 @@ class AsyncTransport:
             self.client = module.InferenceServerClient(endpoint.address, ssl=endpoint.ssl)
 
     def _input(self, name: str, items: Sequence[bytes]) -> Any:
-        tensor = self.module.InferInput(name, [len(items), 1], "BYTES")
-        if self.endpoint.protocol == "http":
-            tensor.set_data_from_numpy(_bytes_array(items), binary_data=True)
-        else:
-            tensor.set_data_from_numpy(_bytes_array(items))
-        return tensor
+        return _bytes_input(self.module, self.endpoint.protocol, name, items)
 
     async def _call(self, awaitable: Awaitable[T], model: str = "") -> T:
         try:

@@ -71,13 +71,7 @@ class AsyncColQwen2Client:
         return_exceptions: bool = False,
     ) -> list[Embedding]:
         """Many images, one request each with `batch_size` in flight (Triton batches them)."""
-        data: list[Any] = []
-        for image in images:
-            try:
-                data.append(image_bytes(image))
-            except ColQwen2Error as exc:
-                data.append(exc)
-        sendable = [i for i, d in enumerate(data) if isinstance(d, bytes)]
+        data, sendable = _base.encode_images(images)
         sent = await self._infer_each(
             self.options.image_model,
             IMAGE_INPUT,
@@ -91,11 +85,11 @@ class AsyncColQwen2Client:
 
     async def embed_query(self, text: str) -> Embedding:
         """One text query -> its Embedding (one vector per token, augmentation tokens included)."""
-        items = [text_bytes(_base.require_text(text))]
+        items = [text_bytes(text)]
         return _base.single(await self._infer(self.options.query_model, TEXT_INPUT, items))
 
     async def embed_queries(self, texts: Sequence[str], return_exceptions: bool = False) -> list[Embedding]:
-        items = [text_bytes(_base.require_text(t)) for t in texts]
+        items = [text_bytes(t) for t in texts]
         results = await self._infer_each(self.options.query_model, TEXT_INPUT, items, None)
         return _base.collect(results, return_exceptions, "query")
 
@@ -125,13 +119,7 @@ class AsyncColQwen2Client:
 
     def with_options(self, **overrides: Any) -> AsyncColQwen2Client:
         """A new client with some options changed, e.g. `client.with_options(timeout=5)`."""
-        current = {
-            "precision": self.options.precision,
-            "timeout": self.options.timeout,
-            "max_retries": self.options.max_retries,
-            "batch_size": self.options.batch_size,
-        }
-        return AsyncColQwen2Client(self.options.endpoint.url, **(current | overrides))
+        return AsyncColQwen2Client(self.options.endpoint.url, **(self.options.settings() | overrides))
 
     async def close(self) -> None:
         await self._transport.close()

@@ -77,13 +77,7 @@ class ColQwen2Client:
         A bad image raises its error naming its index, unless `return_exceptions`, which puts
         the error in its place and keeps the rest.
         """
-        data: list[Any] = []
-        for image in images:
-            try:
-                data.append(image_bytes(image))
-            except ColQwen2Error as exc:
-                data.append(exc)
-        sendable = [i for i, d in enumerate(data) if isinstance(d, bytes)]
+        data, sendable = _base.encode_images(images)
         sent = self._infer_each(
             self.options.image_model,
             IMAGE_INPUT,
@@ -97,11 +91,11 @@ class ColQwen2Client:
 
     def embed_query(self, text: str) -> Embedding:
         """One text query -> its Embedding (one vector per token, augmentation tokens included)."""
-        items = [text_bytes(_base.require_text(text))]
+        items = [text_bytes(text)]
         return _base.single(self._infer(self.options.query_model, TEXT_INPUT, items))
 
     def embed_queries(self, texts: Sequence[str], return_exceptions: bool = False) -> list[Embedding]:
-        items = [text_bytes(_base.require_text(t)) for t in texts]
+        items = [text_bytes(t) for t in texts]
         results = self._infer_each(self.options.query_model, TEXT_INPUT, items, None)
         return _base.collect(results, return_exceptions, "query")
 
@@ -131,13 +125,7 @@ class ColQwen2Client:
 
     def with_options(self, **overrides: Any) -> ColQwen2Client:
         """A new client with some options changed, e.g. `client.with_options(timeout=5)`."""
-        current = {
-            "precision": self.options.precision,
-            "timeout": self.options.timeout,
-            "max_retries": self.options.max_retries,
-            "batch_size": self.options.batch_size,
-        }
-        return ColQwen2Client(self.options.endpoint.url, **(current | overrides))
+        return ColQwen2Client(self.options.endpoint.url, **(self.options.settings() | overrides))
 
     def close(self) -> None:
         self._transport.close()

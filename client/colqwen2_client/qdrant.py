@@ -122,7 +122,6 @@ class VisualIndex:
         chunk: int = 64,
     ) -> IndexReport:
         """Embed and upsert images not yet in the collection; payloads get source, kind, size, bytes."""
-        from PIL import Image
         from qdrant_client import models
 
         self.ensure_collection()
@@ -153,7 +152,7 @@ class VisualIndex:
                 payload = {"source": _source(images[i], payloads[i]), "bytes": len(data[i]), **payloads[i]}
                 payload.setdefault("kind", "image")
                 if "size" not in payload:
-                    payload["size"] = _size(data[i], Image)
+                    payload["size"] = _size(data[i])
                 points.append(
                     models.PointStruct(
                         id=ids[i], vector={POOLED: result.pooled.tolist(), MULTI: stored.tolist()}, payload=payload
@@ -202,11 +201,13 @@ def _source(image: ImageInput, payload: dict[str, Any]) -> str:
     return "<in-memory image>"
 
 
-def _size(data: bytes, image_module: Any) -> list[int] | None:
+def _size(data: bytes) -> list[int] | None:
     import io
 
+    from PIL import Image
+
     try:
-        with image_module.open(io.BytesIO(data)) as img:  # header only
+        with Image.open(io.BytesIO(data)) as img:  # header only
             return [img.width, img.height]
     except Exception:
         return None
