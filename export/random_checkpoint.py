@@ -11,6 +11,9 @@ vidore/colqwen2-v1.0.
 Sizes:
 - ``tiny``: seconds to build and export; what the tests and the offline demo use.
 - ``medium``: large enough that compute dominates on a CPU; for CPU speed ratios.
+- ``wide``: the real model's layer widths with 4 vision and 4 text layers (about the real 32:28
+  mix): each layer costs what a real one does, in a size a 2-core CPU runs in about a second; for
+  CPU ratios at the real proportions of attention to matmul work.
 - ``real``: Qwen2-VL-2B shapes (colqwen2-base, 2.2 B parameters) for GPU speed and memory work.
 """
 
@@ -81,6 +84,18 @@ SIZES: dict[str, CheckpointSize] = {
         vision_depth=6,
         vision_embed=384,
         vision_heads=6,
+        bpe_vocab=2000,
+    ),
+    "wide": CheckpointSize(
+        text_hidden=1536,
+        text_layers=4,
+        text_heads=12,
+        text_kv_heads=2,
+        text_intermediate=8960,
+        mrope_section=(16, 24, 24),
+        vision_depth=4,
+        vision_embed=1280,
+        vision_heads=16,
         bpe_vocab=2000,
     ),
     # vidore/colqwen2-base (Qwen2-VL-2B): 2.209 B parameters, vision tower 665 M.

@@ -86,6 +86,9 @@ class RenderOptions:
     max_query_tokens: int = 512
     copy: bool = False
     dynamic_batching: bool = True  # off only to measure what it brings (bench/serving.py)
+    # Requests waiting per model before Triton refuses new ones with UNAVAILABLE (the SDK retries
+    # those with backoff; the gateway answers 503). 0: unbounded, Triton's default.
+    max_queue_size: int = 0
     max_session_batch: int = -1  # images per ONNX Runtime call; -1: 4 on CPU (bounded memory), all on GPU
     ensemble_variants: dict[str, str] = field(default_factory=dict)  # e.g. {"colqwen2": "fp16"} on a CPU host
 
@@ -119,8 +122,10 @@ def _batching_block(opts: RenderOptions, preferred: str, delay_us: int) -> str:
     """The `dynamic_batching` block, or nothing: each execute() then gets exactly one request."""
     if not opts.dynamic_batching:
         return "# dynamic batching off (render option)"
+    queue = f"\n  default_queue_policy {{ max_queue_size: {opts.max_queue_size} }}" if opts.max_queue_size else ""
     return (
-        f"dynamic_batching {{\n  preferred_batch_size: [ {preferred} ]\n  max_queue_delay_microseconds: {delay_us}\n}}"
+        f"dynamic_batching {{\n  preferred_batch_size: [ {preferred} ]\n  max_queue_delay_microseconds: {delay_us}"
+        f"{queue}\n}}"
     )
 
 
@@ -181,6 +186,8 @@ def render(opts: RenderOptions) -> Path:
     }
     if opts.max_batch_size < 1:
         raise RenderError("max_batch_size must be at least 1")
+    if opts.max_queue_size < 0:
+        raise RenderError("max_queue_size must be 0 (unbounded) or more")
 
     out = opts.out.resolve()
     staging = out.with_name(out.name + ".partial")
@@ -242,6 +249,7 @@ def add_render_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preprocess-instances", type=int, default=defaults.preprocess_instances)
     parser.add_argument("--encoder-instances", type=int, default=defaults.encoder_instances)
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: all cores)")
+    parser.add_argument("--max-queue-size", type=int, default=0, help="per model; beyond it UNAVAILABLE (0: unbounded)")
     parser.add_argument("--max-query-tokens", type=int, default=defaults.max_query_tokens)
     parser.add_argument("--max-image-pixels", type=int, default=defaults.max_image_pixels)
     parser.add_argument("--execution-providers", default=defaults.execution_providers, help="order, on GPU instances")
@@ -260,6 +268,7 @@ def options_from_args(args: argparse.Namespace, out: Path) -> RenderOptions:
         encoder_instances=args.encoder_instances,
         threads=args.threads,
         max_query_tokens=args.max_query_tokens,
+        max_queue_size=args.max_queue_size,
         max_image_pixels=args.max_image_pixels,
         execution_providers=args.execution_providers,
         trt_cache_dir=args.trt_cache_dir,

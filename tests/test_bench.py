@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from bench.serving import main
 
 
@@ -16,7 +18,25 @@ def test_serving_benchmark_smoke(tiny_artifacts, tmp_path):
         ("fp32", 1), ("fp32", 4), ("int8", 1), ("int8", 4)
     }  # fmt: skip
     assert all(lv["errors"] == 0 and lv["images_per_s"] > 0 and lv["peak_rss_mb"] > 0 for lv in result["levels"])
+    # The statistics API saw the encoder execute: at most 4 images per execution at 4 in flight.
+    assert all(1 <= lv["mean_batch"] <= lv["concurrency"] for lv in result["levels"])
+    assert all(lv["peak_gpu_mb"] is None for lv in result["levels"])  # a CPU host measures no GPU memory
+    assert len(result["in_process_runs"]) == 2  # before and after the sweep
     assert set(result["in_process"]) >= {"preprocess", "onnxruntime fp32", "colpali-engine pytorch"}
-    assert len(result["targets"]) == 3 and all("met" in t for t in result["targets"])
+    shares = result["int8_breakdown"]
+    assert set(shares) == {"int8 matmuls", "float32 attention", "other"} and abs(sum(shares.values()) - 1) < 1e-6
+    assert result["int8_speedup_ceiling"] > 0
+    # The CPU-host targets are measured; the GPU-host ones are listed as not measured, never invented.
+    cpu_targets, gpu_targets = result["targets"][:3], result["targets"][3:]
+    assert all(t["met"] is not None and t["measured"] is not None for t in cpu_targets)
+    assert len(gpu_targets) == 4 and all(t["met"] is None and t["measured"] is None for t in gpu_targets)
     report = next(out.glob("serving-*.md")).read_text()
-    assert "## Targets" in report and len(list(out.glob("*.png"))) == 2
+    assert "## Targets" in report and "not measured: needs a GPU host" in report
+    assert "## Where the int8 encoder's time goes" in report and len(list(out.glob("*.png"))) == 2
+
+
+def test_unknown_config_is_refused(tiny_artifacts, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--artifacts", str(tiny_artifacts), "--device", "cpu", "--configs", "fp16-no-dynamic-batching"])
+    assert exit_info.value.code == 2
+    assert "unknown configs ['fp16-no-dynamic-batching'] for a cpu host" in capsys.readouterr().err

@@ -67,3 +67,13 @@ def test_missing_variant_names_the_fix(tiny_artifacts, tmp_path):
         render(RenderOptions(partial, tmp_path / "gpu", device="gpu"))
     with pytest.raises(RenderError, match=r"manifest\.json"):
         render(RenderOptions(tmp_path / "nowhere", tmp_path / "x"))
+
+
+def test_max_queue_size_bounds_every_batching_model(tiny_artifacts, tmp_path):
+    models = configs(render(RenderOptions(tiny_artifacts, tmp_path / "bounded", device="cpu", max_queue_size=64)))
+    batching = [c for c in models.values() if c.platform != "ensemble"]
+    assert batching and all(c.dynamic_batching.default_queue_policy.max_queue_size == 64 for c in batching)
+    unbounded = configs(render(RenderOptions(tiny_artifacts, tmp_path / "default", device="cpu")))
+    assert all(not c.dynamic_batching.HasField("default_queue_policy") for c in unbounded.values())
+    with pytest.raises(RenderError, match="max_queue_size must be 0"):
+        render(RenderOptions(tiny_artifacts, tmp_path / "bad", device="cpu", max_queue_size=-1))

@@ -1,0 +1,168 @@
+"""Load generation and measurement against a running Triton server.
+
+- `drive`: an asyncio load generator (tritonclient's aio HTTP or gRPC clients), one image per
+  request, a fixed number of requests with a fixed number in flight.
+- `PeakMemory`: samples the server's process-tree RSS (Triton plus its Python-backend stubs) and,
+  on a GPU host, the device memory in use.
+- `BatchCounter`: Triton's statistics API before and after a level, giving the mean batch the
+  dynamic batcher actually formed for the encoder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import shutil
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from export.sample_images import keepa_chart, product_image
+
+
+def payloads(count: int) -> list[bytes]:
+    """Encoded images as users send them: PNG charts and JPEG product photos, 800x500 and 600x600."""
+    out = []
+    for i in range(count):
+        buffer = io.BytesIO()
+        if i % 2 == 0:
+            keepa_chart(900 + i).save(buffer, "PNG")
+        else:
+            product_image(900 + i).save(buffer, "JPEG", quality=90)
+        out.append(buffer.getvalue())
+    return out
+
+
+def tree_rss_bytes(root: int) -> int:
+    """RSS of a process and all its descendants (Triton and its Python-backend stubs)."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            stat = (proc / "stat").read_text()
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            status = (proc / "status").read_text()
+        except (OSError, ValueError, IndexError):
+            continue
+        pid = int(proc.name)
+        children.setdefault(ppid, []).append(pid)
+        kb = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
+        rss[pid] = kb * 1024
+    total, stack = 0, [root]
+    while stack:
+        pid = stack.pop()
+        total += rss.get(pid, 0)
+        stack.extend(children.get(pid, []))
+    return total
+
+
+def gpu_memory_used_mb() -> float | None:
+    """Device memory in use on GPU 0 as nvidia-smi reports it; None without a GPU."""
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return None
+    try:
+        out = subprocess.run(
+            [exe, "--query-gpu=memory.used", "--format=csv,noheader,nounits", "--id=0"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout  # fmt: skip
+        return float(out.strip().splitlines()[0])
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return None
+
+
+class PeakMemory:
+    """Peak process-tree RSS (sampled every 50 ms) and peak GPU memory (every 250 ms, if any)."""
+
+    def __init__(self, pid: int, gpu: bool) -> None:
+        self.pid, self.gpu = pid, gpu
+        self.peak_rss, self.peak_gpu_mb = 0, None if not gpu else 0.0
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._rss, daemon=True)]
+        if gpu:
+            self._threads.append(threading.Thread(target=self._gpu, daemon=True))
+
+    def _rss(self) -> None:
+        while not self._stop.is_set():
+            self.peak_rss = max(self.peak_rss, tree_rss_bytes(self.pid))
+            self._stop.wait(0.05)
+
+    def _gpu(self) -> None:
+        while not self._stop.is_set():
+            used = gpu_memory_used_mb()
+            if used is not None:
+                self.peak_gpu_mb = max(self.peak_gpu_mb or 0.0, used)
+            self._stop.wait(0.25)
+
+    def __enter__(self) -> PeakMemory:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+
+
+class BatchCounter:
+    """Mean executed batch of one model between `__enter__` and `__exit__` (statistics API)."""
+
+    def __init__(self, http_url: str, model: str) -> None:
+        import tritonclient.http as httpclient
+
+        self._client = httpclient.InferenceServerClient(http_url)
+        self.model = model
+        self.mean_batch = float("nan")
+
+    def _counts(self) -> tuple[int, int]:
+        stats = self._client.get_inference_statistics(self.model)["model_stats"][0]
+        return int(stats.get("inference_count", 0)), int(stats.get("execution_count", 0))
+
+    def __enter__(self) -> BatchCounter:
+        self._start = self._counts()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        inferences, executions = (b - a for a, b in zip(self._start, self._counts(), strict=True))
+        self.mean_batch = inferences / executions if executions else float("nan")
+        self._client.close()
+
+
+async def drive(url: str, protocol: str, model: str, data: list[bytes], concurrency: int, requests: int):
+    """`requests` single-image requests, `concurrency` in flight: (latencies in s, wall s, errors)."""
+    if protocol == "grpc":
+        import tritonclient.grpc.aio as module
+    else:
+        import tritonclient.http.aio as module
+    client = module.InferenceServerClient(url)
+    latencies: list[float] = []
+    errors = 0
+    next_index = 0
+
+    async def worker() -> None:
+        nonlocal next_index, errors
+        while next_index < requests:
+            i = next_index
+            next_index += 1
+            tensor = module.InferInput("image", [1, 1], "BYTES")
+            array = np.array([[data[i % len(data)]]], dtype=object)
+            if protocol == "http":
+                tensor.set_data_from_numpy(array, binary_data=True)
+            else:
+                tensor.set_data_from_numpy(array)
+            start = time.perf_counter()
+            try:
+                await client.infer(model, [tensor])
+                latencies.append(time.perf_counter() - start)
+            except Exception:
+                errors += 1
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    wall = time.perf_counter() - start
+    await client.close()
+    return latencies, wall, errors

@@ -1,0 +1,93 @@
+"""A bounded queue under a burst: the overflow is refused at once, by name, and nothing else breaks.
+
+A real Triton serves a tiny repository rendered with `max_queue_size` 2 and a long batching
+delay, so that a burst of concurrent requests overflows the queue. Those overflowing requests get
+UNAVAILABLE ("Exceeds maximum queue size") immediately instead of waiting; every accepted request
+returns correct vectors; the server stays ready; and the SDK, which retries a busy server with
+backoff, gets every image of a burst embedded.
+"""
+
+from __future__ import annotations
+
+import io
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from colqwen2_client import ColQwen2Client, ServerBusyError
+from tritonclient.utils import InferenceServerException
+
+from model_repository.render import RenderOptions, render
+from model_repository.server import TritonServer, free_port
+from tests.images import square_chart
+
+
+@pytest.fixture(scope="module")
+def bounded_server(tiny_artifacts, tmp_path_factory):
+    work = tmp_path_factory.mktemp("overload")
+    options = RenderOptions(
+        tiny_artifacts, work / "repo", device="cpu", max_queue_size=2, encoder_queue_delay_us=300_000,
+        preferred_batch_sizes=(32,), preprocess_instances=1,
+    )  # fmt: skip
+    server = TritonServer(render(options), http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
+    with open(work / "triton.log", "w") as log:
+        server.start(log)
+        server.wait_ready(180)
+        yield server
+        server.stop()
+
+
+def _png() -> bytes:
+    buffer = io.BytesIO()
+    square_chart(448, seed=3).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_a_burst_overflows_the_queue_cleanly(bounded_server):
+    image = _png()
+    client = grpcclient.InferenceServerClient(bounded_server.grpc_url)
+
+    def one(_: int) -> np.ndarray | InferenceServerException:
+        tensor = grpcclient.InferInput("image", [1, 1], "BYTES")
+        tensor.set_data_from_numpy(np.array([[image]], dtype=object))
+        try:
+            return client.infer("colqwen2", [tensor]).as_numpy("embeddings")
+        except InferenceServerException as exc:
+            return exc
+
+    with ThreadPoolExecutor(24) as pool:
+        results = list(pool.map(one, range(24)))
+    refused = [r for r in results if isinstance(r, InferenceServerException)]
+    served = [r for r in results if isinstance(r, np.ndarray)]
+    assert refused, "24 concurrent requests against a queue of 2 should overflow it"
+    assert served, "the requests the queue accepted should be served"
+    for exc in refused:
+        assert exc.status() == "StatusCode.UNAVAILABLE" and "maximum queue size" in exc.message(), exc
+    # Every accepted request got the same, complete vectors: the overflow touched no one else.
+    for vectors in served:
+        np.testing.assert_array_equal(vectors, served[0])
+    assert client.is_server_ready() and client.is_model_ready("colqwen2")
+
+
+def test_the_sdk_reports_busy_and_retries_through_it(bounded_server):
+    image = _png()
+    url = f"grpc://{bounded_server.grpc_url}"
+    with ColQwen2Client(url, max_retries=0) as impatient:
+
+        def one(_: int):
+            try:
+                return impatient.embed(image)
+            except ServerBusyError as exc:
+                return exc
+
+        with ThreadPoolExecutor(24) as pool:
+            results = list(pool.map(one, range(24)))
+    busy = [r for r in results if isinstance(r, ServerBusyError)]
+    assert busy and "server busy (colqwen2)" in str(busy[0]) and "maximum queue size" in str(busy[0])
+    assert busy[0].retryable
+    # embed_batch sends the burst with a window, then re-sends what the server refused as busy.
+    with ColQwen2Client(url, max_retries=3) as patient:
+        results = patient.embed_batch([image] * 24, batch_size=24, return_exceptions=True)
+    assert all(not isinstance(r, BaseException) for r in results), [r for r in results if isinstance(r, Exception)]
+    assert {r.vectors.shape for r in results} == {results[0].vectors.shape}
