@@ -4,8 +4,8 @@
   request, a fixed number of requests with a fixed number in flight.
 - `PeakMemory`: samples the server's process-tree RSS (Triton plus its Python-backend stubs) and,
   on a GPU host, the device memory in use.
-- `BatchCounter`: Triton's statistics API before and after a level, giving the mean batch the
-  dynamic batcher actually formed for the encoder.
+- `ModelStats`: Triton's statistics API before and after a level: the mean batch the dynamic
+  batcher formed, and where a request's time went (queue, each model's own compute).
 """
 
 from __future__ import annotations
@@ -108,27 +108,49 @@ class PeakMemory:
             thread.join()
 
 
-class BatchCounter:
-    """Mean executed batch of one model between `__enter__` and `__exit__` (statistics API)."""
+class ModelStats:
+    """Triton's statistics API for some models, differenced over a `with` block.
 
-    def __init__(self, http_url: str, model: str) -> None:
+    Per model: `mean_batch` (requests per execution), and per request the mean milliseconds
+    waiting in the queue and inside execute() (`compute_infer`, the model's own work).
+    """
+
+    def __init__(self, http_url: str, models: list[str]) -> None:
         import tritonclient.http as httpclient
 
         self._client = httpclient.InferenceServerClient(http_url)
-        self.model = model
-        self.mean_batch = float("nan")
+        self.models = models
+        self.mean_batch: dict[str, float] = {}
+        self.queue_ms: dict[str, float] = {}
+        self.compute_ms: dict[str, float] = {}
 
-    def _counts(self) -> tuple[int, int]:
-        stats = self._client.get_inference_statistics(self.model)["model_stats"][0]
-        return int(stats.get("inference_count", 0)), int(stats.get("execution_count", 0))
+    def _read(self) -> dict[str, tuple[int, int, int, int]]:
+        out = {}
+        for model in self.models:
+            stats = self._client.get_inference_statistics(model)["model_stats"][0]
+            infer = stats.get("inference_stats", {})
+            out[model] = (
+                int(stats.get("inference_count", 0)),
+                int(stats.get("execution_count", 0)),
+                int(infer.get("queue", {}).get("ns", 0)),
+                int(infer.get("compute_infer", {}).get("ns", 0)),
+            )
+        return out
 
-    def __enter__(self) -> BatchCounter:
-        self._start = self._counts()
+    def __enter__(self) -> ModelStats:
+        self._start = self._read()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        inferences, executions = (b - a for a, b in zip(self._start, self._counts(), strict=True))
-        self.mean_batch = inferences / executions if executions else float("nan")
+        end = self._read()
+        for model in self.models:
+            requests, executions, queue_ns, compute_ns = (
+                b - a for a, b in zip(self._start[model], end[model], strict=True)
+            )
+            nan = float("nan")
+            self.mean_batch[model] = requests / executions if executions else nan
+            self.queue_ms[model] = queue_ns / requests / 1e6 if requests else nan
+            self.compute_ms[model] = compute_ns / requests / 1e6 if requests else nan
         self._client.close()
 
 

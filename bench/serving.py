@@ -30,11 +30,11 @@ from pathlib import Path
 
 import numpy as np
 
-from model_repository.render import RenderOptions, detect_device, ensemble_variant, render
+from model_repository.render import PREPROCESS, RenderOptions, detect_device, ensemble_variant, render
 from model_repository.server import TritonServer, free_port
 
 from .encoders import _cpu_name
-from .load import BatchCounter, PeakMemory, drive, payloads
+from .load import ModelStats, PeakMemory, drive, payloads
 from .references import averaged, in_process, int8_breakdown, speedup_ceiling
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,7 +64,11 @@ class Level:
     p95_ms: float
     p99_ms: float
     images_per_s: float
-    mean_batch: float
+    mean_ms: float
+    mean_batch: float  # images per execution of the image encoder
+    encoder_ms: float  # per request: the image encoder's own compute (its execute() call)
+    preprocess_ms: float  # per request: the preprocessing model's own compute
+    queue_ms: float  # per request: waiting in the encoder's queue
     peak_rss_mb: float
     peak_gpu_mb: float | None
     errors: int
@@ -89,19 +93,22 @@ def run_config(name: str, args, data: list[bytes], levels: list[int]) -> list[Le
                 requests = max(args.requests, 2 * concurrency)
                 with (
                     PeakMemory(server.process.pid, gpu=args.device == "gpu") as memory,
-                    BatchCounter(server.http_url, encoder) as batches,
+                    ModelStats(server.http_url, [encoder, PREPROCESS]) as stats,
                 ):
                     latencies, wall, errors = asyncio.run(drive(url, protocol, model, data, concurrency, requests))
                 ms = np.array(latencies) * 1e3 if latencies else np.array([float("nan")])
                 level = Level(
                     name, protocol, concurrency, requests,
                     float(np.percentile(ms, 50)), float(np.percentile(ms, 95)), float(np.percentile(ms, 99)),
-                    len(latencies) / wall, batches.mean_batch, memory.peak_rss / 2**20, memory.peak_gpu_mb, errors,
+                    len(latencies) / wall, float(np.mean(ms)), stats.mean_batch[encoder], stats.compute_ms[encoder],
+                    stats.compute_ms[PREPROCESS], stats.queue_ms[encoder],
+                    memory.peak_rss / 2**20, memory.peak_gpu_mb, errors,
                 )  # fmt: skip
                 gpu = f"  gpu {level.peak_gpu_mb:7.0f} MiB" if level.peak_gpu_mb is not None else ""
                 print(
                     f"{name:<26} {protocol:<4} c={concurrency:<3} {level.images_per_s:7.2f} img/s  "
                     f"p50 {level.p50_ms:8.1f} ms  p99 {level.p99_ms:8.1f} ms  batch {level.mean_batch:5.2f}  "
+                    f"encoder {level.encoder_ms:8.1f} ms  "
                     f"rss {level.peak_rss_mb:7.0f} MB{gpu}  errors {errors}",
                     flush=True,
                 )
@@ -270,6 +277,24 @@ def report(result: dict, figures: list[str]) -> str:
             f"| {lv['config']} | {lv['protocol']} | {lv['concurrency']} | {lv['requests']} | {lv['images_per_s']:.2f} "
             f"| {lv['p50_ms']:.1f} | {lv['p95_ms']:.1f} | {lv['p99_ms']:.1f} | {_fmt(lv['mean_batch'], 2)} "
             f"| {lv['peak_rss_mb']:.0f} | {_fmt(lv['peak_gpu_mb'], 0)} | {lv['errors']} |"
+        )
+    lines += [
+        "",
+        "## Where a request's time goes",
+        "",
+        "Per request, mean ms. Client: the load generator's latency. Queue, preprocess and encoder: Triton's "
+        "statistics API (queue wait at the image encoder; each model's own compute, which in a batch is the "
+        "batch's). Rest: the client latency less those three, i.e. transport, (de)serialisation, the "
+        "preprocessing queue and ensemble scheduling.",
+        "",
+        "| config | protocol | concurrency | client | queue | preprocess | encoder | rest | rest share |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for lv in result["levels"]:
+        rest = lv["mean_ms"] - lv["queue_ms"] - lv["preprocess_ms"] - lv["encoder_ms"]
+        lines.append(
+            f"| {lv['config']} | {lv['protocol']} | {lv['concurrency']} | {lv['mean_ms']:.1f} | {lv['queue_ms']:.1f} "
+            f"| {lv['preprocess_ms']:.1f} | {lv['encoder_ms']:.1f} | {rest:.1f} | {rest / lv['mean_ms']:.1%} |"
         )
     lines += ["", *[f"![{f}]({f})" for f in figures], ""]
     return "\n".join(lines)

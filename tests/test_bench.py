@@ -20,6 +20,9 @@ def test_serving_benchmark_smoke(tiny_artifacts, tmp_path):
     assert all(lv["errors"] == 0 and lv["images_per_s"] > 0 and lv["peak_rss_mb"] > 0 for lv in result["levels"])
     # The statistics API saw the encoder execute: at most 4 images per execution at 4 in flight.
     assert all(1 <= lv["mean_batch"] <= lv["concurrency"] for lv in result["levels"])
+    # Server-side time per request: the encoder and preprocessing computed, within the client's latency.
+    assert all(0 < lv["encoder_ms"] and 0 < lv["preprocess_ms"] for lv in result["levels"])
+    assert all(lv["queue_ms"] + lv["preprocess_ms"] + lv["encoder_ms"] < lv["mean_ms"] for lv in result["levels"])
     assert all(lv["peak_gpu_mb"] is None for lv in result["levels"])  # a CPU host measures no GPU memory
     assert len(result["in_process_runs"]) == 2  # before and after the sweep
     assert set(result["in_process"]) >= {"preprocess", "onnxruntime fp32", "colpali-engine pytorch"}
@@ -32,7 +35,11 @@ def test_serving_benchmark_smoke(tiny_artifacts, tmp_path):
     assert len(gpu_targets) == 4 and all(t["met"] is None and t["measured"] is None for t in gpu_targets)
     report = next(out.glob("serving-*.md")).read_text()
     assert "## Targets" in report and "not measured: needs a GPU host" in report
-    assert "## Where the int8 encoder's time goes" in report and len(list(out.glob("*.png"))) == 2
+    assert (
+        "## Where a request's time goes" in report
+        and "## Where the int8 encoder's time goes" in report
+        and len(list(out.glob("*.png"))) == 2
+    )
 
 
 def test_unknown_config_is_refused(tiny_artifacts, capsys):
