@@ -72,6 +72,7 @@ class Level:
     peak_rss_mb: float
     peak_gpu_mb: float | None
     errors: int
+    latencies_ms: list[float]  # every request's, in completion order: the distribution plots use them
 
 
 def run_config(name: str, args, data: list[bytes], levels: list[int]) -> list[Level]:
@@ -102,7 +103,7 @@ def run_config(name: str, args, data: list[bytes], levels: list[int]) -> list[Le
                     float(np.percentile(ms, 50)), float(np.percentile(ms, 95)), float(np.percentile(ms, 99)),
                     len(latencies) / wall, float(np.mean(ms)), stats.mean_batch[encoder], stats.compute_ms[encoder],
                     stats.compute_ms[PREPROCESS], stats.queue_ms[encoder],
-                    memory.peak_rss / 2**20, memory.peak_gpu_mb, errors,
+                    memory.peak_rss / 2**20, memory.peak_gpu_mb, errors, [round(x * 1e3, 2) for x in latencies],
                 )  # fmt: skip
                 gpu = f"  gpu {level.peak_gpu_mb:7.0f} MiB" if level.peak_gpu_mb is not None else ""
                 print(
@@ -197,6 +198,20 @@ def plots(levels: list[Level], out_prefix: Path) -> list[str]:
     fig.tight_layout()
     fig.savefig(out_prefix.with_name(out_prefix.name + "-latency.png"), dpi=110)
     files.append(out_prefix.name + "-latency.png")
+    # The distribution itself: every request's latency as a CDF, alone (1 in flight) and fully loaded.
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for (config, protocol), group in _groups(levels).items():
+        for level, style in ((group[0], "-"), (group[-1], "--")):
+            values = np.sort(level.latencies_ms)
+            if not len(values):
+                continue
+            cdf = np.arange(1, len(values) + 1) / len(values)
+            ax.step(values, cdf, where="post", ls=style, label=f"{config} {protocol} c={level.concurrency}")
+    ax.set(xscale="log", xlabel="latency (ms)", ylabel="fraction of requests", title="Latency distribution (CDF)")
+    ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(out_prefix.with_name(out_prefix.name + "-latency-cdf.png"), dpi=110)
+    files.append(out_prefix.name + "-latency-cdf.png")
     plt.close("all")
     return files
 

@@ -23,6 +23,7 @@ def test_serving_benchmark_smoke(tiny_artifacts, tmp_path):
     # Server-side time per request: the encoder and preprocessing computed, within the client's latency.
     assert all(0 < lv["encoder_ms"] and 0 < lv["preprocess_ms"] for lv in result["levels"])
     assert all(lv["queue_ms"] + lv["preprocess_ms"] + lv["encoder_ms"] < lv["mean_ms"] for lv in result["levels"])
+    assert all(len(lv["latencies_ms"]) == lv["requests"] for lv in result["levels"])
     assert all(lv["peak_gpu_mb"] is None for lv in result["levels"])  # a CPU host measures no GPU memory
     assert len(result["in_process_runs"]) == 2  # before and after the sweep
     assert set(result["in_process"]) >= {"preprocess", "onnxruntime fp32", "colpali-engine pytorch"}
@@ -38,7 +39,7 @@ def test_serving_benchmark_smoke(tiny_artifacts, tmp_path):
     assert (
         "## Where a request's time goes" in report
         and "## Where the int8 encoder's time goes" in report
-        and len(list(out.glob("*.png"))) == 2
+        and len(list(out.glob("*.png"))) == 3
     )
 
 
