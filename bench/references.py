@@ -95,6 +95,43 @@ def in_process(artifacts: Path, data: list[bytes], threads: int, gpu: bool) -> d
     return out
 
 
+def paired_overhead(
+    grpc_url: str, model: str, artifacts: Path, variant: str, data: list[bytes], threads: int, gpu: bool, rounds: int
+) -> dict[str, float]:
+    """Triton at 1 in flight against the same preprocessing + ONNX file in this process, alternated call by call.
+
+    A shared machine's speed drifts by more than the overhead being measured (the same ONNX call
+    has taken 117 ms and 170 ms ten minutes apart here); alternating puts both sides in the same
+    moments, so the drift cancels. Medians of `rounds` calls each, bytes to vectors.
+    """
+    import tritonclient.grpc as grpcclient
+
+    from model_repository.colqwen2_serving.imaging import preprocess_image
+
+    size = json.loads((artifacts / "manifest.json").read_text())["image_size"]
+    session = _ort_session(artifacts / variant / "image_encoder.onnx", threads, gpu, size)
+    client = grpcclient.InferenceServerClient(grpc_url)
+
+    def local(d: bytes) -> None:
+        session.run(None, {"pixel_values": preprocess_image(d, size)[None]})
+
+    def served(d: bytes) -> None:
+        tensor = grpcclient.InferInput("image", [1, 1], "BYTES")
+        tensor.set_data_from_numpy(np.array([[d]], dtype=object))
+        client.infer(model, [tensor])
+
+    times: dict[str, list[float]] = {"local": [], "served": []}
+    local(data[0]), served(data[0])  # warm-up
+    for i in range(rounds):
+        for name, fn in (("local", local), ("served", served)):
+            start = time.perf_counter()
+            fn(data[i % len(data)])
+            times[name].append(time.perf_counter() - start)
+    client.close()
+    in_process_ms, triton_ms = (1e3 * float(np.median(times[k])) for k in ("local", "served"))
+    return {"in_process_ms": in_process_ms, "triton_ms": triton_ms, "overhead": triton_ms / in_process_ms - 1}
+
+
 def int8_breakdown(artifacts: Path, data: list[bytes], threads: int, runs: int = 4) -> dict[str, float] | None:
     """Share of kernel time by category for the int8_dynamic image encoder (CPU), or None.
 

@@ -30,6 +30,9 @@ def test_serving_benchmark_smoke(tiny_artifacts, tmp_path):
     shares = result["int8_breakdown"]
     assert set(shares) == {"int8 matmuls", "float32 attention", "other"} and abs(sum(shares.values()) - 1) < 1e-6
     assert result["int8_speedup_ceiling"] > 0
+    paired = result["paired_overhead"]
+    assert paired["triton_ms"] > 0 and paired["in_process_ms"] > 0
+    assert result["targets"][1]["measured"] == paired["overhead"]
     # The CPU-host targets are measured; the GPU-host ones are listed as not measured, never invented.
     cpu_targets, gpu_targets = result["targets"][:3], result["targets"][3:]
     assert all(t["met"] is not None and t["measured"] is not None for t in cpu_targets)
