@@ -212,14 +212,19 @@ def plots(levels: list[Level], out_prefix: Path) -> list[str]:
     fig.savefig(out_prefix.with_name(out_prefix.name + "-latency.png"), dpi=110)
     files.append(out_prefix.name + "-latency.png")
     # The distribution itself: every request's latency as a CDF, alone (1 in flight) and fully loaded.
+    # One colour per config; solid at 1 in flight, dashed at the most; gRPC thick, HTTP thin.
     fig, ax = plt.subplots(figsize=(7, 4))
+    colours = {config: f"C{i}" for i, config in enumerate(dict.fromkeys(lv.config for lv in levels))}
     for (config, protocol), group in _groups(levels).items():
         for level, style in ((group[0], "-"), (group[-1], "--")):
             values = np.sort(level.latencies_ms)
             if not len(values):
                 continue
             cdf = np.arange(1, len(values) + 1) / len(values)
-            ax.step(values, cdf, where="post", ls=style, label=f"{config} {protocol} c={level.concurrency}")
+            ax.step(
+                values, cdf, where="post", ls=style, color=colours[config], lw=2.0 if protocol == "grpc" else 1.0,
+                label=f"{config} {protocol} c={level.concurrency}",
+            )  # fmt: skip
     ax.set(xscale="log", xlabel="latency (ms)", ylabel="fraction of requests", title="Latency distribution (CDF)")
     ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
