@@ -2,7 +2,8 @@
 
     python -m bench.encoders --size medium            # what `make bench-export` runs
 
-Measures the median latency of one image-encoder call at batch 1 and 8 (448 x 448 images,
+Measures the median latency of one image-encoder call at batch 1 and 8, the runtimes taking turns
+call by call (448 x 448 images,
 `--threads` CPU threads for every runtime). PyTorch gets the processor's tensors (its own
 preprocessing is not timed); the ONNX graphs get the letterboxed uint8 pixels, because
 normalisation and patchify are part of the graph. Writes JSON and a markdown table to
@@ -27,15 +28,21 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _median_ms(fn, repeats: int, warmup: int = 2) -> tuple[float, list[float]]:
-    for _ in range(warmup):
-        fn()
-    times = []
+def _interleaved_ms(calls: dict[str, object], repeats: int) -> dict[str, tuple[float, list[float]]]:
+    """Median ms per call for each runtime, the runtimes taking turns call by call.
+
+    This machine's speed drifts by 15 % and more within minutes; measuring one runtime after the
+    other would put that drift into their ratios, taking turns spreads it over all of them.
+    """
+    for fn in calls.values():
+        fn()  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times), times
+        for name, fn in calls.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - t) * 1e3)
+    return {name: (statistics.median(ts), ts) for name, ts in times.items()}
 
 
 def _cpu_name() -> str:
@@ -85,6 +92,7 @@ def run(size: str, image_size: int, threads: int, batches: tuple[int, ...], repe
     ckpt = load_checkpoint(str(checkpoint))
     n_params = sum(p.numel() for p in ckpt.model.parameters())
     images = [letterbox(img, image_size) for img in calibration_images(max(batches), seed=5000)]
+    sessions = {v: cpu_session(artifacts / v / "image_encoder.onnx", threads) for v in DEFAULT_VARIANTS}
     rows = []
     for batch in batches:
         pixels = np.stack(images[:batch])
@@ -94,12 +102,11 @@ def run(size: str, image_size: int, threads: int, batches: tuple[int, ...], repe
             with torch.no_grad():
                 ckpt.model(**inputs)
 
-        median, times = _median_ms(torch_call, repeats)
-        rows.append({"runtime": "colpali-engine PyTorch fp32", "batch": batch, "median_ms": median, "times_ms": times})
-        for variant in DEFAULT_VARIANTS:
-            session = cpu_session(artifacts / variant / "image_encoder.onnx", threads)
-            median, times = _median_ms(lambda s=session, p=pixels: s.run(None, {"pixel_values": p}), repeats)
-            rows.append({"runtime": f"ORT {variant}", "batch": batch, "median_ms": median, "times_ms": times})
+        calls = {"colpali-engine PyTorch fp32": torch_call} | {
+            f"ORT {v}": (lambda s=s, p=pixels: s.run(None, {"pixel_values": p})) for v, s in sessions.items()
+        }
+        for name, (median, times) in _interleaved_ms(calls, repeats).items():
+            rows.append({"runtime": name, "batch": batch, "median_ms": median, "times_ms": times})
     return {
         "command": " ".join(["python -m bench.encoders", *sys.argv[1:]]),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -116,7 +123,7 @@ def to_markdown(report: dict) -> str:
     lines = [
         f"Image encoder, {ck['size']} random checkpoint ({ck['parameters'] / 1e6:.1f} M parameters), "
         f"{ck['image_size']} x {ck['image_size']}, {m['cpu']}, {m['threads']} threads, "
-        f"median of {report['repeats']} calls. `{report['command']}`, {report['date']}.",
+        f"median of {report['repeats']} calls, the runtimes taking turns. `{report['command']}`, {report['date']}.",
         "",
         "| runtime | batch | median ms / call | ms / image | images / s | speed-up vs PyTorch |",
         "|---|---|---|---|---|---|",

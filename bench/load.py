@@ -68,10 +68,6 @@ def rss_bytes(pids: list[int]) -> int:
     return total
 
 
-def tree_rss_bytes(root: int) -> int:
-    return rss_bytes(process_tree(root))
-
-
 def gpu_memory_used_mb() -> float | None:
     """Device memory in use on GPU 0 as nvidia-smi reports it; None without a GPU."""
     exe = shutil.which("nvidia-smi")
