@@ -3,7 +3,7 @@
 - `drive`: an asyncio load generator (tritonclient's aio HTTP or gRPC clients), one image per
   request, a fixed number of requests with a fixed number in flight.
 - `PeakMemory`: samples the server's process-tree RSS (Triton plus its Python-backend stubs) and,
-  on a GPU host, the device memory in use.
+  on a GPU host, the GPU memory those processes hold.
 - `ModelStats`: Triton's statistics API before and after a level: the mean batch the dynamic
   batcher formed, and where a request's time went (queue, each model's own compute).
 """
@@ -68,18 +68,33 @@ def rss_bytes(pids: list[int]) -> int:
     return total
 
 
-def gpu_memory_used_mb() -> float | None:
-    """Device memory in use on GPU 0 as nvidia-smi reports it; None without a GPU."""
+def _nvidia_smi(*query: str) -> list[str]:
     exe = shutil.which("nvidia-smi")
     if exe is None:
-        return None
+        return []
     try:
-        out = subprocess.run(
-            [exe, "--query-gpu=memory.used", "--format=csv,noheader,nounits", "--id=0"],
-            capture_output=True, text=True, timeout=10, check=True,
-        ).stdout  # fmt: skip
-        return float(out.strip().splitlines()[0])
-    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        out = subprocess.run([exe, *query, "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.strip() for line in out.stdout.splitlines() if line.strip()] if out.returncode == 0 else []
+
+
+def gpu_memory_used_mb(pids: list[int]) -> float | None:
+    """GPU memory held by these processes (MiB), or by the whole of GPU 0 where nvidia-smi cannot
+    name processes (a container's own pid namespace); None without a GPU."""
+    apps = {}
+    for line in _nvidia_smi("--query-compute-apps=pid,used_memory"):
+        pid, _, used = line.partition(",")
+        try:
+            apps[int(pid)] = float(used)
+        except ValueError:
+            continue
+    if apps:
+        return sum(used for pid, used in apps.items() if pid in set(pids))
+    total = _nvidia_smi("--query-gpu=memory.used", "--id=0")
+    try:
+        return float(total[0]) if total else None
+    except ValueError:
         return None
 
 
@@ -108,7 +123,7 @@ class PeakMemory:
 
     def _gpu(self) -> None:
         while not self._stop.is_set():
-            used = gpu_memory_used_mb()
+            used = gpu_memory_used_mb(process_tree(self.pid))
             if used is not None:
                 self.peak_gpu_mb = max(self.peak_gpu_mb or 0.0, used)
             self._stop.wait(0.25)

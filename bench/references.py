@@ -92,6 +92,9 @@ def in_process(artifacts: Path, data: list[bytes], threads: int, gpu: bool) -> d
                 torch.cuda.synchronize()
 
     out["colpali-engine pytorch"] = _rate(pytorch, data)
+    if gpu:
+        del model, loaded
+        torch.cuda.empty_cache()  # give the GPU back before the server is measured
     return out
 
 

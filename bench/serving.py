@@ -30,7 +30,14 @@ from pathlib import Path
 
 import numpy as np
 
-from model_repository.render import PREPROCESS, RenderOptions, detect_device, ensemble_variant, render
+from model_repository.render import (
+    PREPROCESS,
+    RenderOptions,
+    detect_device,
+    encoder_name,
+    ensemble_variant,
+    render,
+)
 from model_repository.server import TritonServer, free_port
 
 from .encoders import _cpu_name
@@ -81,7 +88,7 @@ def run_config(name: str, args, data: list[bytes], levels: list[int]) -> tuple[l
     options = RenderOptions(
         args.artifacts, args.workdir / f"repo-{name}", device=args.device, threads=args.threads, **overrides
     )
-    encoder = f"colqwen2_image_encoder_{ensemble_variant(options, model, args.device)}"
+    encoder = encoder_name("image", ensemble_variant(options, model, args.device))
     repo = render(options)
     server = TritonServer(repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
     results = []

@@ -51,3 +51,49 @@ def test_unknown_config_is_refused(tiny_artifacts, capsys):
         main(["--artifacts", str(tiny_artifacts), "--device", "cpu", "--configs", "fp16-no-dynamic-batching"])
     assert exit_info.value.code == 2
     assert "unknown configs ['fp16-no-dynamic-batching'] for a cpu host" in capsys.readouterr().err
+
+
+def _fake_nvidia_smi(folder, apps: str, total: str) -> None:
+    script = folder / "nvidia-smi"
+    script.write_text(
+        f'#!/bin/sh\ncase "$1" in --query-compute-apps=*) printf "{apps}" ;; --query-gpu=*) printf "{total}" ;; esac\n'
+    )
+    script.chmod(0o755)
+
+
+def test_gpu_memory_counts_the_server_processes_only(tmp_path, monkeypatch):
+    # No GPU here: a stand-in nvidia-smi prints what the real one prints, to check the parsing.
+    from bench.load import gpu_memory_used_mb
+
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    _fake_nvidia_smi(tmp_path, "101, 3000\\n102, 1500\\n999, 8000\\n", "12500\\n")
+    assert gpu_memory_used_mb([101, 102, 103]) == 4500.0  # the benchmark's own 8000 MiB is not the server's
+    _fake_nvidia_smi(tmp_path, "", "12500\\n")  # processes not visible (a container): the whole GPU
+    assert gpu_memory_used_mb([101]) == 12500.0
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert gpu_memory_used_mb([101]) is None
+
+
+def test_gpu_targets_from_levels():
+    # The GPU rows are computed from levels as a GPU host would record them (no GPU here to run one).
+    from bench.serving import Level, targets
+
+    def level(config: str, concurrency: int, rate: float, p50: float, gpu_mb: float) -> Level:
+        ms = dict(p50_ms=p50, p95_ms=p50, p99_ms=p50, mean_ms=p50, encoder_ms=1.0, preprocess_ms=1.0, queue_ms=0.0)
+        return Level(config, "grpc", concurrency, 64, images_per_s=rate, mean_batch=1.0, peak_rss_mb=900.0,
+                     peak_gpu_mb=gpu_mb, errors=0, latencies_ms=[], **ms)  # fmt: skip
+
+    levels = [
+        level("fp16", 1, 80.0, 12.5, 5000.0),
+        level("fp16", 16, 190.0, 80.0, 5200.0),
+        level("fp16", 64, 230.0, 270.0, 6100.0),
+        level("int8", 64, 260.0, 240.0, 4100.0),
+    ]
+    rows = {t["target"]: t for t in targets(levels, {}, "gpu", None)}
+    throughput = rows["fp16 images/s with 32 or more in flight (batches up to 32)"]
+    assert throughput["measured"] == 230.0 and throughput["met"]  # 190 at 16 in flight does not count
+    assert rows["fp16 single-image p50 latency (1 in flight)"]["measured"] == 12.5
+    assert rows["fp16 peak GPU memory"]["measured"] == 6100.0 and rows["fp16 peak GPU memory"]["met"]
+    assert rows["int8 peak GPU memory"]["measured"] == 4100.0 and not rows["int8 peak GPU memory"]["met"]
+    cpu_rows = [t for t in rows.values() if t["not_measured"] == "a CPU-host target"]
+    assert len(cpu_rows) == 3 and all(t["met"] is None for t in cpu_rows)
