@@ -83,51 +83,55 @@ class Level:
     latencies_ms: list[float]  # every request's, in completion order: the distribution plots use them
 
 
+def measure_level(server: TritonServer, config: str, protocol: str, model: str, encoder: str, data: list[bytes],
+                  concurrency: int, requests: int, gpu: bool) -> Level:  # fmt: skip
+    """One load level: `requests` images, `concurrency` in flight, with memory and server statistics."""
+    url = server.grpc_url if protocol == "grpc" else server.http_url
+    with PeakMemory(server.process.pid, gpu=gpu) as memory, ModelStats(server.http_url, [encoder, PREPROCESS]) as stats:
+        latencies, wall, errors = asyncio.run(drive(url, protocol, model, data, concurrency, requests))
+    ms = np.array(latencies) * 1e3 if latencies else np.array([float("nan")])
+    level = Level(
+        config, protocol, concurrency, requests,
+        float(np.percentile(ms, 50)), float(np.percentile(ms, 95)), float(np.percentile(ms, 99)),
+        len(latencies) / wall, float(np.mean(ms)), stats.mean_batch[encoder], stats.compute_ms[encoder],
+        stats.compute_ms[PREPROCESS], stats.queue_ms[encoder],
+        memory.peak_rss / 2**20, memory.peak_gpu_mb, errors, [round(x * 1e3, 2) for x in latencies],
+    )  # fmt: skip
+    gpu_text = f"  gpu {level.peak_gpu_mb:7.0f} MiB" if level.peak_gpu_mb is not None else ""
+    print(
+        f"{config:<26} {protocol:<4} c={concurrency:<3} {level.images_per_s:7.2f} img/s  "
+        f"p50 {level.p50_ms:8.1f} ms  p99 {level.p99_ms:8.1f} ms  batch {level.mean_batch:5.2f}  "
+        f"encoder {level.encoder_ms:8.1f} ms  rss {level.peak_rss_mb:7.0f} MB{gpu_text}  errors {errors}",
+        flush=True,
+    )
+    return level
+
+
 def run_config(name: str, args, data: list[bytes], levels: list[int]) -> tuple[list[Level], dict | None]:
+    """Start Triton for one configuration, sweep protocols and levels, and (for the overhead config)
+    measure the paired overhead; returns the levels and the paired result or None."""
     overrides, model = CONFIGS[args.device][name]
+    gpu = args.device == "gpu"
     options = RenderOptions(
         args.artifacts, args.workdir / f"repo-{name}", device=args.device, threads=args.threads, **overrides
     )
-    encoder = encoder_name("image", ensemble_variant(options, model, args.device))
-    repo = render(options)
-    server = TritonServer(repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
-    results = []
+    variant = ensemble_variant(options, model, args.device)
+    server = TritonServer(render(options), http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
+    results, paired = [], None
     with open(args.workdir / f"triton-{name}.log", "w") as log, server:
         server.start(log)
-        server.wait_ready(1800 if args.device == "gpu" else 600)  # TensorRT builds engines at load
+        server.wait_ready(1800 if gpu else 600)  # TensorRT builds engines at load
         for protocol in args.protocols:
             url = server.grpc_url if protocol == "grpc" else server.http_url
             asyncio.run(drive(url, protocol, model, data, 2, 4))  # warm up connections and arenas
             for concurrency in levels:
                 requests = max(args.requests, 2 * concurrency)
-                with (
-                    PeakMemory(server.process.pid, gpu=args.device == "gpu") as memory,
-                    ModelStats(server.http_url, [encoder, PREPROCESS]) as stats,
-                ):
-                    latencies, wall, errors = asyncio.run(drive(url, protocol, model, data, concurrency, requests))
-                ms = np.array(latencies) * 1e3 if latencies else np.array([float("nan")])
-                level = Level(
-                    name, protocol, concurrency, requests,
-                    float(np.percentile(ms, 50)), float(np.percentile(ms, 95)), float(np.percentile(ms, 99)),
-                    len(latencies) / wall, float(np.mean(ms)), stats.mean_batch[encoder], stats.compute_ms[encoder],
-                    stats.compute_ms[PREPROCESS], stats.queue_ms[encoder],
-                    memory.peak_rss / 2**20, memory.peak_gpu_mb, errors, [round(x * 1e3, 2) for x in latencies],
-                )  # fmt: skip
-                gpu = f"  gpu {level.peak_gpu_mb:7.0f} MiB" if level.peak_gpu_mb is not None else ""
-                print(
-                    f"{name:<26} {protocol:<4} c={concurrency:<3} {level.images_per_s:7.2f} img/s  "
-                    f"p50 {level.p50_ms:8.1f} ms  p99 {level.p99_ms:8.1f} ms  batch {level.mean_batch:5.2f}  "
-                    f"encoder {level.encoder_ms:8.1f} ms  "
-                    f"rss {level.peak_rss_mb:7.0f} MB{gpu}  errors {errors}",
-                    flush=True,
-                )
-                results.append(level)
-        paired = None
+                encoder = encoder_name("image", variant)
+                results.append(measure_level(server, name, protocol, model, encoder, data, concurrency, requests, gpu))
         if name == OVERHEAD_CONFIG[args.device]:
-            variant = ensemble_variant(options, model, args.device)
             threads = args.threads or os.cpu_count() or 1
             paired = paired_overhead(
-                server.grpc_url, model, args.artifacts, variant, data, threads, args.device == "gpu", args.paired_rounds
+                server.grpc_url, model, args.artifacts, variant, data, threads, gpu, args.paired_rounds
             )
             print(
                 f"{name:<26} paired at 1 in flight: Triton {paired['triton_ms']:.1f} ms, in-process "
