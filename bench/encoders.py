@@ -15,44 +15,17 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import subprocess
 import sys
-import time
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
 
+from .timing import cpu_name, interleaved_ms
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _interleaved_ms(calls: dict[str, object], repeats: int) -> dict[str, tuple[float, list[float]]]:
-    """Median ms per call for each runtime, the runtimes taking turns call by call.
-
-    This machine's speed drifts by 15 % and more within minutes; measuring one runtime after the
-    other would put that drift into their ratios, taking turns spreads it over all of them.
-    """
-    for fn in calls.values():
-        fn()  # warm-up
-    times: dict[str, list[float]] = {name: [] for name in calls}
-    for _ in range(repeats):
-        for name, fn in calls.items():
-            t = time.perf_counter()
-            fn()
-            times[name].append((time.perf_counter() - t) * 1e3)
-    return {name: (statistics.median(ts), ts) for name, ts in times.items()}
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def ensure_artifacts(size: str, image_size: int) -> tuple[Path, Path]:
@@ -105,12 +78,12 @@ def run(size: str, image_size: int, threads: int, batches: tuple[int, ...], repe
         calls = {"colpali-engine PyTorch fp32": torch_call} | {
             f"ORT {v}": (lambda s=s, p=pixels: s.run(None, {"pixel_values": p})) for v, s in sessions.items()
         }
-        for name, (median, times) in _interleaved_ms(calls, repeats).items():
+        for name, (median, times) in interleaved_ms(calls, repeats).items():
             rows.append({"runtime": name, "batch": batch, "median_ms": median, "times_ms": times})
     return {
         "command": " ".join(["python -m bench.encoders", *sys.argv[1:]]),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"cpu": _cpu_name(), "threads": threads, "python": platform.python_version()},
+        "machine": {"cpu": cpu_name(), "threads": threads, "python": platform.python_version()},
         "checkpoint": {"size": size, "parameters": n_params, "image_size": image_size},
         "versions": {k: version(k) for k in ("torch", "onnxruntime", "colpali-engine", "transformers")},
         "repeats": repeats,

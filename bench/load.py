@@ -108,22 +108,23 @@ class PeakMemory:
     def __init__(self, pid: int, gpu: bool) -> None:
         self.pid, self.gpu = pid, gpu
         self.peak_rss, self.peak_gpu_mb = 0, None if not gpu else 0.0
+        self._tree = process_tree(pid)  # refreshed by the RSS thread, read by the GPU one
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._rss, daemon=True)]
         if gpu:
             self._threads.append(threading.Thread(target=self._gpu, daemon=True))
 
     def _rss(self) -> None:
-        tree, scanned = [], 0.0
+        scanned = time.monotonic()
         while not self._stop.is_set():
             if time.monotonic() - scanned > 1.0:
-                tree, scanned = process_tree(self.pid), time.monotonic()
-            self.peak_rss = max(self.peak_rss, rss_bytes(tree))
+                self._tree, scanned = process_tree(self.pid), time.monotonic()
+            self.peak_rss = max(self.peak_rss, rss_bytes(self._tree))
             self._stop.wait(0.05)
 
     def _gpu(self) -> None:
         while not self._stop.is_set():
-            used = gpu_memory_used_mb(process_tree(self.pid))
+            used = gpu_memory_used_mb(self._tree)
             if used is not None:
                 self.peak_gpu_mb = max(self.peak_gpu_mb or 0.0, used)
             self._stop.wait(0.25)

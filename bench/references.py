@@ -16,6 +16,7 @@ the measured ceiling on what int8 can buy on this checkpoint.
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
 import tempfile
@@ -24,6 +25,10 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+
+from export.runtime import cpu_session
+
+from .timing import interleaved_ms
 
 # Kernel names in ONNX Runtime's profile (after its graph optimisations) for each category.
 _INT8_OPS = {"DynamicQuantizeMatMul", "MatMulIntegerToFloat", "MatMulInteger", "DynamicQuantizeLinear", "ConvInteger"}
@@ -39,18 +44,14 @@ def _rate(fn, items: list, repeats: int = 1) -> float:
 
 
 def _ort_session(path: Path, threads: int, gpu: bool, size: int):
-    import onnxruntime as ort
-
+    """The CPU session export and bench use everywhere, or on a GPU the server's own provider chain."""
     if gpu:
         from model_repository.colqwen2_serving.sessions import SessionConfig, create_session
 
         shape = (1, size, size, 3)
         profile = (("pixel_values", shape, shape, shape),)
         return create_session(path, SessionConfig(precision=path.parent.name, profile=profile))
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return cpu_session(path, threads)
 
 
 def in_process(artifacts: Path, data: list[bytes], threads: int, gpu: bool) -> dict[str, float]:
@@ -123,15 +124,12 @@ def paired_overhead(
         tensor.set_data_from_numpy(np.array([[d]], dtype=object))
         client.infer(model, [tensor])
 
-    times: dict[str, list[float]] = {"local": [], "served": []}
-    local(data[0]), served(data[0])  # warm-up
-    for i in range(rounds):
-        for name, fn in (("local", local), ("served", served)):
-            start = time.perf_counter()
-            fn(data[i % len(data)])
-            times[name].append(time.perf_counter() - start)
+    images = {"local": itertools.cycle(data), "served": itertools.cycle(data)}  # the same image each turn
+    medians = interleaved_ms(
+        {"local": lambda: local(next(images["local"])), "served": lambda: served(next(images["served"]))}, rounds
+    )
     client.close()
-    in_process_ms, triton_ms = (1e3 * float(np.median(times[k])) for k in ("local", "served"))
+    in_process_ms, triton_ms = medians["local"][0], medians["served"][0]
     return {"in_process_ms": in_process_ms, "triton_ms": triton_ms, "overhead": triton_ms / in_process_ms - 1}
 
 
@@ -141,8 +139,6 @@ def int8_breakdown(artifacts: Path, data: list[bytes], threads: int, runs: int =
     Shares, not milliseconds: profiling slows every kernel, so absolute times come from the
     unprofiled references.
     """
-    import onnxruntime as ort
-
     from model_repository.colqwen2_serving.imaging import preprocess_image
 
     path = artifacts / "int8_dynamic" / "image_encoder.onnx"
@@ -150,11 +146,7 @@ def int8_breakdown(artifacts: Path, data: list[bytes], threads: int, runs: int =
         return None
     size = json.loads((artifacts / "manifest.json").read_text())["image_size"]
     with tempfile.TemporaryDirectory() as tmp:
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-        opts.enable_profiling, opts.profile_file_prefix = True, os.path.join(tmp, "int8")
-        opts.log_severity_level = 3
-        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        session = cpu_session(path, threads, profile_prefix=os.path.join(tmp, "int8"))
         pixels = preprocess_image(data[0], size)[None]
         for _ in range(runs):
             session.run(None, {"pixel_values": pixels})

@@ -40,9 +40,9 @@ from model_repository.render import (
 )
 from model_repository.server import TritonServer, free_port
 
-from .encoders import _cpu_name
 from .load import ModelStats, PeakMemory, drive, payloads
 from .references import averaged, in_process, int8_breakdown, paired_overhead, speedup_ceiling
+from .timing import cpu_name
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = {  # device -> name -> (render overrides, ensemble)
@@ -116,6 +116,7 @@ def run_config(name: str, args, data: list[bytes], levels: list[int]) -> tuple[l
         args.artifacts, args.workdir / f"repo-{name}", device=args.device, threads=args.threads, **overrides
     )
     variant = ensemble_variant(options, model, args.device)
+    encoder = encoder_name("image", variant)
     server = TritonServer(render(options), http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
     results, paired = [], None
     with open(args.workdir / f"triton-{name}.log", "w") as log, server:
@@ -126,7 +127,6 @@ def run_config(name: str, args, data: list[bytes], levels: list[int]) -> tuple[l
             asyncio.run(drive(url, protocol, model, data, 2, 4))  # warm up connections and arenas
             for concurrency in levels:
                 requests = max(args.requests, 2 * concurrency)
-                encoder = encoder_name("image", variant)
                 results.append(measure_level(server, name, protocol, model, encoder, data, concurrency, requests, gpu))
         if name == OVERHEAD_CONFIG[args.device]:
             threads = args.threads or os.cpu_count() or 1
@@ -157,9 +157,9 @@ def targets(levels: list[Level], baselines: dict[str, float], device: str, paire
         rates = [lv.images_per_s for lv in levels if lv.config == config and lv.concurrency >= min_concurrency]
         return max(rates, default=float("nan"))
 
-    def at_one(config: str, field: str) -> float:
-        rows = [getattr(lv, field) for lv in levels if lv.config == config and lv.concurrency == 1]
-        return min(rows, default=float("nan")) if field.endswith("_ms") else max(rows, default=float("nan"))
+    def p50_alone(config: str) -> float:
+        """The best protocol's p50 with 1 in flight."""
+        return min((lv.p50_ms for lv in levels if lv.config == config and lv.concurrency == 1), default=float("nan"))
 
     def peak_gpu(config: str) -> float:
         return max(
@@ -189,7 +189,7 @@ def targets(levels: list[Level], baselines: dict[str, float], device: str, paire
             "fp16 images/s with 32 or more in flight (batches up to 32)", best("fp16", 32) if gpu else None,
             ">=", 200, " img/s", on_gpu,
         ),
-        _target("fp16 single-image p50 latency (1 in flight)", at_one("fp16", "p50_ms") if gpu else None,
+        _target("fp16 single-image p50 latency (1 in flight)", p50_alone("fp16") if gpu else None,
                 "<=", 15, " ms", on_gpu),
         _target("fp16 peak GPU memory", peak_gpu("fp16") if gpu else None, "<", round(8 * GB_MIB), " MiB", on_gpu),
         _target("int8 peak GPU memory", peak_gpu("int8") if gpu else None, "<", round(4 * GB_MIB), " MiB", on_gpu),
@@ -411,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "command": "python -m bench.serving " + " ".join(argv if argv is not None else sys.argv[1:]),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "gpu": _gpu_name() if gpu else None,
+        "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "gpu": _gpu_name() if gpu else None,
                     "python": platform.python_version()},
         "device": args.device,
         "threads": threads,

@@ -30,7 +30,7 @@ from export.sample_images import QUERIES
 from model_repository.render import RenderOptions, render
 from model_repository.server import TritonServer, free_port
 
-from .encoders import _cpu_name
+from .timing import cpu_name
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "command": f"python -m bench.token_pooling --artifacts {args.artifacts} --factors {args.factors}",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"cpu": _cpu_name(), "python": platform.python_version()},
+        "machine": {"cpu": cpu_name(), "python": platform.python_version()},
         "checkpoint": manifest["checkpoint"],
         "parameters": manifest["parameters"],
         "random_weights": manifest.get("random_weights", False),
