@@ -104,8 +104,8 @@ def paired_overhead(
 ) -> dict[str, float]:
     """Triton at 1 in flight against the same preprocessing + ONNX file in this process, alternated call by call.
 
-    A shared machine's speed drifts by more than the overhead being measured (the same ONNX call
-    has taken 117 ms and 170 ms ten minutes apart here); alternating puts both sides in the same
+    A shared machine's speed drifts by more than the overhead being measured (in-process int8 went
+    from 7.84 to 6.51 img/s across one `make bench` run here); alternating puts both sides in the same
     moments, so the drift cancels. Medians of `rounds` calls each, bytes to vectors.
     """
     import tritonclient.grpc as grpcclient

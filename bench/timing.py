@@ -12,8 +12,9 @@ from pathlib import Path
 def interleaved_ms(calls: dict[str, Callable[[], object]], repeats: int) -> dict[str, tuple[float, list[float]]]:
     """Median ms per call (and every call's ms) for each runtime, the runtimes taking turns call by call.
 
-    This machine's speed drifts by 15 % and more within minutes; measuring one runtime after the
-    other would put that drift into their ratios, taking turns spreads it over all of them.
+    This machine's speed drifts (17 % across one `make bench` run, see bench/README.md);
+    measuring one runtime after the other would put that drift into their ratios, taking turns
+    spreads it over all of them.
     """
     for fn in calls.values():
         fn()  # warm-up
