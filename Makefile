@@ -8,13 +8,14 @@ PY         := $(VENV)/bin/python
 SIZE       ?= tiny
 MODEL      ?= checkpoints/$(SIZE)
 CHECKPOINT ?= $(MODEL)
-IMAGE_SIZE ?= 448
 VARIANTS   ?= fp32,fp16,int8,int8_dynamic
 OUT        ?= artifacts/$(notdir $(CHECKPOINT))
 PYTEST_ARGS ?=
 HTTP_PORT  ?= 8000
 GRPC_PORT  ?= 8001
 METRICS_PORT ?= 8002
+PRECISION  ?= fp16
+MAX_VISUAL_TOKENS ?=
 SERVE_ARGS ?=
 GATEWAY_PORT ?= 8080
 
@@ -34,14 +35,15 @@ setup: $(STAMP) ## create .venv with the pinned dependencies (idempotent)
 checkpoint: $(STAMP) ## build the offline random checkpoint SIZE=tiny|medium|wide|real into checkpoints/SIZE
 	$(PY) -m export.random_checkpoint $(CHECKPOINT) --size $(SIZE)
 
-export: $(STAMP) ## export CHECKPOINT to validated ONNX in OUT (VARIANTS, IMAGE_SIZE); builds the tiny checkpoint if needed
+export: $(STAMP) ## export CHECKPOINT to validated ONNX in OUT (VARIANTS); builds the tiny checkpoint if needed
 	@if [ "$(CHECKPOINT)" = "checkpoints/$(SIZE)" ] && [ ! -f "$(CHECKPOINT)/config.json" ]; then \
 		$(PY) -m export.random_checkpoint $(CHECKPOINT) --size $(SIZE); fi
-	$(PY) -m export --checkpoint $(CHECKPOINT) --out $(OUT) --image-size $(IMAGE_SIZE) --variants $(VARIANTS)
+	$(PY) -m export --checkpoint $(CHECKPOINT) --out $(OUT) --variants $(VARIANTS)
 
-serve: $(STAMP) ## run Triton on 127.0.0.1 (HTTP 8000, gRPC 8001, metrics 8002) for MODEL (default the tiny checkpoint), exporting first if needed
+serve: $(STAMP) ## run Triton on 127.0.0.1 (HTTP 8000, gRPC 8001, metrics 8002) for MODEL (PRECISION=fp16|int8|fp16,int8, MAX_VISUAL_TOKENS)
 	@[ -f "$(OUT)/manifest.json" ] || $(MAKE) --no-print-directory export CHECKPOINT="$(CHECKPOINT)" OUT="$(OUT)"
-	exec $(PY) -m model_repository.serve --artifacts "$(OUT)" --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT) $(SERVE_ARGS)
+	exec $(PY) -m model_repository.serve --artifacts "$(OUT)" --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT) \
+		--precision $(PRECISION) $(if $(MAX_VISUAL_TOKENS),--max-visual-tokens $(MAX_VISUAL_TOKENS)) $(SERVE_ARGS)
 
 gateway: $(STAMP) ## the REST gateway (/embed, /embed_batch, /health) on 127.0.0.1:GATEWAY_PORT in front of `make serve`
 	exec $(VENV)/bin/colqwen2-gateway --triton-url grpc://127.0.0.1:$(GRPC_PORT) --port $(GATEWAY_PORT)
@@ -70,11 +72,11 @@ format: $(STAMP) ## apply ruff fixes and formatting
 # BENCH_SIZE picks the random checkpoint: medium (the CPU ratio targets), wide (real layer widths,
 # 8 layers), real (Qwen2-VL-2B shapes, for a GPU host: add BENCH_ARGS="--device gpu").
 BENCH_SIZE ?= medium
-BENCH_ARTIFACTS ?= artifacts/$(BENCH_SIZE)-448
+BENCH_ARTIFACTS ?= artifacts/$(BENCH_SIZE)
 bench: $(STAMP) ## serving benchmark (BENCH_SIZE=medium): Triton sweep vs in-process references, report + plots (~12 min on medium)
 	@[ -f "$(BENCH_ARTIFACTS)/manifest.json" ] || { [ -f checkpoints/$(BENCH_SIZE)/config.json ] || \
 		$(PY) -m export.random_checkpoint checkpoints/$(BENCH_SIZE) --size $(BENCH_SIZE); \
-		$(PY) -m export --checkpoint checkpoints/$(BENCH_SIZE) --out $(BENCH_ARTIFACTS) --image-size 448; }
+		$(PY) -m export --checkpoint checkpoints/$(BENCH_SIZE) --out $(BENCH_ARTIFACTS); }
 	$(PY) -m bench.serving --artifacts "$(BENCH_ARTIFACTS)" $(BENCH_ARGS)
 
 bench-export: $(STAMP) ## CPU speed record: PyTorch vs ORT fp32/fp16/int8 on the medium checkpoint

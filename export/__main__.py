@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from .errors import ExportError
-from .spec import DEFAULT_IMAGE_SIZE, DEFAULT_VARIANTS, VARIANTS
+from .spec import DEFAULT_VARIANTS, VARIANTS
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -25,13 +25,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--checkpoint", required=True, help="checkpoint folder or hub id (LoRA adapters are merged)")
     p.add_argument("--out", required=True, type=Path, help="artifact folder to create or replace")
-    p.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE, help="square input size S, a multiple of 28")
     p.add_argument(
         "--variants",
         default=",".join(DEFAULT_VARIANTS),
         help=f"comma-separated, from {','.join(VARIANTS)} (default: all)",
     )
-    p.add_argument("--validation-images", type=int, default=4, help="charts and photos each (plus 5 edge cases)")
+    p.add_argument("--validation-images", type=int, default=4, help="charts and photos each (plus 7 edge cases)")
     p.add_argument("--calibration-images", type=int, default=16, help="images for INT8 calibration")
     p.add_argument("--no-polygraphy", action="store_true", help="skip `polygraphy inspect model`")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -48,7 +47,6 @@ def main(argv: list[str] | None = None) -> int:
     opts = ExportOptions(
         checkpoint=args.checkpoint,
         out_dir=args.out,
-        image_size=args.image_size,
         variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()),
         validation_images=args.validation_images,
         calibration_images=args.calibration_images,

@@ -1,4 +1,4 @@
-"""torch -> ONNX for the encoder wrappers, with the dynamo exporter (opset 18)."""
+"""torch -> ONNX for the graph modules, with the dynamo exporter (opset 18)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .encoders import ImageEncoder, QueryEncoder
-from .spec import MAX_BATCH, OPSET, EncoderSpec
+from .graphs import TextEncoderGraph, VisionEncoderGraph
+from .spec import MAX_BATCH, MAX_SEQUENCE, MAX_VISUAL_TOKENS, OPSET, GraphSpec
 
 log = logging.getLogger(__name__)
 
@@ -18,52 +18,76 @@ log = logging.getLogger(__name__)
 EXTERNAL_DATA_BYTES = 1_500_000_000
 
 
-def to_matmul_dtype(encoder: nn.Module, dtype: torch.dtype) -> None:
+def to_matmul_dtype(graph: nn.Module, dtype: torch.dtype) -> None:
     """Cast the matmul and embedding weights in place; norms keep float32 weights."""
-    for module in encoder.modules():
+    for module in graph.modules():
         if isinstance(module, (nn.Linear, nn.Embedding)):
             module.to(dtype)
-    if isinstance(encoder, ImageEncoder):
-        encoder.patch_weight.data = encoder.patch_weight.data.to(dtype)
 
 
-def _dynamic_shapes(encoder: nn.Module) -> tuple[dict[int, object], ...]:
+def _dynamic_shapes(graph: nn.Module) -> tuple[dict[int, object], ...]:
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
-    if isinstance(encoder, QueryEncoder):
-        seq = torch.export.Dim("sequence", min=1, max=32768)
-        return ({0: batch, 1: seq}, {0: batch, 1: seq})
-    return ({0: batch},)
+    if isinstance(graph, VisionEncoderGraph):
+        tokens = torch.export.Dim("visual_tokens", min=1, max=MAX_VISUAL_TOKENS)
+        patches = 4 * tokens
+        return ({0: batch, 1: patches}, {0: batch, 1: patches}, {0: batch, 1: patches})
+    seq = torch.export.Dim("sequence", min=1, max=MAX_SEQUENCE)
+    rows = torch.export.Dim("visual_rows", min=1, max=MAX_BATCH * MAX_VISUAL_TOKENS)
+    return ({0: batch, 1: seq}, {0: batch, 1: seq}, {1: batch, 2: seq}, {0: rows}, {0: batch, 1: seq})
 
 
-def example_inputs(encoder: nn.Module) -> tuple[torch.Tensor, ...]:
-    """Batch 2 and a sequence of 7 so that the exporter keeps both axes symbolic."""
-    if isinstance(encoder, ImageEncoder):
-        s = encoder.image_size
-        return (torch.randint(0, 256, (2, s, s, 3), dtype=torch.uint8),)
-    ids = torch.randint(0, encoder.embed.num_embeddings, (2, 7), dtype=torch.int64)
-    mask = torch.ones(2, 7, dtype=torch.int64)
+def example_inputs(graph: nn.Module) -> tuple[torch.Tensor, ...]:
+    """Sizes that differ from each other (and from 1) so that the exporter keeps every axis symbolic."""
+    if isinstance(graph, VisionEncoderGraph):
+        batch, patches = 3, 20
+        mask = torch.ones(batch, patches, dtype=torch.int64)
+        mask[1, 12:] = 0  # a shorter image, padded
+        positions = torch.randint(0, 6, (batch, patches, 2), dtype=torch.int64)
+        return torch.randint(0, 256, (batch, patches, 588), dtype=torch.uint8), positions, mask
+    assert isinstance(graph, TextEncoderGraph)
+    batch, seq, rows = 2, 7, 5
+    ids = torch.randint(0, graph.lm.embed_tokens.num_embeddings, (batch, seq), dtype=torch.int64)
+    mask = torch.ones(batch, seq, dtype=torch.int64)
     mask[0, :3] = 0  # left padding, as colpali-engine pads
-    return ids, mask
+    positions = torch.arange(seq, dtype=torch.int64).expand(3, batch, seq).contiguous()
+    features = torch.randn(rows, graph.lm.config.hidden_size)
+    index = torch.full((batch, seq), -1, dtype=torch.int64)
+    index[1, 2:6] = torch.arange(4)
+    return ids, mask, positions, features, index
 
 
-def export_encoder(encoder: nn.Module, spec: EncoderSpec, path: Path) -> Path:
-    """Export `encoder` to `path`; weights go to `<name>.onnx.data` for graphs near 2 GiB."""
+def name_axes(path: Path, spec: GraphSpec) -> None:
+    """Give the graph's inputs and output the spec's axis names (the exporter writes `4*visual_tokens`, `s72`)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    for value in [*model.graph.input, *model.graph.output]:
+        for axis, name in spec.axes.get(value.name, {}).items():
+            dim = value.type.tensor_type.shape.dim[axis]
+            dim.ClearField("dim_value")
+            dim.dim_param = name
+    onnx.save(model, str(path))
+
+
+def export_graph(graph: nn.Module, spec: GraphSpec, path: Path) -> Path:
+    """Export `graph` to `path`; weights go to `<name>.onnx.data` for graphs near 2 GiB."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    n_bytes = sum(p.numel() * p.element_size() for p in encoder.parameters())
-    n_bytes += sum(b.numel() * b.element_size() for b in encoder.buffers())
+    n_bytes = sum(p.numel() * p.element_size() for p in graph.parameters())
+    n_bytes += sum(b.numel() * b.element_size() for b in graph.buffers())
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's notes on axis renaming are noise here
         program = torch.onnx.export(
-            encoder.eval(),
-            example_inputs(encoder),
+            graph.eval(),
+            example_inputs(graph),
             dynamo=True,
             opset_version=OPSET,
             input_names=list(spec.inputs),
             output_names=[spec.output],
-            dynamic_shapes=_dynamic_shapes(encoder),
+            dynamic_shapes=_dynamic_shapes(graph),
             optimize=True,
             verbose=False,
         )
     program.save(str(path), external_data=n_bytes > EXTERNAL_DATA_BYTES)
+    name_axes(path, spec)
     log.info("wrote %s (%.1f MB of weights)", path, n_bytes / 1e6)
     return path

@@ -86,3 +86,38 @@ def quantize_dynamic_int8(src: Path, dst: Path, external: bool) -> Path:
             use_external_data_format=external,
         )
     return dst
+
+
+# A token embedding this large or larger is stored in float16 in the INT8 graphs (Gather is not
+# quantized, and the real vocabulary's 151936 x 1536 table is 0.93 GB in float32: a third of an
+# INT8 deployment's weights). A row lookup in float16 is exact to float16 rounding.
+EMBEDDING_MIN_ELEMENTS = 1_000_000
+
+
+def half_embeddings(path: Path, external: bool, min_elements: int = EMBEDDING_MIN_ELEMENTS) -> list[str]:
+    """Store large Gather tables in float16 with a Cast back to float32 after the lookup; returns their names."""
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(path))
+    initializers = {init.name: init for init in model.graph.initializer}
+    converted = []
+    for node in list(model.graph.node):
+        table = initializers.get(node.input[0]) if node.op_type == "Gather" else None
+        if table is None or table.data_type != onnx.TensorProto.FLOAT or np.prod(table.dims) < min_elements:
+            continue
+        half = numpy_helper.from_array(numpy_helper.to_array(table).astype(np.float16), table.name)
+        table.CopyFrom(half)
+        lookup = node.output[0]
+        node.output[0] = f"{lookup}_float16"
+        cast = helper.make_node("Cast", [node.output[0]], [lookup], to=onnx.TensorProto.FLOAT, name=f"{node.name}_cast")
+        model.graph.node.insert(list(model.graph.node).index(node) + 1, cast)
+        converted.append(table.name)
+    if converted:
+        for value in list(model.graph.value_info):  # the lookup's float32 type no longer holds for its new name
+            if value.name in {n.output[0] for n in model.graph.node if n.op_type == "Gather"}:
+                model.graph.value_info.remove(value)
+        data = path.name + ".data"
+        if external:
+            (path.parent / data).unlink(missing_ok=True)
+        onnx.save(model, str(path), save_as_external_data=external, all_tensors_to_one_file=True, location=data)
+    return converted

@@ -114,6 +114,10 @@ SIZES: dict[str, CheckpointSize] = {
     ),
 }
 
+# vidore/colqwen2-v1.0's processor limits (colpali-engine issue 292): 56 x 56 to 768 x 28 x 28 pixels.
+PUBLISHED_MIN_PIXELS = 3136
+PUBLISHED_MAX_PIXELS = 602112
+
 # A small English corpus in the service's domain, so the BPE learns useful merges offline.
 _CORPUS_WORDS = (
     "amazon keepa price history chart new used sales rank buy box list price lightning deal "
@@ -223,7 +227,9 @@ def build_random_checkpoint(out_dir: str | Path, size: str = "tiny", seed: int =
     model.save_pretrained(tmp_dir, safe_serialization=True)
 
     processor = ColQwen2Processor(
-        image_processor=Qwen2VLImageProcessor(),
+        # The published vidore/colqwen2-v1.0's limits: 4 to 768 visual tokens per image, so tests,
+        # the demo and the benchmarks pay what the real service pays per image.
+        image_processor=Qwen2VLImageProcessor(min_pixels=PUBLISHED_MIN_PIXELS, max_pixels=PUBLISHED_MAX_PIXELS),
         tokenizer=tokenizer,
         # ColQwen2Processor refuses a missing video processor; the model never sees videos.
         video_processor=Qwen2VLVideoProcessor(),

@@ -1,10 +1,8 @@
-"""Running exported encoders with ONNX Runtime on the CPU: one place for session settings."""
+"""Running exported graphs with ONNX Runtime on the CPU: one place for session settings."""
 
 from __future__ import annotations
 
 from pathlib import Path
-
-import numpy as np
 
 
 def cpu_session(path: Path, threads: int | None = None, profile_prefix: str | None = None):
@@ -20,10 +18,3 @@ def cpu_session(path: Path, threads: int | None = None, profile_prefix: str | No
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
-def embed_images(session, pixels: np.ndarray, batch: int = 4) -> np.ndarray:
-    """Run an image encoder over uint8 [N, S, S, 3] pixels in batches: float32 [N, L, 128]."""
-    return np.concatenate(
-        [session.run(None, {"pixel_values": pixels[i : i + batch]})[0] for i in range(0, len(pixels), batch)]
-    )

@@ -80,8 +80,15 @@ def product_image(seed: int, width: int = 600, height: int = 600) -> Image.Image
     return img
 
 
+# What users send (width, height): Keepa's default graph and its large form, a wider chart; product
+# photos square, above the pixel cap, portrait, and a tall banner.
+CHART_SIZES = ((500, 200), (1000, 400), (800, 500), (1280, 720))
+PHOTO_SIZES = ((600, 600), (1500, 1500), (1000, 1200), (300, 900))
+
+
 def edge_cases(seed: int) -> list[SampleImage]:
-    """Modes and shapes that preprocessing must handle."""
+    """Modes and shapes that preprocessing must handle: below the pixel minimum, odd sizes that
+    exercise the processor's rounding, extreme aspect ratios, grayscale, alpha and palettes."""
     chart = keepa_chart(seed)
     photo = product_image(seed)
     rgba = photo.convert("RGBA")
@@ -94,24 +101,33 @@ def edge_cases(seed: int) -> list[SampleImage]:
         SampleImage(f"palette_{seed}", "palette", photo.convert("P")),
         SampleImage(f"wide_{seed}", "extreme_aspect", keepa_chart(seed + 1, width=1600, height=120)),
         SampleImage(f"tall_{seed}", "extreme_aspect", product_image(seed + 2, width=90, height=900)),
+        SampleImage(f"thumbnail_{seed}", "thumbnail", product_image(seed + 3, width=40, height=40)),
+        SampleImage(f"odd_{seed}", "odd_size", keepa_chart(seed + 4, width=517, height=333)),
     ]
 
 
 def validation_set(count: int = 4, seed: int = 0, with_edge_cases: bool = True) -> list[SampleImage]:
-    """`count` charts and `count` photos, then the edge cases: what every artifact is checked on."""
+    """`count` charts and `count` photos at the sizes users send, then the edge cases: what every
+    artifact is checked on."""
     out: list[SampleImage] = []
     for i in range(count):
-        out.append(SampleImage(f"keepa_chart_{seed + i}", "keepa_chart", keepa_chart(seed + i)))
-        out.append(SampleImage(f"product_{seed + i}", "product_image", product_image(seed + i)))
+        cw, ch = CHART_SIZES[i % len(CHART_SIZES)]
+        pw, ph = PHOTO_SIZES[i % len(PHOTO_SIZES)]
+        out.append(SampleImage(f"keepa_chart_{seed + i}_{cw}x{ch}", "keepa_chart", keepa_chart(seed + i, cw, ch)))
+        out.append(SampleImage(f"product_{seed + i}_{pw}x{ph}", "product_image", product_image(seed + i, pw, ph)))
     if with_edge_cases:
         out.extend(edge_cases(seed))
     return out
 
 
 def calibration_images(count: int, seed: int = 1000) -> Iterator[Image.Image]:
-    """Charts and product images for INT8 calibration, disjoint from the validation seeds."""
+    """Charts and product images for INT8 calibration at the sizes users send, disjoint from the
+    validation seeds."""
     for i in range(count):
-        yield keepa_chart(seed + i) if i % 2 == 0 else product_image(seed + i)
+        if i % 2 == 0:
+            yield keepa_chart(seed + i, *CHART_SIZES[(i // 2) % len(CHART_SIZES)])
+        else:
+            yield product_image(seed + i, *PHOTO_SIZES[(i // 2) % len(PHOTO_SIZES)])
 
 
 QUERIES = (

@@ -9,36 +9,48 @@ from dataclasses import dataclass
 
 OPSET = 18
 EMBEDDING_DIM = 128
-DEFAULT_IMAGE_SIZE = 448  # 16 x 16 merged patches: 256 visual tokens
-RESOLUTION_STEP = 28  # patch 14 x spatial merge 2
 # Ops that TensorRT cannot build or builds slowly; an export that emits one fails.
 FORBIDDEN_OPS = frozenset({"NonZero", "ScatterND", "Loop", "If"})
 MAX_BATCH = 256
+MAX_VISUAL_TOKENS = 16384  # per image, in the graphs (a deployment caps it far lower)
+MAX_SEQUENCE = 32768
 
 
 @dataclass(frozen=True)
-class EncoderSpec:
+class GraphSpec:
     name: str  # file stem: <variant>/<name>.onnx
     inputs: tuple[str, ...]
-    dynamic_axes: dict[str, dict[int, str]]
-    output: str = "embeddings"
+    output: str
+    axes: dict[str, dict[int, str]]  # named dynamic axes of every input and the output
 
 
-IMAGE_ENCODER = EncoderSpec(
-    name="image_encoder",
-    inputs=("pixel_values",),  # uint8 [batch, S, S, 3], RGB, letterboxed
-    dynamic_axes={"pixel_values": {0: "batch"}, "embeddings": {0: "batch"}},
+VISION_ENCODER = GraphSpec(
+    name="vision_encoder",
+    # uint8 [batch, patches, 588], int64 [batch, patches, 2], int64 [batch, patches]
+    inputs=("patches", "patch_positions", "patch_mask"),
+    output="visual_features",  # float32 [batch, patches / 4, hidden]
+    axes={
+        "patches": {0: "batch", 1: "patches"},
+        "patch_positions": {0: "batch", 1: "patches"},
+        "patch_mask": {0: "batch", 1: "patches"},
+        "visual_features": {0: "batch", 1: "visual_tokens"},
+    },
 )
-QUERY_ENCODER = EncoderSpec(
-    name="query_encoder",
-    inputs=("input_ids", "attention_mask"),  # int64 [batch, sequence], left padded
-    dynamic_axes={
+TEXT_ENCODER = GraphSpec(
+    name="text_encoder",
+    # int64 [batch, sequence] x2, int64 [3, batch, sequence], float32 [rows, hidden], int64 [batch, sequence]
+    inputs=("input_ids", "attention_mask", "position_ids", "visual_features", "visual_index"),
+    output="embeddings",  # float32 [batch, sequence, 128]
+    axes={
         "input_ids": {0: "batch", 1: "sequence"},
         "attention_mask": {0: "batch", 1: "sequence"},
+        "position_ids": {1: "batch", 2: "sequence"},
+        "visual_features": {0: "visual_rows"},
+        "visual_index": {0: "batch", 1: "sequence"},
         "embeddings": {0: "batch", 1: "sequence"},
     },
 )
-ENCODERS = (IMAGE_ENCODER, QUERY_ENCODER)
+GRAPHS = (VISION_ENCODER, TEXT_ENCODER)
 
 
 @dataclass(frozen=True)

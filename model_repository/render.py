@@ -2,9 +2,19 @@
 
     python -m model_repository.render --artifacts artifacts/tiny --out build/model_repository/tiny
 
-Which encoder serves each public ensemble depends on the host: a GPU host serves `colqwen2` in
-FP16 and `colqwen2_int8` with the QDQ INT8 graph (TensorRT's form); a CPU-only host serves FP32
-and ONNX Runtime's dynamic INT8, and says so in each ensemble's `precision` parameter.
+A deployment serves one precision by default: `fp16` (FP16 graphs on a GPU host, FP32 on a
+CPU-only host) or `int8` (the QDQ graphs TensorRT builds INT8 kernels from on a GPU host, ONNX
+Runtime's dynamic INT8 on a CPU host); `--precision fp16,int8` serves both. Each precision loads
+one vision encoder and one text encoder, and the text encoder serves both the image and the query
+ensemble, so the language tower's weights are loaded once per precision.
+
+| public ensemble | serves |
+|---|---|
+| `colqwen2`, `colqwen2_query` | fp16 if served, else int8 |
+| `colqwen2_int8`, `colqwen2_query_int8` | int8, when served |
+
+Images are embedded at their native resolution (colpali-engine's own grid, at most
+`--max-visual-tokens` visual tokens), or letterboxed to one fixed S x S grid with `--fixed-image-size S`.
 The rendered folder is self-contained (model code, tokenizer, warmup data); ONNX variant folders
 are symlinked unless `--copy` is given (a Docker image wants copies).
 """
@@ -26,16 +36,11 @@ HERE = Path(__file__).resolve().parent
 TEMPLATES = HERE / "templates"
 LIBRARY = HERE / "colqwen2_serving"
 PREPROCESS = "colqwen2_preprocess"
-
-# Public ensemble -> (template, encoder kind, variant on GPU hosts, variant on CPU hosts).
-ENSEMBLES = {
-    "colqwen2": ("colqwen2", "image", "fp16", "fp32"),
-    "colqwen2_int8": ("colqwen2", "image", "int8", "int8_dynamic"),
-    "colqwen2_query": ("colqwen2_query", "query", "fp16", "fp32"),
-    "colqwen2_query_int8": ("colqwen2_query", "query", "int8", "int8_dynamic"),
-}
-ONNX_FILES = {"image": "image_encoder.onnx", "query": "query_encoder.onnx"}
+PRECISIONS = ("fp16", "int8")  # what a deployment can serve; the variant depends on the host
+HOST_VARIANTS = {"gpu": {"fp16": "fp16", "int8": "int8"}, "cpu": {"fp16": "fp32", "int8": "int8_dynamic"}}
+ONNX_FILES = {"vision": "vision_encoder.onnx", "text": "text_encoder.onnx"}
 WARMUP_QUERY = "a price history chart"
+WARMUP_GRID = (2, 2)  # the smallest image: 4 visual tokens, 16 patches (the vision template's warmup)
 
 
 class RenderError(Exception):
@@ -43,7 +48,8 @@ class RenderError(Exception):
 
 
 def encoder_name(kind: str, variant: str) -> str:
-    return f"colqwen2_{kind}_encoder_{variant}"
+    """`colqwen2_vision_<variant>` or `colqwen2_text_<variant>`."""
+    return f"colqwen2_{kind}_{variant}"
 
 
 def fill_template(text: str, values: dict[str, object], source: str = "template") -> str:
@@ -71,7 +77,11 @@ class RenderOptions:
     artifacts: Path
     out: Path
     device: str = "auto"  # auto | cpu | gpu
-    extra_variants: tuple[str, ...] = ()  # more encoder models to load beside the ensembles' own
+    precisions: tuple[str, ...] = ("fp16",)  # from PRECISIONS
+    extra_variants: tuple[str, ...] = ()  # more encoder pairs to load beside the ensembles' own (tests, A/Bs)
+    variant_overrides: dict[str, str] = field(default_factory=dict)  # precision -> variant, e.g. {"fp16": "fp16"}
+    max_visual_tokens: int = 0  # per image; 0: the checkpoint's own cap
+    fixed_image_size: int = 0  # 0: native resolution; S: letterbox every image to S x S
     max_batch_size: int = 32
     preferred_batch_sizes: tuple[int, ...] = ()  # empty: 4, 8 on CPU; 8, 16, 32 on GPU
     encoder_queue_delay_us: int = -1  # -1: 1000 on CPU, 2000 on GPU
@@ -89,33 +99,148 @@ class RenderOptions:
     # Requests waiting per model before Triton refuses new ones with UNAVAILABLE (the SDK retries
     # those with backoff; the gateway answers 503). 0: unbounded, Triton's default.
     max_queue_size: int = 0
-    max_session_batch: int = -1  # images per ONNX Runtime call; -1: 4 on CPU (bounded memory), all on GPU
-    ensemble_variants: dict[str, str] = field(default_factory=dict)  # e.g. {"colqwen2": "fp16"} on a CPU host
+    # What one ONNX Runtime call may hold; 0: the host's default (SESSION_BUDGETS).
+    max_session_patches: int = 0
+    max_session_images: int = 0
+    max_session_tokens: int = 0
+    max_session_sequences: int = 0
 
 
-def ensemble_variant(opts: RenderOptions, ensemble: str, device: str) -> str:
-    """The variant an ensemble serves: the override if given, else the host's default."""
-    _, _, gpu_variant, cpu_variant = ENSEMBLES[ensemble]
-    return opts.ensemble_variants.get(ensemble, gpu_variant if device == "gpu" else cpu_variant)
+# Per host: vision call (patches, images), text call (tokens, sequences). On a CPU, a call over many
+# large images costs gigabytes and no speed; on a GPU the budget bounds the activation memory
+# (`python -m bench.memory` computes it from the graphs) and the TensorRT profile.
+SESSION_BUDGETS = {
+    "cpu": {
+        "max_session_patches": 4096,
+        "max_session_images": 8,
+        "max_session_tokens": 8192,
+        "max_session_sequences": 32,
+    },
+    "gpu": {
+        "max_session_patches": 6144,
+        "max_session_images": 2,
+        "max_session_tokens": 8192,
+        "max_session_sequences": 32,
+    },
+}
 
 
-def _plan(opts: RenderOptions, device: str, available: set[str]) -> dict[str, tuple[str, str]]:
-    """Encoder model name -> (kind, variant) for everything this repository loads."""
-    plan: dict[str, tuple[str, str]] = {}
-    for ensemble, (_, kind, _, _) in ENSEMBLES.items():
-        variant = ensemble_variant(opts, ensemble, device)
+@dataclass(frozen=True)
+class Plan:
+    """What one render writes: the host, the encoder pairs to load and what each ensemble serves."""
+
+    device: str
+    encoders: dict[str, tuple[str, str]]  # model name -> (kind, variant)
+    ensembles: dict[str, tuple[str, str, str]]  # public ensemble -> (template, precision, variant)
+
+
+def served_variant(opts: RenderOptions, precision: str, device: str) -> str:
+    return opts.variant_overrides.get(precision, HOST_VARIANTS[device][precision])
+
+
+def plan(opts: RenderOptions, device: str, available: set[str]) -> Plan:
+    unknown = [p for p in opts.precisions if p not in PRECISIONS]
+    if unknown or not opts.precisions:
+        raise RenderError(f"precision must be one or both of {', '.join(PRECISIONS)}, not {list(opts.precisions)}")
+    primary = "fp16" if "fp16" in opts.precisions else "int8"
+    ensembles = {"colqwen2": ("colqwen2", primary), "colqwen2_query": ("colqwen2_query", primary)}
+    if "int8" in opts.precisions:
+        ensembles |= {"colqwen2_int8": ("colqwen2", "int8"), "colqwen2_query_int8": ("colqwen2_query", "int8")}
+    variants = [served_variant(opts, p, device) for p in opts.precisions]
+    for precision, variant in zip(opts.precisions, variants, strict=True):
         if variant not in available:
             raise RenderError(
-                f"{ensemble} on a {device.upper()} host needs the {variant} artifacts, which {opts.artifacts} lacks; "
-                f"export with VARIANTS including {variant}"
+                f"serving {precision} on a {device.upper()} host needs the {variant} artifacts, which "
+                f"{opts.artifacts} lacks; export with VARIANTS including {variant}"
             )
-        plan[encoder_name(kind, variant)] = (kind, variant)
     for variant in opts.extra_variants:
         if variant not in available:
             raise RenderError(f"extra variant {variant} is not in {opts.artifacts}")
-        for kind in ONNX_FILES:
-            plan[encoder_name(kind, variant)] = (kind, variant)
-    return plan
+    encoders = {
+        encoder_name(kind, variant): (kind, variant)
+        for variant in [*variants, *opts.extra_variants]
+        for kind in ONNX_FILES
+    }
+    return Plan(
+        device,
+        encoders,
+        {name: (template, p, served_variant(opts, p, device)) for name, (template, p) in ensembles.items()},
+    )
+
+
+def read_export(artifacts: Path) -> tuple[dict, set[str]]:
+    """The export's manifest and the variants it holds."""
+    manifest_file = artifacts / "manifest.json"
+    if not manifest_file.exists():
+        raise RenderError(f"{artifacts} has no manifest.json: run `make export` (or python -m export) first")
+    manifest = json.loads(manifest_file.read_text())
+    if "min_pixels" not in manifest:
+        raise RenderError(f"{artifacts} is an export from before native resolution: export it again")
+    available = {p.name for p in artifacts.iterdir() if all((p / f).exists() for f in ONNX_FILES.values())}
+    return manifest, available
+
+
+def template_values(
+    opts: RenderOptions, manifest: dict, device: str, artifacts: Path
+) -> tuple[dict[str, object], dict]:
+    """Every `${var}` the templates use, and the warmup arrays the encoders load."""
+    from .colqwen2_serving.grid import PixelLimits
+    from .colqwen2_serving.prompts import PromptTokenizer
+
+    for name in ("max_batch_size", "max_queue_size", "max_visual_tokens", "fixed_image_size"):
+        if getattr(opts, name) < 0 or (name == "max_batch_size" and opts.max_batch_size < 1):
+            raise RenderError(f"{name} must be {'at least 1' if name == 'max_batch_size' else '0 or more'}")
+    try:
+        limits = PixelLimits(manifest["min_pixels"], manifest["max_pixels"]).capped(opts.max_visual_tokens or None)
+    except ValueError as exc:
+        raise RenderError(str(exc)) from None
+    size = opts.fixed_image_size
+    if size and (size % 28 or not limits.min_pixels <= size * size <= limits.max_pixels):
+        raise RenderError(
+            f"fixed image size {size} must be a multiple of 28 with {size}x{size} pixels inside "
+            f"[{limits.min_pixels}, {limits.max_pixels}]"
+        )
+    tokenizer = PromptTokenizer.from_processor_dir(artifacts / "processor", opts.max_query_tokens)
+    gpu = device == "gpu"
+    preferred = ", ".join(map(str, opts.preferred_batch_sizes or ((8, 16, 32) if gpu else (4, 8))))
+    encoder_delay = opts.encoder_queue_delay_us if opts.encoder_queue_delay_us >= 0 else (2000 if gpu else 1000)
+    budgets = {k: getattr(opts, k) or v for k, v in SESSION_BUDGETS[device].items()}
+    checkpoint = Path(manifest["checkpoint"])
+    values: dict[str, object] = {
+        "max_batch_size": opts.max_batch_size,
+        "preprocess_instances": opts.preprocess_instances,
+        "encoder_instances": opts.encoder_instances,
+        "instance_kind": "KIND_GPU" if gpu else "KIND_CPU",
+        "resolution": f"fixed-{size}" if size else "native",
+        "fixed_image_size": size,
+        "min_pixels": limits.min_pixels,
+        "max_pixels": limits.max_pixels,
+        "max_visual_tokens": limits.max_visual_tokens,
+        "checkpoint": checkpoint.resolve() if checkpoint.exists() else checkpoint,
+        "processor_dir": "processor",
+        "max_image_bytes": opts.max_image_bytes,
+        "max_image_pixels": opts.max_image_pixels,
+        "max_query_tokens": opts.max_query_tokens,
+        "max_prompt_tokens": len(tokenizer.image_prompt_ids(limits.max_visual_tokens)),
+        "visual_token_offset": len(tokenizer.image_prefix),
+        "hidden_size": manifest["hidden_size"],
+        "pad_token_id": tokenizer.pad_id,
+        "image_token_id": tokenizer.image_token_id,
+        "execution_providers": opts.execution_providers,
+        "threads": opts.threads,
+        "trt_cache_dir": opts.trt_cache_dir,
+        "preprocess_batching": _batching_block(opts, preferred, opts.preprocess_queue_delay_us),
+        "encoder_batching": _batching_block(opts, preferred, encoder_delay),
+        "device": device,
+        **budgets,
+    }
+    warmup_ids = np.asarray(tokenizer.token_ids(WARMUP_QUERY), dtype="<i8")
+    values["warmup_tokens"] = len(warmup_ids)
+    warmup = {
+        "vision": {"grid": np.asarray(WARMUP_GRID, dtype="<i4")},
+        "text": {"input_ids": warmup_ids, "attention_mask": np.ones_like(warmup_ids)},
+    }
+    return values, warmup
 
 
 def _batching_block(opts: RenderOptions, preferred: str, delay_us: int) -> str:
@@ -129,12 +254,14 @@ def _batching_block(opts: RenderOptions, preferred: str, delay_us: int) -> str:
     )
 
 
-def _write(path: Path, text: str) -> None:
+def write_config(repo: Path, template: str, model: str, values: dict[str, object]) -> None:
+    text = (TEMPLATES / template / "config.pbtxt").read_text()
+    path = repo / model / "config.pbtxt"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    path.write_text(fill_template(text, values, f"{template}/config.pbtxt"))
 
 
-def _model_code(model_dir: Path, template: str) -> None:
+def write_model_code(model_dir: Path, template: str) -> None:
     """model.py plus its library beside it: the stub puts the version folder on sys.path."""
     version = model_dir / "1"
     version.mkdir(parents=True, exist_ok=True)
@@ -142,117 +269,129 @@ def _model_code(model_dir: Path, template: str) -> None:
     shutil.copytree(LIBRARY, version / LIBRARY.name, ignore=shutil.ignore_patterns("__pycache__"))
 
 
-def render(opts: RenderOptions) -> Path:
-    """Write the repository to `opts.out` (replacing it) and return its path."""
+def write_preprocess(repo: Path, values: dict[str, object], artifacts: Path) -> None:
+    write_config(repo, PREPROCESS, PREPROCESS, values)
+    write_model_code(repo / PREPROCESS, PREPROCESS)
+    shutil.copytree(artifacts / "processor", repo / PREPROCESS / "1" / "processor")
+
+
+def write_encoders(repo: Path, the_plan: Plan, values: dict[str, object], warmup: dict, opts: RenderOptions) -> None:
     artifacts = opts.artifacts.resolve()
-    manifest_file = artifacts / "manifest.json"
-    if not manifest_file.exists():
-        raise RenderError(f"{opts.artifacts} has no manifest.json: run `make export` (or python -m export) first")
-    manifest = json.loads(manifest_file.read_text())
-    device = detect_device() if opts.device == "auto" else opts.device
-    if device not in ("cpu", "gpu"):
-        raise RenderError(f"device must be auto, cpu or gpu, not {opts.device!r}")
-    available = {p.name for p in artifacts.iterdir() if (p / ONNX_FILES["image"]).exists()}
-    plan = _plan(opts, device, available)
-
-    from .colqwen2_serving.queries import QueryTokenizer
-
-    tokenizer = QueryTokenizer.from_processor_dir(artifacts / "processor", opts.max_query_tokens)
-    warmup_ids = np.asarray(tokenizer.token_ids(WARMUP_QUERY), dtype="<i8")
-    checkpoint = Path(manifest["checkpoint"])
-    gpu = device == "gpu"
-    preferred = ", ".join(map(str, opts.preferred_batch_sizes or ((8, 16, 32) if gpu else (4, 8))))
-    encoder_delay = opts.encoder_queue_delay_us if opts.encoder_queue_delay_us >= 0 else (2000 if gpu else 1000)
-    values: dict[str, object] = {
-        "max_batch_size": opts.max_batch_size,
-        "preprocess_instances": opts.preprocess_instances,
-        "encoder_instances": opts.encoder_instances,
-        "instance_kind": "KIND_GPU" if gpu else "KIND_CPU",
-        "image_size": manifest["image_size"],
-        "checkpoint": checkpoint.resolve() if checkpoint.exists() else checkpoint,
-        "processor_dir": "processor",
-        "max_image_bytes": opts.max_image_bytes,
-        "max_image_pixels": opts.max_image_pixels,
-        "max_query_tokens": opts.max_query_tokens,
-        "pad_token_id": tokenizer.pad_id,
-        "execution_providers": opts.execution_providers,
-        "threads": opts.threads,
-        "trt_cache_dir": opts.trt_cache_dir,
-        "warmup_tokens": len(warmup_ids),
-        "max_session_batch": opts.max_session_batch if opts.max_session_batch >= 0 else (0 if gpu else 4),
-        "preprocess_batching": _batching_block(opts, preferred, opts.preprocess_queue_delay_us),
-        "encoder_batching": _batching_block(opts, preferred, encoder_delay),
-        "device": device,
-    }
-    if opts.max_batch_size < 1:
-        raise RenderError("max_batch_size must be at least 1")
-    if opts.max_queue_size < 0:
-        raise RenderError("max_queue_size must be 0 (unbounded) or more")
-
-    out = opts.out.resolve()
-    staging = out.with_name(out.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-
-    def config(template: str, model: str, extra: dict[str, object]) -> None:
-        text = (TEMPLATES / template / "config.pbtxt").read_text()
-        _write(staging / model / "config.pbtxt", fill_template(text, values | extra, f"{template}/config.pbtxt"))
-
-    config(PREPROCESS, PREPROCESS, {})
-    _model_code(staging / PREPROCESS, PREPROCESS)
-    shutil.copytree(artifacts / "processor", staging / PREPROCESS / "1" / "processor")
-
-    for model, (kind, variant) in plan.items():
-        template = f"colqwen2_{kind}_encoder"
-        config(template, model, {"name": model, "precision": variant, "onnx_model": f"onnx/{ONNX_FILES[kind]}"})
-        _model_code(staging / model, template)
-        onnx_dir = staging / model / "1" / "onnx"
+    for model, (kind, variant) in the_plan.encoders.items():
+        template = f"colqwen2_{kind}"
+        write_config(repo, template, model, values | {"name": model, "precision": variant})
+        write_model_code(repo / model, template)
+        onnx_dir = repo / model / "1" / "onnx"
         if opts.copy:
             shutil.copytree(artifacts / variant, onnx_dir, ignore=shutil.ignore_patterns("*.txt"))
         else:
             onnx_dir.symlink_to(artifacts / variant, target_is_directory=True)
-        if kind == "query":
-            warmup = staging / model / "warmup"
-            warmup.mkdir()
-            warmup_ids.tofile(warmup / "input_ids")
-            np.ones_like(warmup_ids).tofile(warmup / "attention_mask")
+        (repo / model / "warmup").mkdir()
+        for name, array in warmup[kind].items():
+            array.tofile(repo / model / "warmup" / name)
 
-    served: dict[str, str] = {}  # ensemble -> encoder model
-    for ensemble, (template, kind, _, _) in ENSEMBLES.items():
-        variant = ensemble_variant(opts, ensemble, device)
-        served[ensemble] = encoder_name(kind, variant)
-        config(template, ensemble, {"name": ensemble, "encoder": served[ensemble], "precision": variant})
-        (staging / ensemble / "1").mkdir()  # ensembles still need a version folder
 
-    (staging / "render.json").write_text(
-        json.dumps(
-            {
-                "artifacts": str(artifacts),
-                "device": device,
-                "ensembles": served,
-                "encoders": sorted(plan),
-                "manifest": manifest,
-            },
-            indent=2,
-        )
-    )
+def write_ensembles(repo: Path, the_plan: Plan, values: dict[str, object]) -> dict[str, str]:
+    """The public ensembles; returns which variant each serves."""
+    served = {}
+    for ensemble, (template, _, variant) in the_plan.ensembles.items():
+        names = {"vision": encoder_name("vision", variant), "text": encoder_name("text", variant)}
+        write_config(repo, template, ensemble, values | {"name": ensemble, "precision": variant} | names)
+        (repo / ensemble / "1").mkdir()  # ensembles still need a version folder
+        served[ensemble] = variant
+    return served
+
+
+def render(opts: RenderOptions) -> Path:
+    """Write the repository to `opts.out` (replacing it) and return its path."""
+    artifacts = opts.artifacts.resolve()
+    manifest, available = read_export(artifacts)
+    device = detect_device() if opts.device == "auto" else opts.device
+    if device not in ("cpu", "gpu"):
+        raise RenderError(f"device must be auto, cpu or gpu, not {opts.device!r}")
+    the_plan = plan(opts, device, available)
+    values, warmup = template_values(opts, manifest, device, artifacts)
+
+    out = opts.out.resolve()
+    staging = out.with_name(out.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    write_preprocess(staging, values, artifacts)
+    write_encoders(staging, the_plan, values, warmup, opts)
+    served = write_ensembles(staging, the_plan, values)
+    summary = {
+        "artifacts": str(artifacts),
+        "device": device,
+        "precisions": list(opts.precisions),
+        "ensembles": served,
+        "encoders": sorted(the_plan.encoders),
+        "resolution": values["resolution"],
+        "max_visual_tokens": values["max_visual_tokens"],
+        "manifest": manifest,
+    }
+    (staging / "render.json").write_text(json.dumps(summary, indent=2))
     shutil.rmtree(out, ignore_errors=True)
     staging.rename(out)
     return out
 
 
+def _comma_list(text: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in text.split(",") if v.strip())
+
+
 def add_render_arguments(parser: argparse.ArgumentParser) -> None:
-    defaults = RenderOptions(Path(), Path())
+    d = RenderOptions(Path(), Path())
+    budgets = SESSION_BUDGETS
     parser.add_argument("--artifacts", type=Path, required=True, help="an export folder (with manifest.json)")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"])
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"], help="host kind (default: auto)")
+    parser.add_argument(
+        "--precision",
+        default=",".join(d.precisions),
+        help="fp16, int8 or fp16,int8: what the deployment serves (fp16 is FP32 on a CPU host; int8 is QDQ "
+        "on a GPU host, dynamic on a CPU host) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-visual-tokens",
+        type=int,
+        default=0,
+        help="cap per image (colpali-engine's max_num_visual_tokens): 4 up to the checkpoint's own cap "
+        "(default: the checkpoint's cap)",
+    )
+    parser.add_argument(
+        "--fixed-image-size", type=int, default=0, help="letterbox every image to S x S instead of native (default: 0)"
+    )
     parser.add_argument("--extra-variants", default="", help="comma list: also load these variants' encoders")
-    parser.add_argument("--max-batch-size", type=int, default=defaults.max_batch_size)
-    parser.add_argument("--preprocess-instances", type=int, default=defaults.preprocess_instances)
-    parser.add_argument("--encoder-instances", type=int, default=defaults.encoder_instances)
-    parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: all cores)")
-    parser.add_argument("--max-queue-size", type=int, default=0, help="per model; beyond it UNAVAILABLE (0: unbounded)")
-    parser.add_argument("--max-query-tokens", type=int, default=defaults.max_query_tokens)
-    parser.add_argument("--max-image-pixels", type=int, default=defaults.max_image_pixels)
-    parser.add_argument("--execution-providers", default=defaults.execution_providers, help="order, on GPU instances")
+    parser.add_argument("--max-batch-size", type=int, default=d.max_batch_size, help="(default: %(default)s)")
+    parser.add_argument(
+        "--preprocess-instances", type=int, default=d.preprocess_instances, help="(default: %(default)s)"
+    )
+    parser.add_argument("--encoder-instances", type=int, default=d.encoder_instances, help="(default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (default: 0, all cores)")
+    parser.add_argument(
+        "--max-queue-size", type=int, default=0, help="per model; beyond it UNAVAILABLE (default: 0, unbounded)"
+    )
+    parser.add_argument(
+        "--max-session-patches",
+        type=int,
+        default=0,
+        help=f"vision patches per ONNX Runtime call (default: {budgets['cpu']['max_session_patches']} on CPU, "
+        f"{budgets['gpu']['max_session_patches']} on GPU)",
+    )
+    parser.add_argument(
+        "--max-session-tokens",
+        type=int,
+        default=0,
+        help=f"text tokens per ONNX Runtime call (default: {budgets['cpu']['max_session_tokens']})",
+    )
+    parser.add_argument("--max-query-tokens", type=int, default=d.max_query_tokens, help="(default: %(default)s)")
+    parser.add_argument(
+        "--max-image-pixels",
+        type=int,
+        default=d.max_image_pixels,
+        help="refused before decoding (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--execution-providers", default=d.execution_providers, help="order, on GPU instances (default: %(default)s)"
+    )
     parser.add_argument("--trt-cache-dir", default="", help="TensorRT engine/timing cache (a persistent volume)")
     parser.add_argument("--copy", action="store_true", help="copy ONNX files instead of symlinking them")
 
@@ -262,7 +401,10 @@ def options_from_args(args: argparse.Namespace, out: Path) -> RenderOptions:
         artifacts=args.artifacts,
         out=out,
         device=args.device,
-        extra_variants=tuple(v for v in args.extra_variants.split(",") if v),
+        precisions=_comma_list(args.precision),
+        max_visual_tokens=args.max_visual_tokens,
+        fixed_image_size=args.fixed_image_size,
+        extra_variants=_comma_list(args.extra_variants),
         max_batch_size=args.max_batch_size,
         preprocess_instances=args.preprocess_instances,
         encoder_instances=args.encoder_instances,
@@ -270,6 +412,8 @@ def options_from_args(args: argparse.Namespace, out: Path) -> RenderOptions:
         max_query_tokens=args.max_query_tokens,
         max_queue_size=args.max_queue_size,
         max_image_pixels=args.max_image_pixels,
+        max_session_patches=args.max_session_patches,
+        max_session_tokens=args.max_session_tokens,
         execution_providers=args.execution_providers,
         trt_cache_dir=args.trt_cache_dir,
         copy=args.copy,

@@ -8,6 +8,7 @@ Ctrl-C (or SIGTERM) shuts the server down cleanly. Listens on 127.0.0.1 unless -
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 from pathlib import Path
@@ -55,10 +56,13 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    summary = json.loads((repository / "render.json").read_text())
+    served = ", ".join(f"{name} ({variant})" for name, variant in summary["ensembles"].items())
     print(
         f"\nColQwen2 on Triton is ready in {seconds:.1f} s: http://{server.http_url}  grpc://{server.grpc_url}  "
-        f"metrics http://{args.host}:{args.metrics_port}/metrics\nmodels: colqwen2, colqwen2_int8, colqwen2_query, "
-        f"colqwen2_query_int8 (repository {repository}); Ctrl-C stops.",
+        f"metrics http://{args.host}:{args.metrics_port}/metrics\nmodels: {served}; images at "
+        f"{summary['resolution']} resolution, at most {summary['max_visual_tokens']} visual tokens "
+        f"(repository {repository}); Ctrl-C stops.",
         file=sys.stderr,
         flush=True,
     )

@@ -36,7 +36,8 @@ def tiny_artifacts(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFacto
 
 @pytest.fixture(scope="session")
 def tiny_repository(tiny_artifacts: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The CPU model repository for the tiny export, with the fp16 and QDQ int8 encoders loaded too.
+    """The CPU model repository for the tiny export, serving both precisions (fp32 and dynamic int8 on a
+    CPU host), with the fp16 and QDQ int8 encoders (a GPU host's) loaded too.
 
     The encoder queue delay is 10 ms instead of 1 ms: the tiny encoder finishes an image faster
     than two preprocess instances decode the next, so without it batches rarely form here and
@@ -46,7 +47,12 @@ def tiny_repository(tiny_artifacts: Path, tmp_path_factory: pytest.TempPathFacto
 
     out = tmp_path_factory.mktemp("repository") / "tiny"
     options = RenderOptions(
-        tiny_artifacts, out, device="cpu", extra_variants=("fp16", "int8"), encoder_queue_delay_us=10_000
+        tiny_artifacts,
+        out,
+        device="cpu",
+        precisions=("fp16", "int8"),
+        extra_variants=("fp16", "int8"),
+        encoder_queue_delay_us=10_000,
     )
     return render(options)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -68,6 +69,7 @@ def test_entrypoint_renders_the_repository_it_serves(tiny_artifacts, tmp_path):
         "ARTIFACTS": str(tiny_artifacts),
         "REPOSITORY": str(tmp_path / "repo"),
         "DEVICE": "gpu",
+        "MAX_VISUAL_TOKENS": "256",
         "RENDER_ARGS": "--trt-cache-dir /models/trt-cache",
         "PATH": f"{fake_bin}:/usr/bin:/bin",
         "PYTHONPATH": str(ROOT),
@@ -79,5 +81,7 @@ def test_entrypoint_renders_the_repository_it_serves(tiny_artifacts, tmp_path):
     assert (
         f"--model-repository={tmp_path / 'repo'}" in result.stdout and "--disable-auto-complete-config" in result.stdout
     )
-    config = (tmp_path / "repo" / "colqwen2_image_encoder_fp16" / "config.pbtxt").read_text()
+    config = (tmp_path / "repo" / "colqwen2_vision_fp16" / "config.pbtxt").read_text()
     assert "KIND_GPU" in config and "/models/trt-cache" in config
+    served = json.loads((tmp_path / "repo" / "render.json").read_text())
+    assert served["ensembles"] == {"colqwen2": "fp16", "colqwen2_query": "fp16"} and served["max_visual_tokens"] == 256

@@ -43,12 +43,6 @@ def test_not_a_colqwen2_checkpoint(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_resolution_not_a_multiple_of_28(tmp_path, tiny_checkpoint):
-    result = _cli("--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "out"), "--image-size", "450")
-    _assert_one_line_error(result, "450", "multiple of 28")
-    assert not (tmp_path / "out").exists()
-
-
 def test_unwritable_output_folder(tmp_path, tiny_checkpoint):
     blocker = tmp_path / "a_file"
     blocker.write_text("")

@@ -40,7 +40,8 @@ def test_embed_keeps_the_original_shape(http, sdk):
     reply = http.post("/embed", json={"image": B64})
     assert reply.status_code == 200 and reply.headers["content-type"] == "application/json"
     body = reply.json()
-    assert list(body) == ["embedding", "dim", "vectors", "num_vectors"]
+    # The original keys in their order, then the image's grid of visual tokens (448 x 448: 16 x 16).
+    assert list(body) == ["embedding", "dim", "vectors", "num_vectors", "grid"] and body["grid"] == [16, 16]
     assert is_vector(body["embedding"]) and body["dim"] == 128 and body["num_vectors"] == 271
     assert len(body["vectors"]) == 271 and all(is_vector(v) for v in body["vectors"])
     expected = sdk.embed(CHART)
@@ -49,12 +50,15 @@ def test_embed_keeps_the_original_shape(http, sdk):
 
 
 def test_embed_batch_keeps_the_original_shape(http, sdk):
-    other = encode(square_chart(448, seed=32), "JPEG")
+    other = encode(square_chart(448, seed=32).resize((500, 200)), "JPEG")  # a Keepa chart: 7 x 18 visual tokens
     body = http.post("/embed_batch", json={"images": [B64, base64.b64encode(other).decode()]}).json()
-    assert list(body) == ["embeddings", "count", "vectors"] and body["count"] == 2
-    assert all(is_vector(e) for e in body["embeddings"]) and [len(v) for v in body["vectors"]] == [271, 271]
-    assert np.array_equal(np.array(body["embeddings"][1], np.float32), sdk.embed(other).pooled)
-    assert http.post("/embed_batch", json={"images": []}).json() == {"embeddings": [], "count": 0, "vectors": []}
+    assert list(body) == ["embeddings", "count", "vectors", "grids"] and body["count"] == 2
+    assert all(is_vector(e) for e in body["embeddings"]) and [len(v) for v in body["vectors"]] == [271, 141]
+    assert body["grids"] == [[16, 16], [7, 18]]
+    # Batched with a larger image, the chart's patches are padded: equal to alone up to float rounding.
+    assert np.abs(np.array(body["embeddings"][1], np.float32) - sdk.embed(other).pooled).max() < 1e-6
+    empty = {"embeddings": [], "count": 0, "vectors": [], "grids": []}
+    assert http.post("/embed_batch", json={"images": []}).json() == empty
 
 
 def test_embed_query_and_precision(http, sdk):

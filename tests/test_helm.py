@@ -168,10 +168,15 @@ def test_schema_refuses_bad_values():
         [HELM, "template", "x", str(CHART), "--set", "gateway.precision=fp64"], capture_output=True, text=True
     )
     assert result.returncode != 0 and "precision" in result.stderr
-    result = subprocess.run(
-        [HELM, "template", "x", str(CHART), "--set", "artifacts.init.imageSize=450"], capture_output=True, text=True
-    )
-    assert result.returncode != 0 and "imageSize" in result.stderr
+    for bad in ("triton.maxVisualTokens=2", "triton.fixedImageSize=450", "triton.precision=fp8"):
+        result = subprocess.run([HELM, "template", "x", str(CHART), "--set", bad], capture_output=True, text=True)
+        assert result.returncode != 0 and bad.split(".")[1].split("=")[0] in result.stderr, bad
+
+
+def test_precision_and_visual_token_cap_reach_the_render():
+    docs = render(extra=("--set", "triton.precision=int8", "--set", "triton.maxVisualTokens=256"))
+    env = by_kind(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {"name": "PRECISION", "value": "int8"} in env and {"name": "MAX_VISUAL_TOKENS", "value": "256"} in env
 
 
 def test_kustomize_users_get_plain_manifests(tmp_path):

@@ -55,7 +55,7 @@ def preprocess(tiny_repository):
 
 
 def test_preprocess_answers_each_request_on_its_own(preprocess):
-    png = encode(square_chart(448), "PNG")
+    png = encode(square_chart(448).resize((500, 200)), "PNG")
     requests = [
         pb.InferenceRequest({"IMAGE": strings(png)}),
         pb.InferenceRequest({"IMAGE": strings(b"not an image")}),
@@ -63,10 +63,12 @@ def test_preprocess_answers_each_request_on_its_own(preprocess):
         pb.InferenceRequest({"IMAGE": strings(png_bomb())}),
         pb.InferenceRequest({}),
         pb.InferenceRequest({"IMAGE": strings(png, b"")}),
+        pb.InferenceRequest({"IMAGE": strings(png, encode(square_chart(448).resize((40, 40)), "PNG"))}),
     ]
-    ok, garbage, text, bomb, nothing, second_empty = preprocess.execute(requests)
-    assert np.array_equal(ok.output("PIXEL_VALUES")[0], np.asarray(square_chart(448)))
-    assert ok.output("PIXEL_VALUES").dtype == np.uint8
+    ok, garbage, text, bomb, nothing, second_empty, two = preprocess.execute(requests)
+    assert ok.output("GRID").tolist() == [[7, 18]] and ok.output("GRID").dtype == np.int32
+    assert ok.output("PATCHES").shape == (1, 7 * 18 * 4, 588) and ok.output("PATCHES").dtype == np.uint8
+    assert ok.output("INPUT_IDS").shape == (1, 7 * 18 + 15) and ok.output("ATTENTION_MASK").all()
     assert garbage.error().code() == pb.TritonError.INVALID_ARG
     assert "not a recognised image" in garbage.error().message()
     ids, mask = text.output("INPUT_IDS"), text.output("ATTENTION_MASK")
@@ -74,44 +76,68 @@ def test_preprocess_answers_each_request_on_its_own(preprocess):
     assert "refused before decoding" in bomb.error().message()
     assert "exactly one of IMAGE" in nothing.error().message()
     assert second_empty.error().message().startswith("item 1: empty image")
+    assert two.output("GRID").tolist() == [[7, 18], [2, 2]]  # items of one request padded to the largest
+    assert two.output("PATCHES").shape == (2, 504, 588) and not two.output("PATCHES")[1, 16:].any()
+    assert two.output("ATTENTION_MASK")[1].sum() == 4 + 15
 
 
-def test_preprocess_reads_its_parameters(preprocess, tiny_artifacts):
-    assert preprocess.preprocess.image_size == 448
+def test_preprocess_reads_its_parameters(preprocess):
+    resolution = preprocess.preprocess.resolution
+    assert (resolution.fixed_size, resolution.limits.min_pixels, resolution.limits.max_pixels) == (0, 3136, 602112)
     assert preprocess.preprocess.tokenizer.max_tokens == 512
 
 
+def image_requests(preprocess, *sizes):
+    """Preprocess outputs of charts of these sizes, as the vision model receives them."""
+    outs = preprocess.execute(
+        [pb.InferenceRequest({"IMAGE": strings(encode(square_chart(448).resize(s), "PNG"))}) for s in sizes]
+    )
+    return [{"PATCHES": o.output("PATCHES")[0], "GRID": o.output("GRID")[0], "_ids": o} for o in outs]
+
+
 @pytest.mark.parametrize("variant", ["fp32", "int8_dynamic"])
-def test_image_encoder_isolates_a_malformed_request(tiny_repository, variant):
-    model = load_model(tiny_repository / f"colqwen2_image_encoder_{variant}")
-    pixels = np.asarray(square_chart(448))[None]
-    good, bad, again = model.execute(
+def test_vision_model_isolates_a_malformed_request(tiny_repository, preprocess, variant):
+    model = load_model(tiny_repository / f"colqwen2_vision_{variant}")
+    small, large = image_requests(preprocess, (500, 200), (300, 900))
+    good, bad, other = model.execute(
         [
-            pb.InferenceRequest({"PIXEL_VALUES": pixels}),
-            pb.InferenceRequest({"PIXEL_VALUES": pixels[:, :224, :224]}),
-            pb.InferenceRequest({"PIXEL_VALUES": pixels}),
+            pb.InferenceRequest({"PATCHES": small["PATCHES"][None], "GRID": small["GRID"][None]}),
+            pb.InferenceRequest({"PATCHES": small["PATCHES"][None, :10], "GRID": small["GRID"][None]}),
+            pb.InferenceRequest({"PATCHES": large["PATCHES"][None], "GRID": large["GRID"][None]}),
         ]
     )
-    assert good.output("EMBEDDINGS").shape == (1, 271, 128) and good.output("EMBEDDINGS").dtype == np.float32
-    assert good.output("NUM_VECTORS").tolist() == [[271]] and good.output("NUM_VECTORS").dtype == np.int32
-    assert np.allclose(np.linalg.norm(good.output("POOLED"), axis=-1), 1, atol=1e-5)
-    assert bad.error().code() == pb.TritonError.INVALID_ARG and "PIXEL_VALUES must be uint8" in bad.error().message()
-    assert np.array_equal(good.output("EMBEDDINGS"), again.output("EMBEDDINGS"))
+    assert good.output("VISUAL").shape == (1, 126, 64) and good.output("VISUAL").dtype == np.float32
+    assert other.output("VISUAL").shape == (1, 32 * 11, 64)
+    assert bad.error().code() == pb.TritonError.INVALID_ARG and "needs 504 patches" in bad.error().message()
     model.finalize()
 
 
-def test_query_encoder_batches_ragged_requests(tiny_repository, preprocess):
-    model = load_model(tiny_repository / "colqwen2_query_encoder_fp32")
+def test_text_model_serves_image_prompts_and_ragged_queries(tiny_repository, preprocess):
+    vision = load_model(tiny_repository / "colqwen2_vision_fp32")
+    model = load_model(tiny_repository / "colqwen2_text_fp32")
+    (small,) = image_requests(preprocess, (500, 200))
+    visual = vision.execute([pb.InferenceRequest({"PATCHES": small["PATCHES"][None], "GRID": small["GRID"][None]})])[0]
+    prompt = small["_ids"]
+    image = pb.InferenceRequest(
+        {
+            "INPUT_IDS": prompt.output("INPUT_IDS"),
+            "ATTENTION_MASK": prompt.output("ATTENTION_MASK"),
+            "VISUAL": visual.output("VISUAL"),
+            "GRID": prompt.output("GRID"),
+        }
+    )
     texts = [b"lego", b"a much longer query about the price of lego sets"]
     tokenized = preprocess.execute([pb.InferenceRequest({"TEXT": strings(t)}) for t in texts])
     requests = [
         pb.InferenceRequest({"INPUT_IDS": r.output("INPUT_IDS"), "ATTENTION_MASK": r.output("ATTENTION_MASK")})
         for r in tokenized
     ]
-    short, long = model.execute(requests)
+    short, long, embedded = model.execute([*requests, image])
     alone = model.execute(requests[:1])[0]
     assert short.output("NUM_VECTORS")[0, 0] == requests[0].inputs["INPUT_IDS"].as_numpy().shape[1]
     assert np.abs(short.output("EMBEDDINGS") - alone.output("EMBEDDINGS")).max() < 1e-5
     assert long.output("EMBEDDINGS").shape[1] > short.output("EMBEDDINGS").shape[1]
+    assert embedded.output("NUM_VECTORS").tolist() == [[141]] and embedded.output("EMBEDDINGS").dtype == np.float32
+    assert np.allclose(np.linalg.norm(embedded.output("POOLED"), axis=-1), 1, atol=1e-5)
     broken = pb.InferenceRequest({"INPUT_IDS": np.ones((1, 4), np.int64), "ATTENTION_MASK": np.array([[1, 0, 1, 1]])})
     assert "padding on the left" in model.execute([broken])[0].error().message()

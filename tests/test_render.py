@@ -8,7 +8,7 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from model_repository.render import ENSEMBLES, RenderError, RenderOptions, fill_template, render
+from model_repository.render import RenderError, RenderOptions, fill_template, render
 
 
 def configs(repository) -> dict[str, model_config_pb2.ModelConfig]:
@@ -29,7 +29,15 @@ def test_rendered_configs_are_complete_and_consistent(tiny_artifacts, tmp_path, 
     repo = render(RenderOptions(tiny_artifacts, tmp_path / "repo", device=device))
     models = configs(repo)
     assert "${" not in "".join(p.read_text() for p in repo.glob("*/config.pbtxt"))
-    assert set(ENSEMBLES) <= set(models)
+    full = "fp16" if device == "gpu" else "fp32"
+    # One precision by default: one vision encoder and one text encoder, the text encoder shared.
+    assert set(models) == {
+        "colqwen2",
+        "colqwen2_query",
+        "colqwen2_preprocess",
+        f"colqwen2_vision_{full}",
+        f"colqwen2_text_{full}",
+    }
     for name, config in models.items():
         assert config.name == name and config.max_batch_size >= 32
         if config.platform == "ensemble":
@@ -39,31 +47,68 @@ def test_rendered_configs_are_complete_and_consistent(tiny_artifacts, tmp_path, 
         else:
             assert config.HasField("dynamic_batching"), name
             assert (repo / name / "1" / "model.py").exists()
-    image_precision = models["colqwen2"].parameters["precision"].string_value
-    int8_precision = models["colqwen2_int8"].parameters["precision"].string_value
-    assert (image_precision, int8_precision) == (("fp16", "int8") if device == "gpu" else ("fp32", "int8_dynamic"))
-    encoder = models[f"colqwen2_image_encoder_{image_precision}"]
+    image_steps = [step.model_name for step in models["colqwen2"].ensemble_scheduling.step]
+    query_steps = [step.model_name for step in models["colqwen2_query"].ensemble_scheduling.step]
+    assert image_steps[-1] == query_steps[-1] == f"colqwen2_text_{full}"
+    assert [o.name for o in models["colqwen2"].output] == ["embeddings", "num_vectors", "pooled", "grid"]
+    assert models["colqwen2"].parameters["precision"].string_value == full
+    encoder = models[f"colqwen2_vision_{full}"]
     assert encoder.instance_group[0].kind == (
         model_config_pb2.ModelInstanceGroup.KIND_GPU
         if device == "gpu"
         else model_config_pb2.ModelInstanceGroup.KIND_CPU
     )
     pre = models["colqwen2_preprocess"].parameters
-    assert pre["image_size"].string_value == "448" and pre["checkpoint"].string_value
+    assert pre["resolution"].string_value == "native" and pre["max_visual_tokens"].string_value == "768"
+    assert pre["checkpoint"].string_value
     assert (repo / "colqwen2_preprocess" / "1" / "processor" / "tokenizer.json").exists()
+    assert (repo / f"colqwen2_vision_{full}" / "warmup" / "grid").stat().st_size == 8
+
+
+def test_both_precisions_on_request(tiny_artifacts, tmp_path):
+    for device, full, int8 in (("cpu", "fp32", "int8_dynamic"), ("gpu", "fp16", "int8")):
+        models = configs(
+            render(RenderOptions(tiny_artifacts, tmp_path / device, device=device, precisions=("fp16", "int8")))
+        )
+        served = {
+            name: models[name].parameters["precision"].string_value
+            for name in models
+            if name.startswith("colqwen2") and models[name].platform == "ensemble"
+        }
+        assert served == {"colqwen2": full, "colqwen2_query": full, "colqwen2_int8": int8, "colqwen2_query_int8": int8}
+    only = configs(render(RenderOptions(tiny_artifacts, tmp_path / "int8", device="cpu", precisions=("int8",))))
+    assert only["colqwen2"].parameters["precision"].string_value == "int8_dynamic"
+    assert not any(name.endswith("fp32") for name in only)
+    with pytest.raises(RenderError, match="precision must be one or both of fp16, int8"):
+        render(RenderOptions(tiny_artifacts, tmp_path / "bad", device="cpu", precisions=("fp8",)))
+
+
+def test_max_visual_tokens_caps_the_pixels_and_is_checked(tiny_artifacts, tmp_path):
+    models = configs(render(RenderOptions(tiny_artifacts, tmp_path / "capped", device="cpu", max_visual_tokens=256)))
+    pre = models["colqwen2_preprocess"].parameters
+    assert (pre["max_visual_tokens"].string_value, pre["max_pixels"].string_value) == ("256", str(256 * 784))
+    assert models["colqwen2"].parameters["max_visual_tokens"].string_value == "256"
+    assert models["colqwen2_text_fp32"].parameters["max_prompt_tokens"].string_value == str(256 + 15)
+    for bad in (3, 769):
+        with pytest.raises(RenderError, match=rf"max_visual_tokens {bad} is outside \[4, 768\]"):
+            render(RenderOptions(tiny_artifacts, tmp_path / "bad", device="cpu", max_visual_tokens=bad))
+    fixed = configs(render(RenderOptions(tiny_artifacts, tmp_path / "fixed", device="cpu", fixed_image_size=448)))
+    assert fixed["colqwen2_preprocess"].parameters["resolution"].string_value == "fixed-448"
+    with pytest.raises(RenderError, match="fixed image size 450 must be a multiple of 28"):
+        render(RenderOptions(tiny_artifacts, tmp_path / "bad", device="cpu", fixed_image_size=450))
 
 
 def test_copy_makes_a_self_contained_repository(tiny_artifacts, tmp_path):
     repo = render(RenderOptions(tiny_artifacts, tmp_path / "repo", device="cpu", copy=True))
-    onnx = repo / "colqwen2_image_encoder_fp32" / "1" / "onnx"
-    assert not onnx.is_symlink() and (onnx / "image_encoder.onnx").is_file()
+    onnx = repo / "colqwen2_vision_fp32" / "1" / "onnx"
+    assert not onnx.is_symlink() and (onnx / "vision_encoder.onnx").is_file()
 
 
 def test_missing_variant_names_the_fix(tiny_artifacts, tmp_path):
     partial = tmp_path / "artifacts"
     shutil.copytree(tiny_artifacts, partial, ignore=shutil.ignore_patterns("fp16"))
     render(RenderOptions(partial, tmp_path / "cpu", device="cpu"))  # CPU hosts do not need fp16
-    with pytest.raises(RenderError, match=r"colqwen2 on a GPU host needs the fp16 artifacts.*VARIANTS"):
+    with pytest.raises(RenderError, match=r"serving fp16 on a GPU host needs the fp16 artifacts.*VARIANTS"):
         render(RenderOptions(partial, tmp_path / "gpu", device="gpu"))
     with pytest.raises(RenderError, match=r"manifest\.json"):
         render(RenderOptions(tmp_path / "nowhere", tmp_path / "x"))

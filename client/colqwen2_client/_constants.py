@@ -20,4 +20,5 @@ MODELS = {
 IMAGE_INPUT = "image"
 TEXT_INPUT = "text"
 OUTPUTS = ("embeddings", "num_vectors", "pooled")
+IMAGE_OUTPUTS = (*OUTPUTS, "grid")  # images also return their grid: (rows, cols) of visual tokens
 CANARY_QUERY = "health check"

@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from ._constants import DEFAULT_BACKOFF, DEFAULT_PORTS, MAX_BACKOFF, OUTPUTS
+from ._constants import DEFAULT_BACKOFF, DEFAULT_PORTS, IMAGE_INPUT, IMAGE_OUTPUTS, MAX_BACKOFF, OUTPUTS
 from .errors import (
     ColQwen2Error,
     InvalidInputError,
@@ -127,8 +127,12 @@ def _bytes_input(module: Any, protocol: str, name: str, items: Sequence[bytes]) 
     return tensor
 
 
-def _outputs(result: Any) -> Outputs:
-    return {name: result.as_numpy(name) for name in OUTPUTS}
+def _names(input_name: str) -> tuple[str, ...]:
+    return IMAGE_OUTPUTS if input_name == IMAGE_INPUT else OUTPUTS
+
+
+def _outputs(result: Any, input_name: str) -> Outputs:
+    return {name: result.as_numpy(name) for name in _names(input_name)}
 
 
 def _parameters(config: dict) -> dict[str, str]:
@@ -161,18 +165,18 @@ class SyncTransport:
     def _input(self, name: str, items: Sequence[bytes]) -> Any:
         return _bytes_input(self.module, self.endpoint.protocol, name, items)
 
-    def _outputs_requested(self) -> list:
+    def _outputs_requested(self, input_name: str) -> list:
         if self.endpoint.protocol == "http":
-            return [self.module.InferRequestedOutput(n, binary_data=True) for n in OUTPUTS]
-        return [self.module.InferRequestedOutput(n) for n in OUTPUTS]
+            return [self.module.InferRequestedOutput(n, binary_data=True) for n in _names(input_name)]
+        return [self.module.InferRequestedOutput(n) for n in _names(input_name)]
 
     def infer(self, model: str, input_name: str, items: Sequence[bytes]) -> Outputs:
         """One request carrying every item."""
-        kwargs: dict[str, Any] = {"outputs": self._outputs_requested()}
+        kwargs: dict[str, Any] = {"outputs": self._outputs_requested(input_name)}
         if self.endpoint.protocol == "grpc":
             kwargs["client_timeout"] = self.timeout
         try:
-            return _outputs(self.client.infer(model, [self._input(input_name, items)], **kwargs))
+            return _outputs(self.client.infer(model, [self._input(input_name, items)], **kwargs), input_name)
         except Exception as exc:
             raise translate(exc, model) from None
 
@@ -191,10 +195,11 @@ class SyncTransport:
         for done in range(len(items)):
             while next_item < len(items) and len(pending) < window:
                 request = self._input(input_name, [items[next_item]])
-                pending[next_item] = self.client.async_infer(model, [request], outputs=self._outputs_requested())
+                outputs = self._outputs_requested(input_name)
+                pending[next_item] = self.client.async_infer(model, [request], outputs=outputs)
                 next_item += 1
             try:
-                results[done] = _outputs(pending.pop(done).get_result())
+                results[done] = _outputs(pending.pop(done).get_result(), input_name)
             except Exception as exc:
                 results[done] = translate(exc, model)
         return results
@@ -208,7 +213,7 @@ class SyncTransport:
 
         def callback(index: int, result: Any, error: Exception | None) -> None:
             try:  # runs on a gRPC thread: whatever happens, the slot and the count must be released
-                results[index] = translate(error, model) if error is not None else _outputs(result)
+                results[index] = translate(error, model) if error is not None else _outputs(result, input_name)
             except Exception as exc:
                 results[index] = translate(exc, model)
             finally:
@@ -227,7 +232,7 @@ class SyncTransport:
                     model,
                     [self._input(input_name, [item])],
                     callback=lambda result, error, i=index: callback(i, result, error),
-                    outputs=self._outputs_requested(),
+                    outputs=self._outputs_requested(input_name),
                     client_timeout=self.timeout,
                 )
             except Exception as exc:
@@ -288,7 +293,7 @@ class AsyncTransport:
         if self.endpoint.protocol == "grpc":
             kwargs["client_timeout"] = self.timeout
         result = await self._call(self.client.infer(model, [self._input(input_name, items)], **kwargs), model)
-        return _outputs(result)
+        return _outputs(result, input_name)
 
     async def infer_each(self, model: str, input_name: str, items: Sequence[bytes], window: int) -> list:
         slots = asyncio.Semaphore(window)

@@ -1,11 +1,18 @@
-"""Turn encoded image bytes, or any PIL image, into the S x S RGB uint8 array the image encoder takes.
+"""Turn encoded image bytes, or any PIL image, into the RGB uint8 pixels of the image's grid.
 
 Steps, in this order: size checks on the header (before any pixel is decoded), decode (first frame
-of animations), EXIF orientation, any mode to RGB with transparency composited on white, then a
-letterbox: scale so the longer side is S (bicubic, aspect ratio kept) and centre on a white S x S
-canvas. An S x S RGB input passes through unchanged, so the encoder then sees exactly what
-colpali-engine's processor sees for that image. Normalisation happens inside the ONNX graph, so
-the tensor that crosses process boundaries stays uint8 (4x smaller than float32).
+of animations), EXIF orientation, any mode to RGB with transparency composited on white, then one
+of two resolutions:
+
+- native (the default): the processor's own size, `grid.smart_resize` within the checkpoint's
+  pixel limits, resized with the processor's resampling (`resampling.resize_bicubic`, bit-exact
+  with the torchvision kernel colpali-engine's image processor runs). The encoder then sees
+  exactly what colpali-engine sees, at any size and aspect ratio.
+- fixed S: a letterbox, scale so the longer side is S (bicubic, aspect ratio kept) and centre on a
+  white S x S canvas; every image gets the same grid. An S x S input passes unchanged.
+
+Normalisation happens inside the ONNX graph, so the tensor that crosses process boundaries stays
+uint8 (4x smaller than float32).
 """
 
 from __future__ import annotations
@@ -18,6 +25,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import InputError
+from .grid import PixelLimits, smart_resize
+from .resampling import resize_bicubic
 
 PAD_COLOUR = (255, 255, 255)  # charts and product shots sit on white
 # What the service accepts. Anything else Pillow could open (PSD, EPS, ...) is refused by name.
@@ -25,14 +34,14 @@ ACCEPTED_FORMATS = frozenset({"PNG", "JPEG", "MPO", "WEBP", "GIF", "BMP", "TIFF"
 
 
 @dataclass(frozen=True)
-class ImageLimits:
+class DecodeLimits:
     """Refuse before decoding: a 50 KB PNG can claim 100 000 x 100 000 pixels (a decompression bomb)."""
 
     max_bytes: int = 32 * 1024 * 1024
     max_pixels: int = 40_000_000  # 40 MP: well above product photos (about 9 MP) and charts
 
 
-def decode_image(data: bytes, limits: ImageLimits = ImageLimits()) -> Image.Image:
+def decode_image(data: bytes, limits: DecodeLimits = DecodeLimits()) -> Image.Image:
     """Encoded bytes -> a loaded PIL image (first frame), or InputError naming what is wrong."""
     if len(data) == 0:
         raise InputError("empty image: the request carried 0 bytes")
@@ -69,11 +78,27 @@ def decode_image(data: bytes, limits: ImageLimits = ImageLimits()) -> Image.Imag
     return image
 
 
-def preprocess_image(data: bytes, size: int, limits: ImageLimits = ImageLimits()) -> np.ndarray:
-    """Encoded bytes -> uint8 (size, size, 3), the image encoder's input."""
+@dataclass(frozen=True)
+class Resolution:
+    """How an image becomes pixels: native (`fixed_size` 0) within `limits`, or a fixed S x S letterbox."""
+
+    limits: PixelLimits
+    fixed_size: int = 0
+
+    def pixels(self, image: Image.Image) -> np.ndarray:
+        """Any PIL image -> RGB uint8 [h, w, 3], h and w multiples of 28."""
+        if self.fixed_size:
+            return letterbox(image, self.fixed_size)
+        return native(image, self.limits)
+
+
+def preprocess_image(data: bytes, resolution: Resolution, limits: DecodeLimits = DecodeLimits()) -> np.ndarray:
+    """Encoded bytes -> uint8 [h, w, 3] at the image's grid size."""
     image = decode_image(data, limits)
     try:
-        return letterbox(image, size)
+        return resolution.pixels(image)
+    except InputError:
+        raise
     except Exception as exc:  # exotic modes Pillow opens but cannot convert (e.g. some CMYK TIFFs)
         raise InputError(f"cannot convert {image.format} image in mode {image.mode} to RGB: {exc}") from None
 
@@ -94,6 +119,15 @@ def to_rgb(image: Image.Image) -> Image.Image:
         peak = arr.max() or 1.0
         image = Image.fromarray((arr * (255.0 / peak)).astype(np.uint8), "L")
     return image.convert("RGB")
+
+
+def native(image: Image.Image, limits: PixelLimits) -> np.ndarray:
+    """RGB uint8 [h, w, 3] at the processor's size for this image (`smart_resize`), resized as it resizes."""
+    pixels = np.asarray(to_rgb(image), dtype=np.uint8)
+    height, width = smart_resize(pixels.shape[0], pixels.shape[1], limits)
+    if (height, width) == pixels.shape[:2]:
+        return pixels
+    return resize_bicubic(pixels, height, width)
 
 
 def letterbox(image: Image.Image, size: int) -> np.ndarray:

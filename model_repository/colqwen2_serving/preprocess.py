@@ -1,7 +1,12 @@
-"""`colqwen2_preprocess`: encoded images -> letterboxed uint8 pixels; UTF-8 queries -> token ids.
+"""`colqwen2_preprocess`: encoded images -> uint8 patches on the image's grid and its prompt; UTF-8
+queries -> token ids.
 
 A request carries either IMAGE or TEXT, each a [n, 1] BYTES tensor (n is usually 1). A request
 with a bad item fails alone, with the item's index in the message when n > 1.
+
+Image outputs (items of one request padded to the largest): PATCHES uint8 [n, N, 588] in the
+processor's patch order, GRID int32 [n, 2] (rows, cols of visual tokens), and the image prompt
+INPUT_IDS / ATTENTION_MASK int64 [n, T] (left padded). Query outputs: INPUT_IDS / ATTENTION_MASK.
 """
 
 from __future__ import annotations
@@ -13,8 +18,10 @@ import numpy as np
 
 from .config import ModelParameters
 from .errors import InputError
-from .imaging import ImageLimits, preprocess_image
-from .queries import DEFAULT_MAX_TOKENS, QueryTokenizer, left_pad
+from .feeds import ImageItem
+from .grid import PATCH_VALUES, PixelLimits, patchify, token_grid
+from .imaging import DecodeLimits, Resolution, preprocess_image
+from .prompts import DEFAULT_MAX_TOKENS, PromptTokenizer, left_pad
 
 
 def _items(raw: np.ndarray, name: str) -> list:
@@ -34,28 +41,45 @@ def _each(items: list, fn: Callable) -> list:
     return out
 
 
+def image_item(pixels: np.ndarray) -> ImageItem:
+    """uint8 [h, w, 3] at grid size -> its patches and grid."""
+    return ImageItem(patchify(pixels), token_grid(pixels.shape[0], pixels.shape[1]))
+
+
 @dataclass
 class Preprocessor:
-    image_size: int
-    limits: ImageLimits
-    tokenizer: QueryTokenizer
+    resolution: Resolution
+    limits: DecodeLimits
+    tokenizer: PromptTokenizer
 
     @classmethod
     def from_parameters(cls, params: ModelParameters) -> Preprocessor:
-        limits = ImageLimits(
-            max_bytes=params.integer("max_image_bytes", ImageLimits.max_bytes),
-            max_pixels=params.integer("max_image_pixels", ImageLimits.max_pixels),
+        limits = DecodeLimits(
+            max_bytes=params.integer("max_image_bytes", DecodeLimits.max_bytes),
+            max_pixels=params.integer("max_image_pixels", DecodeLimits.max_pixels),
         )
-        tokenizer = QueryTokenizer.from_processor_dir(
+        pixels = PixelLimits(params.integer("min_pixels"), params.integer("max_pixels"))
+        resolution = Resolution(pixels, fixed_size=params.integer("fixed_image_size", 0))
+        tokenizer = PromptTokenizer.from_processor_dir(
             params.path("processor_dir"), params.integer("max_query_tokens", DEFAULT_MAX_TOKENS)
         )
-        return cls(params.integer("image_size"), limits, tokenizer)
+        return cls(resolution, limits, tokenizer)
 
-    def images(self, raw: np.ndarray) -> np.ndarray:
-        """[n, 1] encoded bytes -> uint8 [n, S, S, 3]."""
-        return np.stack(
-            _each(_items(raw, "IMAGE"), lambda b: preprocess_image(_bytes(b), self.image_size, self.limits))
+    def image_items(self, raw: np.ndarray) -> list[ImageItem]:
+        """[n, 1] encoded bytes -> each image's patches and grid."""
+        return _each(
+            _items(raw, "IMAGE"), lambda b: image_item(preprocess_image(_bytes(b), self.resolution, self.limits))
         )
+
+    def images(self, raw: np.ndarray) -> dict[str, np.ndarray]:
+        items = self.image_items(raw)
+        longest = max(item.n_patches for item in items)
+        patches = np.zeros((len(items), longest, PATCH_VALUES), dtype=np.uint8)
+        for i, item in enumerate(items):
+            patches[i, : item.n_patches] = item.patches
+        grids = np.array([item.grid for item in items], dtype=np.int32)
+        ids, mask = left_pad([self.tokenizer.image_prompt_ids(r * c) for r, c in grids.tolist()], self.tokenizer.pad_id)
+        return {"PATCHES": patches, "GRID": grids, "INPUT_IDS": ids, "ATTENTION_MASK": mask}
 
     def queries(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """[n, 1] UTF-8 texts -> (input_ids, attention_mask) int64 [n, T], left padded."""
@@ -66,7 +90,7 @@ class Preprocessor:
         if (image is None) == (text is None):
             raise InputError("send exactly one of IMAGE (encoded image bytes) or TEXT (a UTF-8 query)")
         if image is not None:
-            return {"PIXEL_VALUES": self.images(image)}
+            return self.images(image)
         ids, mask = self.queries(text)
         return {"INPUT_IDS": ids, "ATTENTION_MASK": mask}
 

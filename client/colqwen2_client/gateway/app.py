@@ -61,17 +61,26 @@ class QueryRequest(BaseModel):
 Vector = Annotated[list[float], Field(min_length=EMBEDDING_DIM, max_length=EMBEDDING_DIM)]
 
 
+Grid = Annotated[list[int], Field(min_length=2, max_length=2)]
+
+
 class EmbedResponse(BaseModel):
     embedding: Vector = Field(description="the pooled vector: mean of `vectors`, L2-normalised")
     dim: int = EMBEDDING_DIM
     vectors: list[Vector] = Field(description="every vector of the image or query (late interaction)")
     num_vectors: int
+    grid: Grid | None = Field(
+        default=None,
+        description="images only: [rows, cols] of visual tokens at the image's native resolution; its rows x cols "
+        "vectors are one run of `vectors`, row by row (for row and column pooling)",
+    )
 
 
 class EmbedBatchResponse(BaseModel):
     embeddings: list[Vector]
     count: int
     vectors: list[list[Vector]]
+    grids: list[Grid] | None = Field(default=None, description="each image's [rows, cols] of visual tokens")
 
 
 class HealthResponse(BaseModel):
@@ -172,6 +181,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
                 "embeddings": [r.pooled.tolist() for r in results],
                 "count": len(results),
                 "vectors": [r.vectors.tolist() for r in results],
+                "grids": [list(r.grid) if r.grid else None for r in results],
             }
         )
 

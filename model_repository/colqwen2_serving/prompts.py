@@ -1,10 +1,15 @@
-"""Tokenise text queries exactly as colpali-engine's `ColQwen2Processor.process_queries` does.
+"""The token ids colpali-engine's `ColQwen2Processor` builds, for queries and for image prompts.
 
-colpali-engine appends ten `<|endoftext|>` "query augmentation" tokens, adds no prefix, and pads
-on the left with the pad token (also `<|endoftext|>`). The checkpoint's own `tokenizer.json` is
-run by the `tokenizers` library, so serving needs neither transformers nor torch.
-Queries longer than `max_tokens` (augmentation tokens included) are refused, never truncated:
-a silently shortened query would return confident results for a question nobody asked.
+Queries: colpali-engine appends ten `<|endoftext|>` "query augmentation" tokens, adds no prefix,
+and pads on the left with the pad token (also `<|endoftext|>`). Queries longer than `max_tokens`
+(augmentation tokens included) are refused, never truncated: a silently shortened query would
+return confident results for a question nobody asked.
+
+Images: the prompt `IMAGE_PROMPT`, its one `<|image_pad|>` repeated once per visual token of the
+image's grid, as Qwen2-VL's processor expands it.
+
+The checkpoint's own `tokenizer.json` is run by the `tokenizers` library, so serving needs
+neither transformers nor torch.
 """
 
 from __future__ import annotations
@@ -18,19 +23,31 @@ from tokenizers import Tokenizer
 from .errors import InputError
 
 AUGMENTATION_TOKEN = "<|endoftext|>"
+IMAGE_TOKEN = "<|image_pad|>"
+# colpali-engine's `ColQwen2Processor.visual_prompt_prefix` (a test holds the two equal).
+IMAGE_PROMPT = "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Describe the image.<|im_end|><|endoftext|>"
 AUGMENTATION_COUNT = 10
 DEFAULT_MAX_TOKENS = 512
 
 
-class QueryTokenizer:
+class PromptTokenizer:
     def __init__(self, tokenizer: Tokenizer, pad_id: int, max_tokens: int = DEFAULT_MAX_TOKENS) -> None:
         self.tokenizer = tokenizer
         self.pad_id = pad_id
         self.max_tokens = max_tokens
         self.suffix = AUGMENTATION_TOKEN * AUGMENTATION_COUNT
+        image_token_id = tokenizer.token_to_id(IMAGE_TOKEN)
+        if image_token_id is None:
+            raise ValueError(f"the tokenizer has no {IMAGE_TOKEN} token: not a Qwen2-VL tokenizer")
+        self.image_token_id = image_token_id
+        ids = tokenizer.encode(IMAGE_PROMPT).ids
+        if ids.count(image_token_id) != 1:
+            raise ValueError(f"the image prompt does not tokenise to one {IMAGE_TOKEN}: {ids}")
+        split = ids.index(image_token_id)
+        self.image_prefix, self.image_suffix = ids[:split], ids[split + 1 :]
 
     @classmethod
-    def from_processor_dir(cls, path: str | Path, max_tokens: int = DEFAULT_MAX_TOKENS) -> QueryTokenizer:
+    def from_processor_dir(cls, path: str | Path, max_tokens: int = DEFAULT_MAX_TOKENS) -> PromptTokenizer:
         """Load `tokenizer.json` (and the pad token from `tokenizer_config.json`) saved by the exporter."""
         path = Path(path)
         tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
@@ -68,6 +85,10 @@ class QueryTokenizer:
                 f"of {self.max_tokens} (max_query_tokens); shorten it"
             )
         return ids
+
+    def image_prompt_ids(self, n_visual: int) -> list[int]:
+        """The image prompt with `n_visual` image tokens: what `process_images` builds for that grid."""
+        return [*self.image_prefix, *([self.image_token_id] * n_visual), *self.image_suffix]
 
     def encode(self, texts: list[bytes | str]) -> tuple[np.ndarray, np.ndarray]:
         """Texts -> (input_ids, attention_mask), int64 [n, longest], left padded like the processor."""

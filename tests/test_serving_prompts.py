@@ -7,7 +7,7 @@ import pytest
 
 from export.sample_images import QUERIES
 from model_repository.colqwen2_serving.errors import InputError
-from model_repository.colqwen2_serving.queries import QueryTokenizer
+from model_repository.colqwen2_serving.prompts import PromptTokenizer
 
 TEXTS = [
     *QUERIES,
@@ -20,8 +20,8 @@ TEXTS = [
 
 
 @pytest.fixture(scope="module")
-def tokenizer(tiny_artifacts) -> QueryTokenizer:
-    return QueryTokenizer.from_processor_dir(tiny_artifacts / "processor")
+def tokenizer(tiny_artifacts) -> PromptTokenizer:
+    return PromptTokenizer.from_processor_dir(tiny_artifacts / "processor")
 
 
 def test_matches_process_queries_token_for_token(tokenizer, tiny_reference):
@@ -36,7 +36,7 @@ def test_pad_token_is_the_processors(tokenizer, tiny_reference):
 
 
 def test_long_queries_are_refused_not_truncated(tiny_artifacts):
-    short = QueryTokenizer.from_processor_dir(tiny_artifacts / "processor", max_tokens=20)
+    short = PromptTokenizer.from_processor_dir(tiny_artifacts / "processor", max_tokens=20)
     assert len(short.token_ids("hi")) <= 20
     with pytest.raises(InputError, match=r"query is \d+ tokens .* over the limit of 20 \(max_query_tokens\)"):
         short.token_ids("a query that is clearly longer than twenty tokens once the suffix is added")
@@ -49,3 +49,16 @@ def test_long_queries_are_refused_not_truncated(tiny_artifacts):
 def test_bad_text_gets_a_clear_error(tokenizer, raw, message):
     with pytest.raises(InputError, match=message):
         tokenizer.encode([raw])
+
+
+def test_image_prompt_is_process_images_for_every_grid(tokenizer, tiny_reference):
+    from PIL import Image
+
+    from model_repository.colqwen2_serving.prompts import IMAGE_PROMPT
+
+    assert IMAGE_PROMPT == tiny_reference.processor.visual_prompt_prefix
+    for size in ((500, 200), (40, 40), (300, 900)):
+        batch = tiny_reference.processor.process_images([Image.new("RGB", size)])
+        _, h, w = batch["image_grid_thw"][0].tolist()
+        assert tokenizer.image_prompt_ids(h * w // 4) == batch["input_ids"][0].tolist()
+    assert tokenizer.image_token_id == tiny_reference.model.config.image_token_id
