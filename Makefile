@@ -79,8 +79,8 @@ bench: $(STAMP) ## serving benchmark (BENCH_SIZE=medium): Triton sweep vs in-pro
 		$(PY) -m export --checkpoint checkpoints/$(BENCH_SIZE) --out $(BENCH_ARTIFACTS); }
 	$(PY) -m bench.serving --artifacts "$(BENCH_ARTIFACTS)" $(BENCH_ARGS)
 
-bench-export: $(STAMP) ## CPU speed record: PyTorch vs ORT fp32/fp16/int8 on the medium checkpoint
-	$(PY) -m bench.encoders --size medium --repeats 5
+bench-export: $(STAMP) ## CPU speed record: PyTorch vs ORT fp32/fp16/int8 graphs on the medium checkpoint, mixed workload
+	$(PY) -m bench.graph_speed --size medium --repeats 5
 
 bench-pooling: $(STAMP) ## token pooling at index time: storage saved vs ranking changes (demo images, OUT's export)
 	@[ -f "$(OUT)/manifest.json" ] || $(MAKE) --no-print-directory export CHECKPOINT="$(CHECKPOINT)" OUT="$(OUT)"

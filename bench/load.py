@@ -22,18 +22,40 @@ import numpy as np
 
 from export.sample_images import keepa_chart, product_image
 
+# The mixed workload a Keepa/Amazon user sends, in this order, repeated: Keepa charts at Keepa's two
+# graph sizes (PNG), product photos of 1000 to 1500 px (JPEG), and a tall image now and then.
+WORKLOAD = (
+    ("keepa_chart", 500, 200),
+    ("product_photo", 1000, 1000),
+    ("keepa_chart", 1000, 400),
+    ("product_photo", 1500, 1200),
+    ("keepa_chart", 500, 200),
+    ("product_photo", 1200, 1500),
+    ("tall_image", 300, 900),
+    ("keepa_chart", 1000, 400),
+)
+
 
 def payloads(count: int) -> list[bytes]:
-    """Encoded images as users send them: PNG charts and JPEG product photos, 800x500 and 600x600."""
+    """`count` encoded images of the mixed workload (`WORKLOAD`, cycled): PNG charts, JPEG photos."""
     out = []
     for i in range(count):
+        kind, width, height = WORKLOAD[i % len(WORKLOAD)]
         buffer = io.BytesIO()
-        if i % 2 == 0:
-            keepa_chart(900 + i).save(buffer, "PNG")
+        if kind == "keepa_chart":
+            keepa_chart(900 + i, width, height).save(buffer, "PNG")
         else:
-            product_image(900 + i).save(buffer, "JPEG", quality=90)
+            product_image(900 + i, width, height).save(buffer, "JPEG", quality=90)
         out.append(buffer.getvalue())
     return out
+
+
+def workload_summary(count: int) -> str:
+    kinds: dict[str, list[str]] = {}
+    for i in range(count):
+        kind, width, height = WORKLOAD[i % len(WORKLOAD)]
+        kinds.setdefault(kind.replace("_", " ") + "s", []).append(f"{width}x{height}")
+    return "; ".join(f"{len(sizes)} {kind} ({', '.join(sorted(set(sizes)))})" for kind, sizes in kinds.items())
 
 
 def _children() -> dict[int, list[int]]:
@@ -187,18 +209,18 @@ class ModelStats:
 
 
 async def drive(url: str, protocol: str, model: str, data: list[bytes], concurrency: int, requests: int):
-    """`requests` single-image requests, `concurrency` in flight: (latencies in s, wall s, errors)."""
+    """`requests` single-image requests, `concurrency` in flight: (latencies in s, wall s, errors, vectors)."""
     if protocol == "grpc":
         import tritonclient.grpc.aio as module
     else:
         import tritonclient.http.aio as module
     client = module.InferenceServerClient(url)
     latencies: list[float] = []
-    errors = 0
+    errors = vectors = 0
     next_index = 0
 
     async def worker() -> None:
-        nonlocal next_index, errors
+        nonlocal next_index, errors, vectors
         while next_index < requests:
             i = next_index
             next_index += 1
@@ -210,8 +232,9 @@ async def drive(url: str, protocol: str, model: str, data: list[bytes], concurre
                 tensor.set_data_from_numpy(array)
             start = time.perf_counter()
             try:
-                await client.infer(model, [tensor])
+                result = await client.infer(model, [tensor])
                 latencies.append(time.perf_counter() - start)
+                vectors += int(result.as_numpy("num_vectors").sum())
             except Exception:
                 errors += 1
 
@@ -219,4 +242,4 @@ async def drive(url: str, protocol: str, model: str, data: list[bytes], concurre
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     wall = time.perf_counter() - start
     await client.close()
-    return latencies, wall, errors
+    return latencies, wall, errors, vectors

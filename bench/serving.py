@@ -1,18 +1,22 @@
 """Serving benchmark: Triton end to end against the in-process references, on one checkpoint.
 
-    python -m bench.serving --artifacts artifacts/medium-448         # what `make bench` runs
-    python -m bench.serving --artifacts artifacts/tiny --smoke       # seconds: keeps the harness alive in CI
-    python -m bench.serving --artifacts artifacts/real-448 --device gpu   # on a GPU host
+    python -m bench.serving --artifacts artifacts/medium         # what `make bench` runs
+    python -m bench.serving --artifacts artifacts/tiny --smoke   # seconds: keeps the harness alive in CI
+    python -m bench.serving --artifacts artifacts/real --device gpu   # on a GPU host
 
-For each server configuration (CPU host: fp32, int8, fp16 and fp32 with dynamic batching off; GPU
-host: fp16, int8 and fp16 with dynamic batching off) it starts Triton, then an asyncio load
-generator sends encoded images (PNG/JPEG bytes, one image per request) over gRPC and HTTP at each
-concurrency level with a fixed request count, recording p50/p95/p99 latency, images per second,
-the mean batch the encoder executed, the server's peak RSS (Triton plus its model processes) and,
-on a GPU, peak device memory. Before and after the sweep it measures the in-process references on
-the same images and thread budget (see `references.py`), and reports both runs: a shared machine
-drifts, and a ratio is only as good as its baseline. Writes JSON, a markdown report with every
-target as measured against its goal, and PNG plots.
+The workload is what a Keepa/Amazon user sends (`load.WORKLOAD`): Keepa charts of 500 x 200 and
+1000 x 400 (PNG), product photos of 1000 to 1500 px (JPEG) and some tall images, one per request.
+Each server configuration embeds them at native resolution (colpali-engine's own grid, up to the
+checkpoint's 768 visual tokens) or letterboxed to a fixed 448 x 448 (`fixed448-*`, 256 visual
+tokens each), in fp32 or int8 on a CPU host (fp16 or int8 on a GPU host). For each it starts
+Triton, then an asyncio load generator sends the images over gRPC (and HTTP if asked) at each
+concurrency level with a fixed request count, recording p50/p95/p99 latency, images and vectors
+per second, the mean batch each encoder executed, where a request's time goes, the server's peak
+RSS (Triton plus its model processes) and, on a GPU, peak device memory. Before and after the
+sweep it measures the in-process references on the same images and thread budget (see
+`references.py`: colpali-engine PyTorch at native resolution, and the same ONNX graphs called
+directly), and reports both runs: a shared machine drifts, and a ratio is only as good as its
+baseline. Writes JSON, a markdown report with every target as measured against its goal, and PNG plots.
 """
 
 from __future__ import annotations
@@ -30,35 +34,35 @@ from pathlib import Path
 
 import numpy as np
 
-from model_repository.render import (
-    PREPROCESS,
-    RenderOptions,
-    detect_device,
-    encoder_name,
-    ensemble_variant,
-    render,
-)
+from model_repository.render import PREPROCESS, RenderOptions, detect_device, encoder_name, render
 from model_repository.server import TritonServer, free_port
 
-from .load import ModelStats, PeakMemory, drive, payloads
+from .load import ModelStats, PeakMemory, drive, payloads, workload_summary
 from .references import averaged, in_process, int8_breakdown, paired_overhead, speedup_ceiling
 from .timing import cpu_name
 
 ROOT = Path(__file__).resolve().parent.parent
-CONFIGS = {  # device -> name -> (render overrides, ensemble)
+FIXED = 448
+CONFIGS = {  # device -> name -> render overrides; every config serves its images through `colqwen2`
     "cpu": {
-        "fp32": ({}, "colqwen2"),
-        "int8": ({}, "colqwen2_int8"),
-        "fp16": ({"ensemble_variants": {"colqwen2": "fp16"}}, "colqwen2"),
-        "fp32-no-dynamic-batching": ({"dynamic_batching": False}, "colqwen2"),
+        "native-fp32": {},
+        "native-int8": {"precisions": ("int8",)},
+        "fixed448-fp32": {"fixed_image_size": FIXED},
+        "fixed448-int8": {"fixed_image_size": FIXED, "precisions": ("int8",)},
+        "native-fp16": {"variant_overrides": {"fp16": "fp16"}},
+        "native-fp32-no-dynamic-batching": {"dynamic_batching": False},
     },
     "gpu": {
-        "fp16": ({}, "colqwen2"),
-        "int8": ({}, "colqwen2_int8"),
-        "fp16-no-dynamic-batching": ({"dynamic_batching": False}, "colqwen2"),
+        "native-fp16": {},
+        "native-int8": {"precisions": ("int8",)},
+        "fixed448-fp16": {"fixed_image_size": FIXED},
+        "native-fp16-no-dynamic-batching": {"dynamic_batching": False},
     },
 }
-OVERHEAD_CONFIG = {"cpu": "fp32", "gpu": "fp16"}  # where Triton's overhead is measured, paired
+DEFAULT_CONFIGS = {"cpu": ("native-fp32", "native-int8", "fixed448-fp32", "fixed448-int8"),
+                   "gpu": ("native-fp16", "native-int8", "fixed448-fp16")}  # fmt: skip
+OVERHEAD_CONFIG = {"cpu": "native-fp32", "gpu": "native-fp16"}  # where Triton's overhead is measured, paired
+MODEL = "colqwen2"
 GB_MIB = 1e9 / 2**20  # the original service's memory figures are in GB; nvidia-smi reports MiB
 
 
@@ -72,36 +76,44 @@ class Level:
     p95_ms: float
     p99_ms: float
     images_per_s: float
+    vectors_per_s: float
     mean_ms: float
-    mean_batch: float  # images per execution of the image encoder
-    encoder_ms: float  # per request: the image encoder's own compute (its execute() call)
+    vision_batch: float  # images per execution of the vision encoder (Triton's statistics API)
+    text_batch: float  # requests per execution of the text encoder
     preprocess_ms: float  # per request: the preprocessing model's own compute
-    queue_ms: float  # per request: waiting in the encoder's queue
+    queue_ms: float  # per request: waiting in the vision encoder's queue
+    vision_ms: float  # per request: the vision encoder's own compute (its execute() call)
+    text_ms: float  # per request: the text encoder's own compute
     peak_rss_mb: float
     peak_gpu_mb: float | None
     errors: int
     latencies_ms: list[float]  # every request's, in completion order: the distribution plots use them
 
 
-def measure_level(server: TritonServer, config: str, protocol: str, model: str, encoder: str, data: list[bytes],
+def measure_level(server: TritonServer, config: str, protocol: str, models: tuple[str, str], data: list[bytes],
                   concurrency: int, requests: int, gpu: bool) -> Level:  # fmt: skip
     """One load level: `requests` images, `concurrency` in flight, with memory and server statistics."""
     url = server.grpc_url if protocol == "grpc" else server.http_url
-    with PeakMemory(server.process.pid, gpu=gpu) as memory, ModelStats(server.http_url, [encoder, PREPROCESS]) as stats:
-        latencies, wall, errors = asyncio.run(drive(url, protocol, model, data, concurrency, requests))
+    vision, text = models
+    with (
+        PeakMemory(server.process.pid, gpu=gpu) as memory,
+        ModelStats(server.http_url, [vision, text, PREPROCESS]) as stats,
+    ):
+        latencies, wall, errors, vectors = asyncio.run(drive(url, protocol, MODEL, data, concurrency, requests))
     ms = np.array(latencies) * 1e3 if latencies else np.array([float("nan")])
     level = Level(
         config, protocol, concurrency, requests,
         float(np.percentile(ms, 50)), float(np.percentile(ms, 95)), float(np.percentile(ms, 99)),
-        len(latencies) / wall, float(np.mean(ms)), stats.mean_batch[encoder], stats.compute_ms[encoder],
-        stats.compute_ms[PREPROCESS], stats.queue_ms[encoder],
+        len(latencies) / wall, vectors / wall, float(np.mean(ms)), stats.mean_batch[vision], stats.mean_batch[text],
+        stats.compute_ms[PREPROCESS], stats.queue_ms[vision], stats.compute_ms[vision], stats.compute_ms[text],
         memory.peak_rss / 2**20, memory.peak_gpu_mb, errors, [round(x * 1e3, 2) for x in latencies],
     )  # fmt: skip
     gpu_text = f"  gpu {level.peak_gpu_mb:7.0f} MiB" if level.peak_gpu_mb is not None else ""
     print(
-        f"{config:<26} {protocol:<4} c={concurrency:<3} {level.images_per_s:7.2f} img/s  "
-        f"p50 {level.p50_ms:8.1f} ms  p99 {level.p99_ms:8.1f} ms  batch {level.mean_batch:5.2f}  "
-        f"encoder {level.encoder_ms:8.1f} ms  rss {level.peak_rss_mb:7.0f} MB{gpu_text}  errors {errors}",
+        f"{config:<32} {protocol:<4} c={concurrency:<3} {level.images_per_s:7.2f} img/s "
+        f"{level.vectors_per_s:8.0f} vec/s  p50 {level.p50_ms:8.1f} ms  p99 {level.p99_ms:8.1f} ms  "
+        f"batch {level.vision_batch:5.2f}/{level.text_batch:5.2f}  rss {level.peak_rss_mb:7.0f} MB{gpu_text}  "
+        f"errors {errors}",
         flush=True,
     )
     return level
@@ -110,31 +122,32 @@ def measure_level(server: TritonServer, config: str, protocol: str, model: str, 
 def run_config(name: str, args, data: list[bytes], levels: list[int]) -> tuple[list[Level], dict | None]:
     """Start Triton for one configuration, sweep protocols and levels, and (for the overhead config)
     measure the paired overhead; returns the levels and the paired result or None."""
-    overrides, model = CONFIGS[args.device][name]
     gpu = args.device == "gpu"
     options = RenderOptions(
-        args.artifacts, args.workdir / f"repo-{name}", device=args.device, threads=args.threads, **overrides
-    )
-    variant = ensemble_variant(options, model, args.device)
-    encoder = encoder_name("image", variant)
-    server = TritonServer(render(options), http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
+        args.artifacts, args.workdir / f"repo-{name}", device=args.device, threads=args.threads,
+        **CONFIGS[args.device][name],
+    )  # fmt: skip
+    repository = render(options)
+    variant = json.loads((repository / "render.json").read_text())["ensembles"][MODEL]
+    models = (encoder_name("vision", variant), encoder_name("text", variant))
+    server = TritonServer(repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
     results, paired = [], None
     with open(args.workdir / f"triton-{name}.log", "w") as log, server:
         server.start(log)
         server.wait_ready(1800 if gpu else 600)  # TensorRT builds engines at load
         for protocol in args.protocols:
             url = server.grpc_url if protocol == "grpc" else server.http_url
-            asyncio.run(drive(url, protocol, model, data, 2, 4))  # warm up connections and arenas
+            asyncio.run(drive(url, protocol, MODEL, data, 2, 4))  # warm up connections and arenas
             for concurrency in levels:
                 requests = max(args.requests, 2 * concurrency)
-                results.append(measure_level(server, name, protocol, model, encoder, data, concurrency, requests, gpu))
+                results.append(measure_level(server, name, protocol, models, data, concurrency, requests, gpu))
         if name == OVERHEAD_CONFIG[args.device]:
             threads = args.threads or os.cpu_count() or 1
             paired = paired_overhead(
-                server.grpc_url, model, args.artifacts, variant, data, threads, gpu, args.paired_rounds
+                server.grpc_url, MODEL, args.artifacts, variant, data, threads, gpu, args.paired_rounds
             )
             print(
-                f"{name:<26} paired at 1 in flight: Triton {paired['triton_ms']:.1f} ms, in-process "
+                f"{name:<32} paired at 1 in flight: Triton {paired['triton_ms']:.1f} ms, in-process "
                 f"{paired['in_process_ms']:.1f} ms, overhead {paired['overhead']:.1%}",
                 flush=True,
             )
@@ -150,12 +163,17 @@ def _target(name: str, measured: float | None, op: str, goal: float, unit: str, 
     return {"target": name, "measured": measured, "goal": f"{op} {goal:g}{unit}", "met": ok, "not_measured": why_not}
 
 
-def targets(levels: list[Level], baselines: dict[str, float], device: str, paired: dict | None) -> list[dict]:
-    """Every target of the benchmark issue, as measured here; those for the other host kind are listed unmeasured."""
+def _best(levels: list[Level], config: str, metric: str = "images_per_s", min_concurrency: int = 1) -> float:
+    rates = [getattr(lv, metric) for lv in levels if lv.config == config and lv.concurrency >= min_concurrency]
+    return max(rates, default=float("nan"))
 
-    def best(config: str, min_concurrency: int = 1) -> float:
-        rates = [lv.images_per_s for lv in levels if lv.config == config and lv.concurrency >= min_concurrency]
-        return max(rates, default=float("nan"))
+
+def _peak_rss(levels: list[Level], config: str | None = None) -> float:
+    return max((lv.peak_rss_mb for lv in levels if config is None or lv.config == config), default=float("nan"))
+
+
+def targets(levels: list[Level], baselines: dict, device: str, paired: dict | None) -> list[dict]:
+    """Every target of the benchmark issues, as measured here; those for the other host kind are listed unmeasured."""
 
     def p50_alone(config: str) -> float:
         """The best protocol's p50 with 1 in flight."""
@@ -170,11 +188,11 @@ def targets(levels: list[Level], baselines: dict[str, float], device: str, paire
     cpu, gpu = device == "cpu", device == "gpu"
     on_cpu = "" if cpu else "a CPU-host target"
     on_gpu = "" if gpu else "needs a GPU host"
-    torch_rate = baselines.get("colpali-engine pytorch", float("nan"))
+    torch_rate = baselines.get("colpali-engine pytorch", {}).get("images_per_s", float("nan"))
     return [
         _target(
-            "Triton int8 end to end vs colpali-engine PyTorch in-process (images/s ratio)",
-            best("int8") / torch_rate if cpu else None, ">=", 2.5, "x", on_cpu,
+            "Triton int8 end to end vs colpali-engine PyTorch in-process, native resolution (images/s ratio)",
+            _best(levels, "native-int8") / torch_rate if cpu else None, ">=", 2.5, "x", on_cpu,
         ),
         _target(
             "Triton overhead vs the same preprocessing + ONNX in one process (fp32, 1 in flight, calls alternated)",
@@ -182,18 +200,48 @@ def targets(levels: list[Level], baselines: dict[str, float], device: str, paire
             on_cpu,
         ),
         _target(
-            "int8 vs fp32 end to end (best throughput each)", best("int8") / best("fp32") if cpu else None,
-            ">=", 1.5, "x", on_cpu,
+            "int8 vs fp32 end to end, native resolution (best throughput each)",
+            _best(levels, "native-int8") / _best(levels, "native-fp32") if cpu else None, ">=", 1.5, "x", on_cpu,
         ),
         _target(
-            "fp16 images/s with 32 or more in flight (batches up to 32)", best("fp16", 32) if gpu else None,
-            ">=", 200, " img/s", on_gpu,
+            "peak server RSS of every configuration (MiB; 4 GB = 3815 MiB)", _peak_rss(levels) if levels else None,
+            "<=", round(4 * GB_MIB), " MiB",
         ),
-        _target("fp16 single-image p50 latency (1 in flight)", p50_alone("fp16") if gpu else None,
+        _target(
+            "fp16 images/s with 32 or more in flight (batches up to 32)",
+            _best(levels, "native-fp16", min_concurrency=32) if gpu else None, ">=", 200, " img/s", on_gpu,
+        ),
+        _target("fp16 single-image p50 latency (1 in flight)", p50_alone("native-fp16") if gpu else None,
                 "<=", 15, " ms", on_gpu),
-        _target("fp16 peak GPU memory", peak_gpu("fp16") if gpu else None, "<", round(8 * GB_MIB), " MiB", on_gpu),
-        _target("int8 peak GPU memory", peak_gpu("int8") if gpu else None, "<", round(4 * GB_MIB), " MiB", on_gpu),
+        _target("fp16 peak GPU memory", peak_gpu("native-fp16") if gpu else None, "<", round(8 * GB_MIB), " MiB",
+                on_gpu),
+        _target("int8 peak GPU memory", peak_gpu("native-int8") if gpu else None, "<", round(4 * GB_MIB), " MiB",
+                on_gpu),
     ]  # fmt: skip
+
+
+def comparison(levels: list[Level], baselines: dict) -> list[dict]:
+    """Native against fixed 448 and against colpali-engine in-process, one row each: the issue's table."""
+    rows = []
+    for config in dict.fromkeys(lv.config for lv in levels):
+        loaded = [lv for lv in levels if lv.config == config]
+        top = max(loaded, key=lambda lv: lv.concurrency)
+        rows.append(
+            {
+                "runtime": f"Triton {config}",
+                "images_per_s": _best(levels, config),
+                "vectors_per_s": _best(levels, config, "vectors_per_s"),
+                "concurrency": top.concurrency,
+                "p50_ms": top.p50_ms,
+                "p99_ms": top.p99_ms,
+                "p50_alone_ms": min((lv.p50_ms for lv in loaded if lv.concurrency == 1), default=float("nan")),
+                "peak_rss_mb": top.peak_rss_mb,
+            }
+        )
+    for name, rates in baselines.items():
+        if name != "preprocess":
+            rows.append({"runtime": f"in-process {name}", **rates})
+    return rows
 
 
 def plots(levels: list[Level], out_prefix: Path) -> list[str]:
@@ -260,11 +308,13 @@ def report(result: dict, figures: list[str]) -> str:
     machine = result["machine"]
     lines = [
         f"# Serving benchmark: {result['checkpoint']} ({result['parameters'] / 1e6:.1f} M parameters"
-        f"{', random weights' if result['random_weights'] else ''}), {result['image_size']} x {result['image_size']}",
+        f"{', random weights' if result['random_weights'] else ''}), mixed workload",
         "",
         f"`{result['command']}`, {result['date']}, {machine['cpu']}, {machine['cores']} cores"
         f"{', ' + machine['gpu'] if machine.get('gpu') else ', no GPU'}, device {result['device']}, "
-        f"ONNX Runtime threads {result['threads']}. Images: PNG charts and JPEG photos, one per request.",
+        f"ONNX Runtime threads {result['threads']}. Workload, one image per request: {result['workload']}. "
+        f"Native resolution: each image on colpali-engine's own grid, at most {result['max_visual_tokens']} visual "
+        f"tokens; fixed448: letterboxed to 448 x 448, 256 visual tokens each.",
         "",
         "## Targets",
         "",
@@ -280,31 +330,50 @@ def report(result: dict, figures: list[str]) -> str:
             "",
             f"Overhead: {result['paired_rounds']} single-image calls each way, alternated call by call so that the "
             f"machine's drift cancels; medians, bytes to vectors: Triton {paired['triton_ms']:.1f} ms (gRPC), "
-            f"the same preprocessing + ONNX file in one process {paired['in_process_ms']:.1f} ms.",
+            f"the same preprocessing + ONNX files in one process {paired['in_process_ms']:.1f} ms.",
         ]
+    lines += [
+        "",
+        "## Native against fixed 448 and against colpali-engine in-process",
+        "",
+        "Triton: best images/s and vectors/s over the concurrency levels; p50, p99 and peak RSS at the highest "
+        "level; p50 alone at 1 in flight. In-process: one image per call, the mean of the runs before and after "
+        "the sweep.",
+        "",
+        "| runtime | images / s | vectors / s | at concurrency | p50 ms | p99 ms | p50 alone ms | peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in result["comparison"]:
+        lines.append(
+            f"| {row['runtime']} | {row['images_per_s']:.2f} | {row['vectors_per_s']:.0f} "
+            f"| {row.get('concurrency', '')} | {_fmt(row.get('p50_ms'), 1)} | {_fmt(row.get('p99_ms'), 1)} "
+            f"| {_fmt(row.get('p50_alone_ms'), 1)} | {_fmt(row.get('peak_rss_mb'), 0)} |"
+        )
     refs = result["in_process_runs"]
     lines += [
         "",
-        "## In-process references (bytes to vectors, batch 1, images / s)",
+        "## In-process references (bytes to vectors, one image per call)",
         "",
         "Measured before and after the Triton sweep; the targets use the mean.",
         "",
-        "| runtime | before | after | mean |",
-        "|---|---|---|---|",
+        "| runtime | images / s before | after | mean | vectors / s mean |",
+        "|---|---|---|---|---|",
     ]
     for key, mean in result["in_process"].items():
+        before, after = refs[0].get(key, {}), refs[-1].get(key, {})
         lines.append(
-            f"| {key} | {refs[0].get(key, float('nan')):.2f} | {refs[-1].get(key, float('nan')):.2f} | {mean:.2f} |"
+            f"| {key} | {before.get('images_per_s', float('nan')):.2f} | {after.get('images_per_s', float('nan')):.2f} "
+            f"| {mean['images_per_s']:.2f} | {mean['vectors_per_s']:.0f} |"
         )
     shares = result.get("int8_breakdown")
     if shares:
         lines += [
             "",
-            "## Where the int8 encoder's time goes",
+            "## Where the int8 encoders' time goes",
             "",
-            "ONNX Runtime profiler, int8_dynamic image encoder, share of kernel time. Dynamic quantization "
-            "reaches only the weight matmuls; attention's activation x activation matmuls and softmax stay "
-            "float32.",
+            "ONNX Runtime profiler, int8_dynamic vision and text graphs on the workload's images, share of kernel "
+            "time. Dynamic quantization reaches only the weight matmuls; attention's activation x activation "
+            "matmuls and softmax stay float32.",
             "",
             "| kernels | share |",
             "|---|---|",
@@ -318,35 +387,37 @@ def report(result: dict, figures: list[str]) -> str:
         "",
         "## Triton",
         "",
-        "Mean batch: images per execution of the image encoder (Triton's statistics API) during the level.",
+        "Batch: requests per execution of the vision / text encoder (Triton's statistics API) during the level.",
         "",
-        "| config | protocol | concurrency | requests | images / s | p50 ms | p95 ms | p99 ms | mean batch "
-        "| peak RSS MB | peak GPU MiB | errors |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| config | protocol | concurrency | requests | images / s | vectors / s | p50 ms | p95 ms | p99 ms "
+        "| batch vision / text | peak RSS MB | peak GPU MiB | errors |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for lv in result["levels"]:
         lines.append(
             f"| {lv['config']} | {lv['protocol']} | {lv['concurrency']} | {lv['requests']} | {lv['images_per_s']:.2f} "
-            f"| {lv['p50_ms']:.1f} | {lv['p95_ms']:.1f} | {lv['p99_ms']:.1f} | {_fmt(lv['mean_batch'], 2)} "
-            f"| {lv['peak_rss_mb']:.0f} | {_fmt(lv['peak_gpu_mb'], 0)} | {lv['errors']} |"
+            f"| {lv['vectors_per_s']:.0f} | {lv['p50_ms']:.1f} | {lv['p95_ms']:.1f} | {lv['p99_ms']:.1f} "
+            f"| {_fmt(lv['vision_batch'], 2)} / {_fmt(lv['text_batch'], 2)} | {lv['peak_rss_mb']:.0f} "
+            f"| {_fmt(lv['peak_gpu_mb'], 0)} | {lv['errors']} |"
         )
     lines += [
         "",
         "## Where a request's time goes",
         "",
-        "Per request, mean ms. Client: the load generator's latency. Queue, preprocess and encoder: Triton's "
-        "statistics API (queue wait at the image encoder; each model's own compute, which in a batch is the "
-        "batch's). Rest: the client latency less those three, i.e. transport, (de)serialisation, the "
-        "preprocessing queue and ensemble scheduling.",
+        "Per request, mean ms. Client: the load generator's latency. Queue, preprocess, vision and text: Triton's "
+        "statistics API (queue wait at the vision encoder; each model's own compute, which in a batch is the "
+        "batch's). Rest: the client latency less those, i.e. transport, (de)serialisation, the other queues "
+        "and ensemble scheduling.",
         "",
-        "| config | protocol | concurrency | client | queue | preprocess | encoder | rest | rest share |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| config | protocol | concurrency | client | queue | preprocess | vision | text | rest | rest share |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for lv in result["levels"]:
-        rest = lv["mean_ms"] - lv["queue_ms"] - lv["preprocess_ms"] - lv["encoder_ms"]
+        rest = lv["mean_ms"] - lv["queue_ms"] - lv["preprocess_ms"] - lv["vision_ms"] - lv["text_ms"]
         lines.append(
             f"| {lv['config']} | {lv['protocol']} | {lv['concurrency']} | {lv['mean_ms']:.1f} | {lv['queue_ms']:.1f} "
-            f"| {lv['preprocess_ms']:.1f} | {lv['encoder_ms']:.1f} | {rest:.1f} | {rest / lv['mean_ms']:.1%} |"
+            f"| {lv['preprocess_ms']:.1f} | {lv['vision_ms']:.1f} | {lv['text_ms']:.1f} | {rest:.1f} "
+            f"| {rest / lv['mean_ms']:.1%} |"
         )
     lines += ["", *[f"![{f}]({f})" for f in figures], ""]
     return "\n".join(lines)
@@ -366,13 +437,13 @@ def _gpu_name() -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--artifacts", type=Path, default=Path("artifacts/medium-448"))
+    parser.add_argument("--artifacts", type=Path, default=Path("artifacts/medium"))
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"])
-    parser.add_argument("--configs", default="", help="comma-separated; default: every config for the device")
-    parser.add_argument("--protocols", default="grpc,http")
-    parser.add_argument("--concurrency", default="1,2,4,8,16,32,64")
+    parser.add_argument("--configs", default="", help="comma-separated; default: native and fixed448, each precision")
+    parser.add_argument("--protocols", default="grpc")
+    parser.add_argument("--concurrency", default="1,4,16,64")
     parser.add_argument("--requests", type=int, default=32, help="per level (at least 2 x concurrency)")
-    parser.add_argument("--images", type=int, default=16)
+    parser.add_argument("--images", type=int, default=16, help="distinct images of the mixed workload")
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime / torch threads (0: all cores)")
     parser.add_argument("--paired-rounds", type=int, default=16, help="alternated calls for the overhead target")
     parser.add_argument("--smoke", action="store_true", help="two levels, few requests: seconds on tiny")
@@ -380,11 +451,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=Path("build/bench-serving"))
     args = parser.parse_args(argv)
     if args.smoke:
-        args.concurrency, args.requests, args.images, args.paired_rounds = "1,4", 8, 4, 4
+        args.concurrency, args.requests, args.images, args.paired_rounds = "1,4", 8, 8, 4
     args.device = detect_device() if args.device == "auto" else args.device
     gpu = args.device == "gpu"
     args.protocols = [p for p in args.protocols.split(",") if p]
-    configs = [c for c in (args.configs or ",".join(CONFIGS[args.device])).split(",") if c]
+    configs = [c for c in (args.configs.split(",") if args.configs else DEFAULT_CONFIGS[args.device]) if c]
     unknown = sorted(set(configs) - set(CONFIGS[args.device]))
     if unknown:
         parser.error(f"unknown configs {unknown} for a {args.device} host; choose from {sorted(CONFIGS[args.device])}")
@@ -404,10 +475,11 @@ def main(argv: list[str] | None = None) -> int:
     runs.append(in_process(args.artifacts, data, threads, gpu))
     baselines = averaged(runs)
     for name in baselines:
-        print(f"in-process {name:<26} {runs[0][name]:7.2f} -> {runs[-1][name]:7.2f} img/s", flush=True)
+        before, after = runs[0][name]["images_per_s"], runs[-1][name]["images_per_s"]
+        print(f"in-process {name:<26} {before:7.2f} -> {after:7.2f} img/s", flush=True)
     shares = None if gpu else int8_breakdown(args.artifacts, data, threads)
     suffix = f"gpu-{(_gpu_name() or 'unknown').split()[-1].lower()}" if gpu else f"cpu{os.cpu_count()}"
-    tag = f"serving-{Path(manifest['checkpoint']).name}-{manifest['image_size']}-{suffix}"
+    tag = f"serving-{Path(manifest['checkpoint']).name}-mixed-{suffix}"
     result = {
         "command": "python -m bench.serving " + " ".join(argv if argv is not None else sys.argv[1:]),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -418,8 +490,10 @@ def main(argv: list[str] | None = None) -> int:
         "checkpoint": manifest["checkpoint"],
         "parameters": manifest["parameters"],
         "random_weights": manifest.get("random_weights", False),
-        "image_size": manifest["image_size"],
+        "max_visual_tokens": manifest["max_visual_tokens"],
+        "workload": workload_summary(args.images),
         "levels": [asdict(lv) for lv in levels],
+        "comparison": comparison(levels, baselines),
         "in_process": baselines,
         "in_process_runs": runs,
         "int8_breakdown": shares,

@@ -11,22 +11,29 @@ from bench.serving import main
 
 def test_serving_benchmark_smoke(tiny_artifacts, tmp_path):
     out = tmp_path / "results"
-    args = ["--artifacts", str(tiny_artifacts), "--smoke", "--configs", "fp32,int8", "--protocols", "grpc"]
+    args = ["--artifacts", str(tiny_artifacts), "--smoke", "--configs", "native-fp32,native-int8,fixed448-fp32"]
     assert main([*args, "--out", str(out), "--workdir", str(tmp_path / "work")]) == 0
     result = json.loads(next(out.glob("serving-*.json")).read_text())
     assert {(lv["config"], lv["concurrency"]) for lv in result["levels"]} == {
-        ("fp32", 1), ("fp32", 4), ("int8", 1), ("int8", 4)
-    }  # fmt: skip
-    assert all(lv["errors"] == 0 and lv["images_per_s"] > 0 and lv["peak_rss_mb"] > 0 for lv in result["levels"])
-    # The statistics API saw the encoder execute: at most 4 images per execution at 4 in flight.
-    assert all(1 <= lv["mean_batch"] <= lv["concurrency"] for lv in result["levels"])
-    # Server-side time per request: the encoder and preprocessing computed, within the client's latency.
-    assert all(0 < lv["encoder_ms"] and 0 < lv["preprocess_ms"] for lv in result["levels"])
-    assert all(lv["queue_ms"] + lv["preprocess_ms"] + lv["encoder_ms"] < lv["mean_ms"] for lv in result["levels"])
-    assert all(len(lv["latencies_ms"]) == lv["requests"] for lv in result["levels"])
-    assert all(lv["peak_gpu_mb"] is None for lv in result["levels"])  # a CPU host measures no GPU memory
+        (c, n) for c in ("native-fp32", "native-int8", "fixed448-fp32") for n in (1, 4)
+    }
+    levels = result["levels"]
+    assert all(lv["errors"] == 0 and lv["images_per_s"] > 0 and lv["peak_rss_mb"] > 0 for lv in levels)
+    # Native resolution embeds the workload's photos on larger grids than 448 x 448 (271 vectors each).
+    rate = {lv["config"]: lv["vectors_per_s"] / lv["images_per_s"] for lv in levels if lv["concurrency"] == 4}
+    assert rate["fixed448-fp32"] == pytest.approx(271) and rate["native-fp32"] > 271
+    # The statistics API saw both encoders execute: at most 4 requests per execution at 4 in flight.
+    assert all(1 <= lv["vision_batch"] <= lv["concurrency"] and 1 <= lv["text_batch"] for lv in levels)
+    # Server-side time per request: preprocessing, vision and text computed, within the client's latency.
+    assert all(0 < lv["vision_ms"] and 0 < lv["text_ms"] and 0 < lv["preprocess_ms"] for lv in levels)
+    assert all(lv["queue_ms"] + lv["preprocess_ms"] + lv["vision_ms"] + lv["text_ms"] < lv["mean_ms"] for lv in levels)
+    assert all(len(lv["latencies_ms"]) == lv["requests"] for lv in levels)
+    assert all(lv["peak_gpu_mb"] is None for lv in levels)  # a CPU host measures no GPU memory
     assert len(result["in_process_runs"]) == 2  # before and after the sweep
     assert set(result["in_process"]) >= {"preprocess", "onnxruntime fp32", "colpali-engine pytorch"}
+    runtimes = [row["runtime"] for row in result["comparison"]]
+    assert "Triton native-fp32" in runtimes and "Triton fixed448-fp32" in runtimes
+    assert "in-process colpali-engine pytorch" in runtimes
     shares = result["int8_breakdown"]
     assert set(shares) == {"int8 matmuls", "float32 attention", "other"} and abs(sum(shares.values()) - 1) < 1e-6
     assert result["int8_speedup_ceiling"] > 0
@@ -34,23 +41,24 @@ def test_serving_benchmark_smoke(tiny_artifacts, tmp_path):
     assert paired["triton_ms"] > 0 and paired["in_process_ms"] > 0
     assert result["targets"][1]["measured"] == paired["overhead"]
     # The CPU-host targets are measured; the GPU-host ones are listed as not measured, never invented.
-    cpu_targets, gpu_targets = result["targets"][:3], result["targets"][3:]
+    cpu_targets, gpu_targets = result["targets"][:4], result["targets"][4:]
     assert all(t["met"] is not None and t["measured"] is not None for t in cpu_targets)
     assert len(gpu_targets) == 4 and all(t["met"] is None and t["measured"] is None for t in gpu_targets)
     report = next(out.glob("serving-*.md")).read_text()
     assert "## Targets" in report and "not measured: needs a GPU host" in report
+    assert "## Native against fixed 448 and against colpali-engine in-process" in report
     assert (
         "## Where a request's time goes" in report
-        and "## Where the int8 encoder's time goes" in report
+        and "## Where the int8 encoders' time goes" in report
         and len(list(out.glob("*.png"))) == 3
     )
 
 
 def test_unknown_config_is_refused(tiny_artifacts, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(["--artifacts", str(tiny_artifacts), "--device", "cpu", "--configs", "fp16-no-dynamic-batching"])
+        main(["--artifacts", str(tiny_artifacts), "--device", "cpu", "--configs", "native-fp16-no-dynamic-batching"])
     assert exit_info.value.code == 2
-    assert "unknown configs ['fp16-no-dynamic-batching'] for a cpu host" in capsys.readouterr().err
+    assert "unknown configs ['native-fp16-no-dynamic-batching'] for a cpu host" in capsys.readouterr().err
 
 
 def _fake_nvidia_smi(folder, apps: str, total: str) -> None:
@@ -79,15 +87,17 @@ def test_gpu_targets_from_levels():
     from bench.serving import Level, targets
 
     def level(config: str, concurrency: int, rate: float, p50: float, gpu_mb: float) -> Level:
-        ms = dict(p50_ms=p50, p95_ms=p50, p99_ms=p50, mean_ms=p50, encoder_ms=1.0, preprocess_ms=1.0, queue_ms=0.0)
-        return Level(config, "grpc", concurrency, 64, images_per_s=rate, mean_batch=1.0, peak_rss_mb=900.0,
-                     peak_gpu_mb=gpu_mb, errors=0, latencies_ms=[], **ms)  # fmt: skip
+        ms = dict(p50_ms=p50, p95_ms=p50, p99_ms=p50, mean_ms=p50, vision_ms=1.0, text_ms=1.0, preprocess_ms=1.0,
+                  queue_ms=0.0)  # fmt: skip
+        return Level(config, "grpc", concurrency, 64, images_per_s=rate, vectors_per_s=rate * 400,
+                     vision_batch=1.0, text_batch=1.0, peak_rss_mb=900.0, peak_gpu_mb=gpu_mb, errors=0,
+                     latencies_ms=[], **ms)  # fmt: skip
 
     levels = [
-        level("fp16", 1, 80.0, 12.5, 5000.0),
-        level("fp16", 16, 190.0, 80.0, 5200.0),
-        level("fp16", 64, 230.0, 270.0, 6100.0),
-        level("int8", 64, 260.0, 240.0, 4100.0),
+        level("native-fp16", 1, 80.0, 12.5, 5000.0),
+        level("native-fp16", 16, 190.0, 80.0, 5200.0),
+        level("native-fp16", 64, 230.0, 270.0, 6100.0),
+        level("native-int8", 64, 260.0, 240.0, 4100.0),
     ]
     rows = {t["target"]: t for t in targets(levels, {}, "gpu", None)}
     throughput = rows["fp16 images/s with 32 or more in flight (batches up to 32)"]
