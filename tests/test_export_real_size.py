@@ -32,7 +32,7 @@ def test_real_size_export_fp16(tmp_path_factory):
     report = json.loads((out / "validation.json").read_text())
     assert report["meta"]["parameters"] > 2.2e9
     assert all(c["passed"] for c in report["checks"])
-    for name in ("image_encoder", "query_encoder"):
+    for name in ("vision_encoder", "text_encoder"):
         path = out / "fp16" / f"{name}.onnx"
         model = onnx.load(str(path), load_external_data=False)
         assert any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)

@@ -114,7 +114,7 @@ class AsyncColQwen2Client:
         return _base.health_verdict(True, parameters)
 
     async def server_info(self) -> dict[str, str]:
-        """The image ensemble's config parameters: precision, device, image_size, checkpoint."""
+        """The image ensemble's config parameters: precision, device, resolution, max_visual_tokens, checkpoint."""
         return await self._transport.model_parameters(self.options.image_model)
 
     def with_options(self, **overrides: Any) -> AsyncColQwen2Client:

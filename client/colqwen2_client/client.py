@@ -120,7 +120,7 @@ class ColQwen2Client:
         return _base.health_verdict(True, parameters)
 
     def server_info(self) -> dict[str, str]:
-        """The image ensemble's config parameters: precision, device, image_size, checkpoint."""
+        """The image ensemble's config parameters: precision, device, resolution, max_visual_tokens, checkpoint."""
         return self._transport.model_parameters(self.options.image_model)
 
     def with_options(self, **overrides: Any) -> ColQwen2Client:
