@@ -21,7 +21,7 @@ GATEWAY_PORT ?= 8080
 
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup checkpoint export serve gateway demo helm-lint test test-slow lint format bench bench-export bench-pooling clean
+.PHONY: help setup checkpoint export serve gateway demo helm-lint test test-slow lint format bench bench-export bench-memory bench-pooling clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-14s\033[0m %s\n", $$1, $$2}'
@@ -81,6 +81,9 @@ bench: $(STAMP) ## serving benchmark (BENCH_SIZE=medium): Triton sweep vs in-pro
 
 bench-export: $(STAMP) ## CPU speed record: PyTorch vs ORT fp32/fp16/int8 graphs on the medium checkpoint, mixed workload
 	$(PY) -m bench.graph_speed --size medium --repeats 5
+
+bench-memory: $(STAMP) ## memory of the real-size checkpoint per precision: weight bytes, activation peaks from the graphs, fits 8 GB / 4 GB?
+	$(PY) -m bench.memory
 
 bench-pooling: $(STAMP) ## token pooling at index time: storage saved vs ranking changes (demo images, OUT's export)
 	@[ -f "$(OUT)/manifest.json" ] || $(MAKE) --no-print-directory export CHECKPOINT="$(CHECKPOINT)" OUT="$(OUT)"

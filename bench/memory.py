@@ -15,14 +15,14 @@ handles and workspaces). Nothing here needs a GPU or the 2.2 B-parameter export:
   (dynamic), biases float32, a token embedding of 1e6 elements or more in float16). The rules are
   checked against a real export of the tiny checkpoint (tests/test_memory.py).
 - Activation peaks, from the graph's tensor shapes: a slice of the real architecture (real widths,
-  1 vision block, 1 text layer, a small vocabulary) is exported per variant with the exporter's own
-  code; for concrete input shapes every tensor's shape comes from ONNX Runtime's symbolic shape
-  inference, and execution is simulated in node order (a tensor is allocated when produced and
-  freed after its last consumer; reshape-like ops are views; graph inputs are live throughout;
-  weights are excluded). Per-layer activations do not depend on the layer count: the only
-  tensors crossing layers are the residual stream and the tables computed once before the first
-  layer (rotary cos/sin, the attention bias), so an L-layer graph peaks where the 1-layer slice
-  does. The run checks this on a 2-layer slice.
+  2 vision blocks, 2 text layers, a small vocabulary, random weights) is exported per variant with the
+  exporter's own code; for concrete input shapes every tensor's shape comes from ONNX Runtime's symbolic
+  shape inference, and execution is simulated in node order (a tensor is allocated when produced and
+  freed after its last consumer; reshape-like ops are views; graph inputs are live throughout; weights
+  are excluded). Per-layer activations do not depend on the layer count: what crosses layers is the
+  residual stream and the tables computed once before the first layer and read by every layer (rotary
+  cos/sin, the attention bias). Those stay live until the last layer, which a 1-layer graph reaches at
+  once, so the slice has 2 layers; the run checks that 1, 2 and 3 layers give the same peak from 2 on.
 
 The peak is an upper bound for an unfused runtime (ONNX Runtime's CPU and CUDA providers, whose
 memory planner reuses a buffer only after its last consumer). TensorRT fuses attention and plans
@@ -39,17 +39,21 @@ import math
 import platform
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
 from importlib.metadata import version
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
+
+if TYPE_CHECKING:
+    from torch import nn
+    from transformers import Qwen2VLConfig
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +69,12 @@ GRAPH_NAMES = ("vision_encoder", "text_encoder")
 # Runtime memory outside the graph, per encoder process (an assumption, see OVERHEAD_NOTE).
 DEFAULT_OVERHEAD_GIB = 0.5
 OVERHEAD_NOTE = (
-    "Runtime overhead per encoder process, outside weights and activations: the CUDA context (a few hundred MiB "
-    "on an H100 with CUDA 12's lazy module loading; more with eager loading), cuBLAS/cuDNN handles and "
-    "workspaces (cuBLAS takes 32 MiB per handle on Hopper), ONNX Runtime's CUDA provider and TensorRT's "
-    "execution context. Not measured: no GPU has been lent to this project; pass --overhead-gib to change it."
+    "What it covers, per process: the CUDA context with the kernels it loads (PyTorch measured 287 MB with CUDA's "
+    "lazy module loading against 667 MB eager, pytorch/pytorch#86509; lazy loading is the default on Linux since "
+    "CUDA 12.2), the cuBLAS/cuBLASLt workspace (32 MiB recommended on Hopper by the cuBLAS reference for "
+    "cublasSetWorkspace), cuDNN, ONNX Runtime's CUDA provider and TensorRT's execution context. Not measured: no "
+    "GPU has been lent to this project; pass --overhead-gib to change it (each 0.1 GiB per process moves a "
+    "deployment's total by 0.215 GB)."
 )
 
 # The published checkpoint (vidore/colqwen2-v1.0): at most 602112 pixels = 768 visual tokens per image.
@@ -83,6 +89,9 @@ IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
 # identical initializers of at most this many elements.
 DEDUPLICATE_MAX_ELEMENTS = 1024
 QPARAM_BYTES = 4 + 1  # one float32 scale + one int8 zero point
+# Layers of the exported slice: tables computed once and read by every layer (rotary cos/sin, the attention
+# bias) stay live until the last layer, so a 1-layer graph frees them early; from 2 layers on the peak is the same.
+SLICE_LAYERS = 2
 VIEW_OPS = frozenset({"Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity"})
 # Element-wise steps between QK^T and softmax(.)V that a fused attention kernel never writes out.
 ATTENTION_CHAIN_OPS = frozenset({"Cast", "Softmax", "Add", "Mul", "Div", "Sub", "Where"})
@@ -94,7 +103,7 @@ ATTENTION_CHAIN_OPS = frozenset({"Cast", "Softmax", "Add", "Mul", "Div", "Sub", 
 
 
 def qwen2vl_config(size: str = "real", *, vocab_size: int | None = None, text_layers: int | None = None,
-                   vision_depth: int | None = None):  # fmt: skip
+                   vision_depth: int | None = None) -> Qwen2VLConfig:  # fmt: skip
     """The `Qwen2VLConfig` that `build_random_checkpoint` writes for `size`, optionally with fewer layers or
     another vocabulary. Special tokens get the ids the random checkpoint's tokenizer gives them (after the BPE)."""
     from transformers import Qwen2VLConfig
@@ -143,7 +152,7 @@ def qwen2vl_config(size: str = "real", *, vocab_size: int | None = None, text_la
     )
 
 
-def build_model(config, device: str = "meta"):
+def build_model(config: Qwen2VLConfig, device: str = "meta") -> nn.Module:
     """`ColQwen2(config)` in eval mode; on `meta` it holds no memory (shapes only)."""
     import torch
     from colpali_engine.models import ColQwen2
@@ -157,14 +166,17 @@ def stand_in_processor() -> SimpleNamespace:
     return SimpleNamespace(image_processor=SimpleNamespace(image_mean=list(IMAGE_MEAN), image_std=list(IMAGE_STD)))
 
 
-def graph_modules(model, processor=None) -> dict[str, Any]:
+def graph_modules(model: nn.Module, processor: Any = None) -> dict[str, nn.Module]:
     """The two exported graphs as torch modules over `model` (`export.graphs`)."""
+    import torch
+
     from export.graphs import TextEncoderGraph, VisionEncoderGraph
 
-    return {
-        "vision_encoder": VisionEncoderGraph(model, processor or stand_in_processor()).eval(),
-        "text_encoder": TextEncoderGraph(model).eval(),
-    }
+    with torch.device(next(model.parameters()).device):  # a meta model gets meta buffers (mean, std)
+        return {
+            "vision_encoder": VisionEncoderGraph(model, processor or stand_in_processor()).eval(),
+            "text_encoder": TextEncoderGraph(model).eval(),
+        }
 
 
 # --------------------------------------------------------------------------------------------
@@ -205,7 +217,7 @@ class GraphWeights:
         return sum(t.numel for t in self.tensors)
 
 
-def _roles(graph) -> dict[int, tuple[str, str]]:
+def _roles(graph: nn.Module) -> dict[int, tuple[str, str]]:
     from torch import nn
 
     roles: dict[int, tuple[str, str]] = {}
@@ -223,7 +235,7 @@ def _roles(graph) -> dict[int, tuple[str, str]]:
     return roles
 
 
-def _example_inputs(graph) -> tuple:
+def _example_inputs(graph: nn.Module) -> tuple:
     import torch
 
     from export.onnx_export import example_inputs
@@ -234,7 +246,7 @@ def _example_inputs(graph) -> tuple:
     return tuple(t.to(device) for t in inputs)
 
 
-def trace_graph_weights(graph) -> GraphWeights:
+def trace_graph_weights(graph: nn.Module) -> GraphWeights:
     """Run `graph`'s forward once (on meta tensors for a meta model) and record every parameter and buffer it
     reads, and the activations its nn.Linear layers consume."""
     import torch
@@ -249,6 +261,8 @@ def trace_graph_weights(graph) -> GraphWeights:
     class Recorder(TorchFunctionMode):
         def __torch_function__(self, func, types, args=(), kwargs=None):
             kwargs = kwargs or {}
+            if getattr(func, "__name__", "") == "__get__":  # `.dtype`, `.shape`...: reading metadata is no use
+                return func(*args, **kwargs)
             for leaf in tree_leaves((args, kwargs)):
                 if isinstance(leaf, torch.Tensor) and id(leaf) in roles:
                     used.setdefault(id(leaf), leaf)
@@ -256,19 +270,14 @@ def trace_graph_weights(graph) -> GraphWeights:
                 linear_inputs.append(args[0])
             return func(*args, **kwargs)
 
+    inputs = _example_inputs(graph)
     with torch.no_grad(), Recorder():
-        graph(*_example_inputs(graph))
+        graph(*inputs)
     tensors = []
     for key, tensor in used.items():
         name, role = roles[key]
         tensors.append(GraphTensor(name, role, tuple(tensor.shape), tensor.element_size(), tensor))
     return GraphWeights(tuple(tensors), len(linear_inputs), len({id(t) for t in linear_inputs}))
-
-
-def _stored_dtype(tensor: GraphTensor, variant: str) -> str:
-    if variant == "fp16" and tensor.role != "float":
-        return "float16"
-    return "float32" if tensor.itemsize == 4 else f"{tensor.itemsize}-byte"
 
 
 def duplicates(weights: GraphWeights, variant: str) -> set[str]:
@@ -277,7 +286,6 @@ def duplicates(weights: GraphWeights, variant: str) -> set[str]:
     are made from the fp32 file, so they inherit its merges."""
     import torch
 
-    base = "fp16" if variant == "fp16" else "fp32"
     seen: set[tuple] = set()
     merged: set[str] = set()
     for t in weights.tensors:
@@ -285,7 +293,7 @@ def duplicates(weights: GraphWeights, variant: str) -> set[str]:
             continue
         value = t.data.detach().cpu()
         value = value.t() if t.role == "matmul" else value
-        if _stored_dtype(t, base) == "float16":
+        if variant == "fp16" and t.role != "float":  # `to_matmul_dtype`
             value = value.to(torch.float16)
         key = (str(value.dtype), t.exported_shape, value.contiguous().numpy().tobytes())
         if key in seen:
@@ -351,19 +359,34 @@ class ShapeInferenceError(RuntimeError):
     """Some tensor did not get a concrete shape: the peak would be wrong, so nothing is reported."""
 
 
-def graph_skeleton(path: Path, keep_elements: int = 1024) -> onnx.ModelProto:
-    """The graph without its weight data: initializers over `keep_elements` keep their dims and lose their bytes
-    (as `onnx.load(load_external_data=False)` leaves external ones). Shape inference reads only small ones."""
+@dataclass(frozen=True)
+class Skeleton:
+    """A graph without its weight data, for shape inference and the liveness simulation.
+
+    Initializers over `keep_elements` elements become graph inputs of their fixed shape (so that shape inference
+    knows their shapes without holding their bytes: it only reads the values of small ones)."""
+
+    model: onnx.ModelProto
+    inputs: tuple[str, ...]  # the graph's real inputs
+    weights: frozenset[str]  # initializers and Constant outputs: not activations
+
+
+def graph_skeleton(path: Path, keep_elements: int = 1024) -> Skeleton:
+    """Load `path` (external data is not read) as a Skeleton."""
     model = onnx.load(str(path), load_external_data=False)
-    for init in model.graph.initializer:
-        if init.data_location == onnx.TensorProto.EXTERNAL or math.prod(init.dims) <= keep_elements:
-            continue
-        for name in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
-            init.ClearField(name)
-        init.data_location = onnx.TensorProto.EXTERNAL
-        entry = init.external_data.add()
-        entry.key, entry.value = "location", "stripped-by-bench-memory"
-    return model
+    graph = model.graph
+    initializers = {i.name for i in graph.initializer}
+    inputs = tuple(i.name for i in graph.input if i.name not in initializers)
+    constants = {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    keep = []
+    for init in graph.initializer:
+        if math.prod(init.dims) <= keep_elements and init.data_location != onnx.TensorProto.EXTERNAL:
+            keep.append(init)
+        elif init.name not in {i.name for i in graph.input}:
+            graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+    return Skeleton(model, inputs, frozenset(initializers | constants))
 
 
 def _symbolic_shape_inference():
@@ -384,6 +407,8 @@ def _symbolic_shape_inference():
 
 @dataclass(frozen=True)
 class TensorInfo:
+    """A tensor's concrete shape and ONNX element type."""
+
     shape: tuple[int, ...]
     elem_type: int
 
@@ -396,17 +421,18 @@ class TensorInfo:
         return str(onnx.helper.tensor_dtype_to_np_dtype(self.elem_type))
 
 
-def infer_shapes(skeleton: onnx.ModelProto, shapes: Mapping[str, Sequence[int]]) -> dict[str, TensorInfo]:
-    """Concrete shape and element type of every graph input and node output for the given input shapes.
-    Raises ShapeInferenceError unless every one of them is fully known."""
+def infer_shapes(skeleton: Skeleton, shapes: Mapping[str, Sequence[int]]) -> dict[str, TensorInfo]:
+    """Concrete shape and element type of every graph input and node output for the given input shapes (ONNX
+    Runtime's symbolic shape inference on the graph with fixed input dims). Raises ShapeInferenceError unless
+    every one of them is fully known."""
+    if set(skeleton.inputs) != set(shapes):
+        raise ValueError(f"shapes for {sorted(shapes)}, the graph's inputs are {sorted(skeleton.inputs)}")
     model = onnx.ModelProto()
-    model.CopyFrom(skeleton)
+    model.CopyFrom(skeleton.model)
     del model.graph.value_info[:]
-    initializers = {i.name for i in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in initializers]
-    if {i.name for i in inputs} != set(shapes):
-        raise ValueError(f"shapes for {sorted(shapes)}, graph inputs are {sorted(i.name for i in inputs)}")
-    for value in inputs:
+    for value in model.graph.input:
+        if value.name not in shapes:
+            continue
         dims = value.type.tensor_type.shape.dim
         if len(dims) != len(shapes[value.name]):
             raise ValueError(f"{value.name}: rank {len(dims)}, got shape {list(shapes[value.name])}")
@@ -425,8 +451,7 @@ def infer_shapes(skeleton: onnx.ModelProto, shapes: Mapping[str, Sequence[int]])
     known = {v.name: v for v in [*out.input, *out.value_info, *out.output]}
     infos: dict[str, TensorInfo] = {}
     unknown: list[str] = []
-    names = [i.name for i in inputs] + [o for n in out.node if n.op_type != "Constant" for o in n.output if o]
-    for name in names:
+    for name in [*skeleton.inputs, *(o for n in out.node if n.op_type != "Constant" for o in n.output if o)]:
         value = known.get(name)
         tensor = value.type.tensor_type if value is not None else None
         dims = list(tensor.shape.dim) if tensor is not None and tensor.HasField("shape") else None
@@ -439,12 +464,55 @@ def infer_shapes(skeleton: onnx.ModelProto, shapes: Mapping[str, Sequence[int]])
     return infos
 
 
-def attention_chains(graph: onnx.GraphProto) -> set[str]:
-    """Tensors of each attention's score chain: the output of an activation x activation MatMul (QK^T) through
-    the element-wise steps to the first input of the next one (softmax(.)V). A fused attention kernel keeps
-    them in on-chip memory; everything else it still writes out."""
-    weights = {i.name for i in graph.initializer} | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+def _weight_only(nodes: Sequence[onnx.NodeProto], weights: Iterable[str]) -> tuple[set[int], set[str]]:
+    """Nodes (by id) whose inputs are all weights or made from weights only, and every tensor so made."""
+    derived, only = set(weights), set()
+    for node in nodes:  # ONNX graphs are topologically sorted
+        if all(not i or i in derived for i in node.input):
+            only.add(id(node))
+            derived.update(o for o in node.output if o)
+    return only, derived
+
+
+def weight_derived(graph: onnx.GraphProto, weights: Iterable[str]) -> set[str]:
+    """`weights` and every tensor computed from weights alone (e.g. a QDQ graph's dequantized weights)."""
+    return _weight_only(list(graph.node), weights)[1]
+
+
+def execution_order(graph: onnx.GraphProto, weights: Iterable[str]) -> list[onnx.NodeProto]:
+    """The graph's nodes (Constant nodes left out) in their exported order, except that a node computed from
+    weights alone (a QDQ graph's weight DequantizeLinear) runs right before its first consumer, as in ONNX
+    Runtime's order (a depth-first walk from the outputs) rather than all at the start where the quantizer
+    put them."""
+    nodes = [n for n in graph.node if n.op_type != "Constant"]
+    only, _ = _weight_only(nodes, weights)
+    producer = {o: n for n in nodes for o in n.output if o}
+    order: list[onnx.NodeProto] = []
+    emitted: set[int] = set()
+
+    def emit(node: onnx.NodeProto) -> None:
+        if id(node) in emitted:
+            return
+        for name in node.input:
+            source = producer.get(name)
+            if source is not None and id(source) in only:
+                emit(source)
+        emitted.add(id(node))
+        order.append(node)
+
+    for node in nodes:
+        if id(node) not in only:
+            emit(node)
+    order += [n for n in nodes if id(n) not in emitted]  # made from weights and used by nothing
+    return order
+
+
+def attention_chains(graph: onnx.GraphProto, weights: frozenset[str]) -> set[str]:
+    """Tensors of each attention's score chain: from the output of an activation x activation MatMul (QK^T)
+    through element-wise steps to the first input of the next one (softmax(.)V). A fused attention kernel keeps
+    them on chip; everything else it still writes out."""
     producer = {o: n for n in graph.node for o in n.output}
+    weights = weight_derived(graph, weights)
     act_matmuls = [n for n in graph.node if n.op_type == "MatMul" and not (set(n.input) & weights)]
     chains: set[str] = set()
     for pv in act_matmuls:
@@ -452,16 +520,16 @@ def attention_chains(graph: onnx.GraphProto) -> set[str]:
         while name in producer:
             node = producer[name]
             path.append(name)
-            if node.op_type == "MatMul" and node in act_matmuls:
+            if node in act_matmuls:
                 chains.update(path)
                 break
             if node.op_type not in ATTENTION_CHAIN_OPS:
                 break
-            # follow the non-constant input that carries the scores (the first such one)
+            # the scores: the input with the output's shape class, i.e. the first produced non-weight input
             sources = [i for i in node.input if i and i not in weights and i in producer]
             if not sources:
                 break
-            name = sources[0] if node.op_type != "Where" else sources[-1]
+            name = sources[-1] if node.op_type == "Where" else sources[0]
     return chains
 
 
@@ -474,16 +542,18 @@ class Peak:
     largest: tuple[tuple[str, tuple[int, ...], str, int], ...]  # (tensor, shape, dtype, bytes)
 
 
-def simulate(graph: onnx.GraphProto, infos: Mapping[str, TensorInfo], *, views: bool = True,
-             free: Iterable[str] = ()) -> Peak:  # fmt: skip
-    """Live bytes in node order: each node's outputs are allocated when it runs (while its inputs are live) and a
-    tensor is freed after its last consumer. Graph inputs are live throughout, graph outputs until the end,
-    initializers and Constant outputs are not activations. With `views`, reshape-like ops (VIEW_OPS) alias their
-    input's buffer, as ONNX Runtime's kernels do. Tensors in `free` take no memory (a fused kernel's)."""
-    weights = {i.name for i in graph.initializer}
-    free = set(free)
-    nodes = [n for n in graph.node if n.op_type != "Constant"]
+def simulate(graph: onnx.GraphProto, infos: Mapping[str, TensorInfo], weights: Iterable[str] = (), *,
+             views: bool = True, free: Iterable[str] = ()) -> Peak:  # fmt: skip
+    """Live bytes in execution order (`execution_order`): each node's outputs are allocated when it runs (while
+    its inputs are live) and a tensor is freed after its last consumer. Graph inputs are live throughout, graph
+    outputs until the end; initializers, Constant outputs and `weights` are not activations. With `views`,
+    reshape-like ops (VIEW_OPS) alias their input's buffer, as ONNX Runtime's kernels do. Tensors in `free` take
+    no memory (a fused kernel's).
+    """
+    weights = set(weights) | {i.name for i in graph.initializer}
     weights |= {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    free = set(free)
+    nodes = execution_order(graph, weights)
     for node in nodes:
         if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
             raise ValueError(f"{node.op_type} {node.name} has a subgraph; the simulation handles flat graphs only")
@@ -494,18 +564,15 @@ def simulate(graph: onnx.GraphProto, infos: Mapping[str, TensorInfo], *, views: 
                 last_use[name] = k
     outputs = {o.name for o in graph.output}
     buffer: dict[str, str] = {}  # tensor -> the tensor that owns its memory
-    size: dict[str, int] = {}  # owner -> bytes
     holders: dict[str, int] = {}  # owner -> tensors still referring to it
     pinned: set[str] = set()  # owners never freed: graph inputs and outputs
-    live: dict[str, int] = {}
+    live: dict[str, int] = {}  # owner -> bytes
     for value in graph.input:
-        if value.name in weights:
-            continue
-        buffer[value.name] = value.name
-        size[value.name] = 0 if value.name in free else infos[value.name].nbytes
-        holders[value.name] = 1
-        pinned.add(value.name)
-        live[value.name] = size[value.name]
+        if value.name not in weights:
+            buffer[value.name] = value.name
+            holders[value.name] = 1
+            pinned.add(value.name)
+            live[value.name] = 0 if value.name in free else infos[value.name].nbytes
     peak = Peak(sum(live.values()), "(inputs)", ())
     for k, node in enumerate(nodes):
         produced = [o for o in node.output if o]
@@ -517,14 +584,12 @@ def simulate(graph: onnx.GraphProto, infos: Mapping[str, TensorInfo], *, views: 
                 weights.add(name)  # a view of a weight is a weight
                 continue
             if views and node.op_type in VIEW_OPS and source in buffer:
-                owner = buffer[source]
-                buffer[name] = owner
-                holders[owner] += 1
+                buffer[name] = buffer[source]
+                holders[buffer[name]] += 1
             else:
                 buffer[name] = name
-                size[name] = 0 if name in free else infos[name].nbytes
                 holders[name] = 1
-                live[name] = size[name]
+                live[name] = 0 if name in free else infos[name].nbytes
             if name in outputs:
                 pinned.add(buffer[name])
         total = sum(live.values())
@@ -532,9 +597,8 @@ def simulate(graph: onnx.GraphProto, infos: Mapping[str, TensorInfo], *, views: 
             top = sorted(live.items(), key=lambda kv: -kv[1])[:6]
             largest = tuple((n, infos[n].shape, infos[n].dtype, b) for n, b in top if b)
             peak = Peak(total, f"{node.op_type} {node.name}", largest)
-        done = {n for n in [*node.input, *produced] if n and n not in weights and last_use.get(n, -1) <= k}
-        for name in done:
-            if name in outputs or name not in buffer:
+        for name in {n for n in [*node.input, *produced] if n in buffer and last_use.get(n, -1) <= k}:
+            if name in outputs:
                 continue
             owner = buffer.pop(name)
             holders[owner] -= 1
@@ -544,24 +608,25 @@ def simulate(graph: onnx.GraphProto, infos: Mapping[str, TensorInfo], *, views: 
 
 
 class ActivationModel:
-    """One exported graph, for activation peaks at any input shapes (cached)."""
+    """One exported graph, for activation peaks at any input shapes (cached per shapes)."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.skeleton = graph_skeleton(self.path)
-        self.fused = attention_chains(self.skeleton.graph)
+        self.fused = attention_chains(self.skeleton.model.graph, self.skeleton.weights)
         self._cache: dict[tuple, tuple[Peak, Peak]] = {}
 
     def peaks(self, shapes: Mapping[str, Sequence[int]]) -> tuple[Peak, Peak]:
-        """(unfused peak, fused-attention estimate) for these input shapes."""
+        """(unfused peak, fused-attention estimate) for one call with inputs of these shapes."""
         key = tuple(sorted((k, tuple(v)) for k, v in shapes.items()))
         if key not in self._cache:
             infos = infer_shapes(self.skeleton, shapes)
-            graph = self.skeleton.graph
-            self._cache[key] = (simulate(graph, infos), simulate(graph, infos, free=self.fused))
+            graph, weights = self.skeleton.model.graph, self.skeleton.weights
+            self._cache[key] = (simulate(graph, infos, weights), simulate(graph, infos, weights, free=self.fused))
         return self._cache[key]
 
     def peak(self, shapes: Mapping[str, Sequence[int]]) -> int:
+        """Unfused peak bytes for one call with inputs of these shapes."""
         return self.peaks(shapes)[0].bytes
 
 
@@ -598,7 +663,7 @@ def text_shapes(sequences: int, tokens: int, visual_rows: int, hidden: int) -> d
 # --------------------------------------------------------------------------------------------
 
 
-def _calibration(graphs: dict[str, Any]) -> dict[str, list[dict[str, np.ndarray]]]:
+def _calibration(graphs: dict[str, nn.Module]) -> dict[str, list[dict[str, np.ndarray]]]:
     """A few random feeds for the QDQ calibration: the slice's memory does not depend on the scales."""
     rng = np.random.default_rng(0)
     hidden = graphs["text_encoder"].lm.config.hidden_size
@@ -635,9 +700,8 @@ def export_slice(folder: Path, layers: int = 1, variants: Sequence[str] = VARIAN
 
     from export.onnx_export import export_graph, to_matmul_dtype
     from export.quantize import half_embeddings, quantize_dynamic_int8, quantize_qdq
-    from export.spec import GRAPHS
-
     from export.random_checkpoint import QWEN2_VL_SPECIAL_TOKENS, SIZES
+    from export.spec import GRAPHS
 
     vocab = SIZES["real"].bpe_vocab + len(QWEN2_VL_SPECIAL_TOKENS)  # the random checkpoint's tokenizer length
     settings = {"size": "real", "layers": layers, "variants": list(variants), "vocab_size": vocab}
@@ -646,13 +710,13 @@ def export_slice(folder: Path, layers: int = 1, variants: Sequence[str] = VARIAN
     if not rebuild and marker.exists():
         done = json.loads(marker.read_text())
         if done.get("settings") == settings and all(p.exists() for g in paths.values() for p in g.values()):
-            return done
+            return {**done, "reused": True}
     started = time.time()
     torch.manual_seed(0)
     config = qwen2vl_config("real", vocab_size=vocab, text_layers=layers, vision_depth=layers)
     model = build_model(config, "cpu")
     graphs = graph_modules(model)
-    parameters = {name: sum(p.numel() for p in trace_graph_weights(g).tensors) for name, g in graphs.items()}
+    parameters = {name: trace_graph_weights(g).parameters for name, g in graphs.items()}
     with torch.no_grad():
         for spec in GRAPHS:
             export_graph(graphs[spec.name], spec, folder / "fp32" / f"{spec.name}.onnx")
@@ -694,8 +758,9 @@ class Scenario:
     name: str
     batch: int
     length: int
-    visual_rows: int = 0  # text: rows of visual_features (image prompts' visual tokens; 1 for queries)
+    visual_rows: int = 0  # text: rows of visual_features (the image prompts' visual tokens; 1 for queries)
     in_gpu_budget: bool = False  # a call the GPU runner may send under today's SESSION_BUDGETS["gpu"]
+    trt_box: bool = False  # the TensorRT profile's max shapes (what TensorRT may plan memory for)
     note: str = ""
 
     def shapes(self, hidden: int) -> dict[str, tuple[int, ...]]:
@@ -705,148 +770,173 @@ class Scenario:
 
 
 def image_tokens(width: int, height: int, cap: int = CAP_TOKENS) -> int:
-    """Visual tokens of a width x height image under the published checkpoint's pixel limits (`grid.smart_resize`)."""
+    """Visual tokens of a width x height image under the published pixel limits, capped (`grid.smart_resize`)."""
     from export.random_checkpoint import PUBLISHED_MIN_PIXELS
     from model_repository.colqwen2_serving.grid import PIXELS_PER_TOKEN, PixelLimits, smart_resize, token_grid
 
-    h, w = smart_resize(height, width, PixelLimits(PUBLISHED_MIN_PIXELS, cap * PIXELS_PER_TOKEN))
-    rows, cols = token_grid(h, w)
+    rows, cols = token_grid(*smart_resize(height, width, PixelLimits(PUBLISHED_MIN_PIXELS, cap * PIXELS_PER_TOKEN)))
     return rows * cols
 
 
 def gpu_budgets() -> dict[str, int]:
+    """The GPU host's call budgets as `render.py` writes them today."""
     from model_repository.render import SESSION_BUDGETS
 
     return dict(SESSION_BUDGETS["gpu"])
 
 
 def largest_call(budget_size: int, budget_items: int, length: int) -> int:
-    """Items in the largest call of `length`-long items the runner sends under a Budget (`feeds.plan_calls`)."""
+    """Items in the largest call of `length`-long items under a `Budget` (`feeds.plan_calls`: an item larger than
+    the budget gets a call of its own)."""
     items = max(1, budget_size // length)
     return min(items, budget_items) if budget_items else items
 
 
 def scenarios(budgets: Mapping[str, int], cap: int = CAP_TOKENS) -> list[Scenario]:
-    """The calls reported: one image at the cap, the GPU budgets as rendered today, and batches of 32."""
+    """The calls reported: one item at the cap, the largest calls under the GPU budgets (and TensorRT's profile
+    box), and batches of 32."""
     from model_repository.colqwen2_serving.runners import Budget, text_profile, vision_profile
 
     cap_patches, prompt = 4 * cap, cap + PROMPT_EXTRA_TOKENS
     keepa, photo = image_tokens(500, 200, cap), image_tokens(448, 448, cap)
     v_size, v_items = budgets["max_session_patches"], budgets["max_session_images"]
     t_size, t_items = budgets["max_session_tokens"], budgets["max_session_sequences"]
-    v_box = dict((name, shape) for name, _, _, shape in vision_profile(Budget(v_size, v_items), cap))["patches"]
-    t_box = {name: shape for name, _, _, shape in text_profile(Budget(t_size, t_items), prompt, 1)}
-    v_call = largest_call(v_size, v_items, cap_patches)
-    t_call = largest_call(t_size, t_items, prompt)
-    q_call = largest_call(t_size, t_items, QUERY_TOKENS)
+    v_box = {name: high for name, _, _, high in vision_profile(Budget(v_size, v_items), cap)}["patches"][:2]
+    t_box = {name: high for name, _, _, high in text_profile(Budget(t_size, t_items), prompt, 1)}
+    v_call, t_call, q_call = (largest_call(v_size, v_items, cap_patches), largest_call(t_size, t_items, prompt),
+                              largest_call(t_size, t_items, QUERY_TOKENS))  # fmt: skip
 
-    def fits(size: int, items: int, batch: int, length: int) -> bool:
-        return batch * length <= size and (not items or batch <= items)
+    def vision(name: str, batch: int, length: int, note: str = "") -> Scenario:
+        ok = batch * length <= v_size and batch <= (v_items or batch)
+        return Scenario("vision_encoder", name, batch, length, 0, ok, (batch, length) == v_box, note)
 
-    out = [
-        Scenario("vision_encoder", "1 image at the cap", 1, cap_patches, note=f"{cap} tokens"),
-        Scenario("vision_encoder", "GPU call budget (largest call, = TensorRT box)", v_call, cap_patches,
-                 note=f"max_session_patches {v_size}, max_session_images {v_items}; box {v_box[0]} x {v_box[1]}"),
-        Scenario("vision_encoder", "32 Keepa charts 500x200", 32, 4 * keepa, note=f"{keepa} tokens each"),
-        Scenario("vision_encoder", "32 images 448x448", 32, 4 * photo, note=f"{photo} tokens each"),
-        Scenario("text_encoder", "1 image prompt at the cap", 1, prompt, cap),
-        Scenario("text_encoder", "GPU call budget (largest image-prompt call)", t_call, prompt, t_call * cap,
-                 note=f"max_session_tokens {t_size} // {prompt}"),
-        Scenario("text_encoder", "GPU call budget (largest query call)", q_call, QUERY_TOKENS, 1,
-                 note=f"max_session_tokens {t_size} // {QUERY_TOKENS}"),
-        Scenario("text_encoder", "GPU TensorRT box", t_box["input_ids"][0], t_box["input_ids"][1],
-                 t_box["visual_features"][0], note="text_profile max shapes: what TensorRT may plan for"),
-        Scenario("text_encoder", "32 queries of 32 tokens", 32, 32, 1),
-        Scenario("text_encoder", "32 image prompts 448x448", 32, photo + PROMPT_EXTRA_TOKENS, 32 * photo,
-                 note=f"{photo} visual tokens each"),
-    ]  # fmt: skip
-    sizes = {"vision_encoder": (v_size, v_items), "text_encoder": (t_size, t_items)}
+    def text(name: str, batch: int, length: int, rows: int, note: str = "", box: bool = False) -> Scenario:
+        ok = batch * length <= t_size and batch <= (t_items or batch)
+        return Scenario("text_encoder", name, batch, length, rows, ok and not box, box, note)
+
+    budget = f"max_session_tokens {t_size}, max_session_sequences {t_items}"
     return [
-        Scenario(**{**asdict(s), "in_gpu_budget": fits(*sizes[s.graph], s.batch, s.length) and "box" not in s.name})
-        if "TensorRT box" not in s.name
-        else s
-        for s in out
-    ]
+        vision("1 image at the cap", 1, cap_patches, f"{cap} tokens"),
+        vision("GPU call budget: largest call", v_call, cap_patches,
+               f"max_session_patches {v_size}, max_session_images {v_items}; also the TensorRT box"),
+        vision("32 Keepa charts 500x200", 32, 4 * keepa, f"{keepa} tokens each"),
+        vision("32 images 448x448", 32, 4 * photo, f"{photo} tokens each"),
+        text("1 image prompt at the cap", 1, prompt, cap),
+        text("GPU call budget: largest image-prompt call", t_call, prompt, t_call * cap, budget),
+        text("GPU call budget: largest query call", q_call, QUERY_TOKENS, 1, budget),
+        text("GPU TensorRT box", t_box["input_ids"][0], t_box["input_ids"][1], t_box["visual_features"][0],
+             "text_profile's max shapes", box=True),
+        text("32 queries of 32 tokens", 32, 32, 1),
+        text("32 image prompts 448x448", 32, photo + PROMPT_EXTRA_TOKENS, 32 * photo, f"{photo} visual tokens each"),
+    ]  # fmt: skip
 
 
-@dataclass
-class Deployment:
-    precision: str
-    variant: str
-    weights: dict[str, int]
-    vision: tuple[str, int]  # (scenario, peak bytes)
-    text: tuple[str, int]
-    overhead: int
-    limit: int
-
-    @property
-    def total(self) -> int:
-        return sum(self.weights.values()) + self.vision[1] + self.text[1] + self.overhead
-
-    @property
-    def fits(self) -> bool:
-        return self.total <= self.limit
-
-
-def _text_call_peak(model: ActivationModel, hidden: int, sequences: int, tokens_budget: int, cap: int) -> int:
-    """The largest peak among the text calls of a Budget(tokens_budget, sequences): image prompts at the cap and
-    at 448x448, queries at the longest and at 32 tokens."""
-    prompt, photo = cap + PROMPT_EXTRA_TOKENS, image_tokens(448, 448, cap)
+def text_call_peak(model: ActivationModel, hidden: int, sequences: int, tokens: int, cap: int = CAP_TOKENS,
+                   fused: bool = False) -> int:  # fmt: skip
+    """The largest peak among the text calls under Budget(tokens, sequences) with `cap` visual tokens per image:
+    image prompts at the cap and at 448x448, queries at the longest (512) and at 32 tokens."""
+    photo = min(image_tokens(448, 448), cap)
+    kinds = ((cap + PROMPT_EXTRA_TOKENS, cap), (photo + PROMPT_EXTRA_TOKENS, photo), (QUERY_TOKENS, 0), (32, 0))
     peaks = []
-    for length, rows_per_item in ((prompt, cap), (photo + PROMPT_EXTRA_TOKENS, photo), (QUERY_TOKENS, 0), (32, 0)):
-        b = largest_call(tokens_budget, sequences, length)
-        peaks.append(model.peak(text_shapes(b, length, b * rows_per_item, hidden)))
+    for length, rows in kinds:
+        b = largest_call(tokens, sequences, length)
+        peaks.append(model.peaks(text_shapes(b, length, b * rows, hidden))[1 if fused else 0].bytes)
     return max(peaks)
 
 
-def recommend(vision: ActivationModel, text: ActivationModel, hidden: int, room: int, max_items: int = 32) -> dict:
-    """The largest GPU call budgets whose vision + text activation peaks fit in `room` bytes, at the token cap.
+def _largest(fits: Callable[[int], bool], lo: int, hi: int) -> int:
+    """The largest x in [lo, hi] with fits(x), for a monotone `fits`; lo - 1 if none."""
+    if not fits(lo):
+        return lo - 1
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+    return lo
 
-    Per images-per-vision-call n (at the cap), the most image prompts per text call (at 783 tokens, its
-    max_session_tokens = n_t x 783, which also bounds queries); the recommendation is the largest n with
-    n_t >= n (a vision call's images fit in one text call). If one image at the cap does not fit, the largest
-    max_visual_tokens with one image per call."""
+
+def recommend(vision: ActivationModel, text: ActivationModel, hidden: int, room: int, sequences: int,
+              tokens_today: int, fused: bool = False) -> dict:  # fmt: skip
+    """The largest GPU call budgets whose vision + text activation peaks fit in `room` bytes.
+
+    For n images per vision call at the 768-token cap (max_session_patches n x 3072), the largest
+    max_session_tokens for the text runner (keeping `sequences` as max_session_sequences): the text peak
+    grows with the padded tokens of a call (the MLP's [tokens, 8960] float32 tensors), whatever mix of
+    prompts and queries fills it. The pick is the largest n whose text budget still takes n image prompts
+    at the cap in one call and, where some n allows it, is no smaller than today's `tokens_today`. If not
+    even one image at the cap fits, the largest max_visual_tokens that does, one item per call. `fused`: with
+    the fused-attention estimate instead of the unfused bound."""
+    which = 1 if fused else 0
     cap_patches, prompt = 4 * CAP_TOKENS, CAP_TOKENS + PROMPT_EXTRA_TOKENS
+
+    def vision_peak(n: int, patches: int = cap_patches) -> int:
+        return vision.peaks(vision_shapes(n, patches))[which].bytes
+
+    def text_peak(tokens: int, items: int, cap: int = CAP_TOKENS) -> int:
+        return text_call_peak(text, hidden, items, tokens, cap, fused)
+
     frontier = []
-    for n in range(1, max_items + 1):
-        v = vision.peak(vision_shapes(n, cap_patches))
-        if v >= room:
+    for n in range(1, sequences + 1):
+        left = room - vision_peak(n)
+        tokens = _largest(lambda t, left=left: text_peak(t, sequences) <= left, prompt, sequences * prompt)
+        if tokens < prompt:
             break
-        best = 0
-        for s in range(1, max_items + 1):
-            if v + _text_call_peak(text, hidden, s, s * prompt, CAP_TOKENS) > room:
-                break
-            best = s
-        if best == 0:
-            break
-        frontier.append({"images_per_vision_call": n, "vision_peak": v, "max_sequences_per_text_call": best})
-    result: dict[str, Any] = {"room_bytes": room, "frontier": frontier}
-    balanced = [f for f in frontier if f["max_sequences_per_text_call"] >= f["images_per_vision_call"]]
+        frontier.append({"images_per_vision_call": n, "vision_peak": room - left, "max_session_tokens": tokens,
+                         "image_prompts_per_text_call": min(sequences, tokens // prompt)})  # fmt: skip
+    result: dict[str, Any] = {"room_bytes": room, "basis": "fused" if fused else "unfused", "frontier": frontier}
+    balanced = [f for f in frontier if f["image_prompts_per_text_call"] >= f["images_per_vision_call"]]
+    keeps_text = [f for f in balanced if f["max_session_tokens"] >= tokens_today]
     if balanced:
-        pick = balanced[-1]
-        n, s = pick["images_per_vision_call"], pick["max_sequences_per_text_call"]
+        pick = (keeps_text or balanced)[-1]
+        n = pick["images_per_vision_call"]
+        result["max_visual_tokens"] = CAP_TOKENS
         result["budgets"] = {
             "max_session_patches": n * cap_patches,
             "max_session_images": n,
-            "max_session_tokens": s * prompt,
-            "max_session_sequences": s,
+            "max_session_tokens": pick["max_session_tokens"],
+            "max_session_sequences": sequences,
         }
-        result["max_visual_tokens"] = CAP_TOKENS
+        result["activations"] = pick["vision_peak"] + text_peak(pick["max_session_tokens"], sequences)
         return result
-    lo, hi = 4, CAP_TOKENS  # largest cap with one image per call
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        need = vision.peak(vision_shapes(1, 4 * mid)) + _text_call_peak(text, hidden, 1, mid + 15, mid)
-        lo, hi = (mid, hi) if need <= room else (lo, mid - 1)
-    fits = vision.peak(vision_shapes(1, 4 * lo)) + _text_call_peak(text, hidden, 1, lo + 15, lo) <= room
-    result["max_visual_tokens"] = lo if fits else 0
-    result["budgets"] = {
-        "max_session_patches": 4 * lo,
-        "max_session_images": 1,
-        "max_session_tokens": lo + PROMPT_EXTRA_TOKENS,
-        "max_session_sequences": 1,
-    }
+
+    def need(cap: int) -> int:
+        return vision_peak(1, 4 * cap) + text_peak(cap + PROMPT_EXTRA_TOKENS, 1, cap)
+
+    cap = _largest(lambda c: need(c) <= room, 4, CAP_TOKENS)
+    result["needed_at_cap"] = need(CAP_TOKENS)
+    result["max_visual_tokens"] = cap if cap >= 4 else 0
+    if cap >= 4:
+        result["budgets"] = {"max_session_patches": 4 * cap, "max_session_images": 1,
+                             "max_session_tokens": cap + PROMPT_EXTRA_TOKENS, "max_session_sequences": 1}  # fmt: skip
+        result["activations"] = need(cap)
     return result
+
+
+def deployment(precision: str, weights: Mapping[str, int], rows: Sequence[dict], basis: str, overhead: int) -> dict:
+    """Weights + the largest vision call + the largest text call + overhead, against the precision's limit.
+
+    basis "call": the largest calls under today's GPU budgets, unfused peaks; "box": TensorRT's profile maxima
+    at unfused peaks; "fused": the "call" calls with the fused-attention estimate; "box fused": the profile
+    maxima with the fused-attention estimate (the closest to what TensorRT plans)."""
+    variant = DEPLOYMENTS[precision]
+    key = "fused_attention_estimate" if "fused" in basis else "peak"
+    picks = {}
+    for graph in GRAPH_NAMES:
+        mine = [r for r in rows if r["graph"] == graph and (r["trt_box"] if "box" in basis else r["in_gpu_budget"])]
+        best = max(mine, key=lambda r: r[key][variant])
+        picks[graph] = {"scenario": best["name"], "shape": [best["batch"], best["length"]], "peak": best[key][variant]}
+    total = sum(weights.values()) + sum(p["peak"] for p in picks.values()) + overhead
+    return {
+        "precision": precision,
+        "variant": variant,
+        "basis": basis,
+        "weights": dict(weights),
+        "vision": picks["vision_encoder"],
+        "text": picks["text_encoder"],
+        "overhead": overhead,
+        "total": total,
+        "limit": LIMITS[precision],
+        "fits": total <= LIMITS[precision],
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -855,17 +945,146 @@ def recommend(vision: ActivationModel, text: ActivationModel, hidden: int, room:
 
 
 def real_weights(embedding_min_elements: int | None = None) -> dict:
-    """Per graph and variant, the real-size checkpoint's initializer bytes (meta model, no memory)."""
+    """Per graph and variant, the real-size checkpoint's initializer bytes (a meta model: no memory)."""
     model = build_model(qwen2vl_config("real"), "meta")
-    graphs = graph_modules(model)
-    traced = {name: trace_graph_weights(g) for name, g in graphs.items()}
+    traced = {name: trace_graph_weights(g) for name, g in graph_modules(model).items()}
     return {
         "parameters": sum(p.numel() for p in model.parameters()),
         "vision_parameters": sum(p.numel() for p in model.visual.parameters()),
         "graph_parameters": {name: t.parameters for name, t in traced.items()},
-        "linear_layers": {name: t.linear_calls for name, t in traced.items()},
-        "bytes": {v: {name: weight_bytes(t, v, embedding_min_elements) for name, t in traced.items()} for v in VARIANTS},
+        "weight_matmuls": {name: t.linear_calls for name, t in traced.items()},
+        "bytes": {v: {g: weight_bytes(t, v, embedding_min_elements) for g, t in traced.items()} for v in VARIANTS},
     }
+
+
+def run(out_dir: Path, workdir: Path, overhead_gib: float, rebuild: bool = False) -> dict:
+    """Compute everything and write `memory-real.json` and `memory-real.md` into `out_dir`."""
+    started = time.time()
+    hidden = qwen2vl_config("real").text_config.hidden_size
+    weights = real_weights()
+    log.info("real-size weights: %d parameters", weights["parameters"])
+    slice_info = export_slice(workdir / f"slice-{SLICE_LAYERS}", SLICE_LAYERS, rebuild=rebuild)
+    folder = workdir / f"slice-{SLICE_LAYERS}"
+    models = {v: {g: ActivationModel(folder / v / f"{g}.onnx") for g in GRAPH_NAMES} for v in VARIANTS}
+    budgets = gpu_budgets()
+    calls = scenarios(budgets)
+    rows = []
+    for s in calls:
+        peaks = {v: models[v][s.graph].peaks(s.shapes(hidden)) for v in VARIANTS}
+        rows.append(
+            {
+                **asdict(s),
+                "peak": {v: p[0].bytes for v, p in peaks.items()},
+                "fused_attention_estimate": {v: p[1].bytes for v, p in peaks.items()},
+                "at": {v: {"node": p[0].node, "largest": [list(x) for x in p[0].largest]} for v, p in peaks.items()},
+            }
+        )
+        log.info("%s, %s: fp16 peak %.3f GB", s.graph, s.name, peaks["fp16"][0].bytes / GB)
+
+    # The peak is the same for any layer count from 2 on: the same calls on fp32 slices of 1, 2 and 3 layers.
+    check_slices, by_layers = {}, {SLICE_LAYERS: models["fp32"]}
+    for layers in (1, 3):
+        check_slices[layers] = export_slice(workdir / f"slice-{layers}", layers, ("fp32",), rebuild)
+        by_layers[layers] = {
+            g: ActivationModel(workdir / f"slice-{layers}" / "fp32" / f"{g}.onnx") for g in GRAPH_NAMES
+        }
+    layer_check = [
+        {
+            "scenario": f"{s.graph}: {s.name}",
+            **{str(n): by_layers[n][s.graph].peak(s.shapes(hidden)) for n in (1, 2, 3)},
+        }
+        for s in calls
+        if s.in_gpu_budget or s.trt_box
+    ]
+
+    overhead = round(2 * overhead_gib * GIB)
+    deployments, recommendations = [], {}
+    for precision, variant in DEPLOYMENTS.items():
+        w = {g: weights["bytes"][variant][g]["total"] for g in GRAPH_NAMES}
+        bases = ("call", "box", "fused", "box fused")
+        deployments += [deployment(precision, w, rows, basis, overhead) for basis in bases]
+        room = LIMITS[precision] - sum(w.values()) - overhead
+        log.info("%s: %.3f GB left for activations; searching budgets", precision, room / GB)
+        recommendations[precision] = {
+            basis: recommend(models[variant]["vision_encoder"], models[variant]["text_encoder"], hidden, room,
+                             budgets["max_session_sequences"], budgets["max_session_tokens"], basis == "fused")
+            for basis in ("unfused", "fused")
+        }  # fmt: skip
+        for rec in recommendations[precision].values():
+            if "activations" in rec:
+                rec["total"] = sum(w.values()) + overhead + rec["activations"]
+
+    result = {
+        "command": " ".join(["python -m bench.memory", *sys.argv[1:]]),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()} {platform.system()}, {os_cpu_count()} cores, no GPU",
+        "versions": {p: version(p) for p in ("torch", "onnx", "onnxruntime", "transformers", "colpali-engine")},
+        "seconds": 0.0,
+        "checkpoint": "real: Qwen2-VL-2B shapes (export.random_checkpoint.SIZES['real'])",
+        "cap_tokens": CAP_TOKENS,
+        "gpu_budgets_today": budgets,
+        "overhead_per_process_bytes": round(overhead_gib * GIB),
+        "weights": weights,
+        "slice": slice_info,
+        "layer_check_slices": check_slices,
+        "activations": rows,
+        "layer_count_check": layer_check,
+        "deployments": deployments,
+        "recommended_gpu_budgets": recommendations,
+        "assumptions": assumptions(overhead_gib),
+    }
+    result["seconds"] = round(time.time() - started, 1)
+    result["peak_rss_bytes"] = peak_rss()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "memory-real.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out_dir / "memory-real.md").write_text(markdown(result))
+    return result
+
+
+def peak_rss() -> int:
+    """This process's peak resident memory in bytes (Linux reports KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def os_cpu_count() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def assumptions(overhead_gib: float) -> list[str]:
+    """What the numbers rest on, for the report."""
+    return [
+        "Weights: the real-size ColQwen2 (2.209 B parameters) built on the meta device; bytes per initializer from "
+        "the export rules, checked against the tiny export in tests/test_memory.py (equal up to the graph's "
+        "shape constants, a few hundred bytes, not counted here). Trained weights hold no identical small tensors "
+        "for the exporter to merge, so none are merged here.",
+        "Weights are held once per process on the GPU (by the ONNX Runtime CUDA session or the TensorRT engine). "
+        "A TensorRT engine build needs extra workspace while it runs: not counted.",
+        f"Activations: simulated on a slice with the real widths ({SLICE_LAYERS} vision blocks, {SLICE_LAYERS} text "
+        "layers, 2014-token vocabulary) in the exported node order, a node computed from weights alone (a QDQ "
+        "weight's DequantizeLinear) right before its consumer as ONNX Runtime orders it; reshape-like ops are "
+        "views; graph inputs are live throughout; weights excluded. The peak does not change from 2 layers on "
+        "(checked on 1, 2 and 3 layers). An upper bound for an unfused runtime (ONNX Runtime CPU/CUDA) that "
+        "reuses no buffer before its last consumer; kernels' scratch workspaces are part of the runtime overhead.",
+        "TensorRT fuses attention and plans its own memory for the profile's max shapes: the 'fused attention' "
+        "figures drop the QK^T..softmax score tensors and are an estimate, not a bound.",
+        "int8 activations are those of the QDQ graph (float32 around the quantize/dequantize pairs, plus the float32 "
+        "dequantized weight of the matmul in flight): what ONNX Runtime's CUDA provider runs. The fp32 graph's peak "
+        "is listed beside it. Its weights stay int8 in memory: ONNX Runtime's constant folding leaves "
+        "DequantizeLinear alone unless session.disable_quant_qdq is set. TensorRT runs the QDQ graph's float parts "
+        "in fp16 (trt_fp16_enable) and fuses the quantize/dequantize pairs into its int8 kernels, so its int8 "
+        "activations are smaller than the fused estimate here, which only drops the attention scores.",
+        f"Runtime overhead: {overhead_gib:g} GiB per encoder process, two processes (vision, text), an assumption. "
+        + OVERHEAD_NOTE,
+        "ONNX Runtime's CUDA arena grows in powers of two by default (arena_extend_strategy kNextPowerOfTwo): the "
+        "memory it reserves can exceed the peak by up to 2x unless kSameAsRequested is set. Not modelled.",
+        "The vision and the text process can each run a call at the same time, so their peaks add up.",
+        "Image prompts are 15 tokens + the visual tokens (783 at the 768-token cap); queries at most 512 tokens; "
+        "a query call carries one zero visual row, as the runner sends.",
+    ]
 
 
 def _gb(n: float) -> str:
@@ -876,120 +1095,54 @@ def _gib(n: float) -> str:
     return f"{n / GIB:.3f}"
 
 
-def run(out_dir: Path, workdir: Path, overhead_gib: float, rebuild: bool = False) -> dict:
-    started = time.time()
-    hidden = 1536
-    weights = real_weights()
-    log.info("real-size weights: %d parameters", weights["parameters"])
-    slice_info = export_slice(workdir / "slice-1", 1, rebuild=rebuild)
-    models = {v: {g: ActivationModel(workdir / "slice-1" / v / f"{g}.onnx") for g in GRAPH_NAMES} for v in VARIANTS}
-    budgets = gpu_budgets()
-    rows = []
-    for s in scenarios(budgets):
-        peaks = {v: models[v][s.graph].peaks(s.shapes(hidden)) for v in VARIANTS}
-        rows.append(
-            {
-                **asdict(s),
-                "peak": {v: p[0].bytes for v, p in peaks.items()},
-                "fused_attention_estimate": {v: p[1].bytes for v, p in peaks.items()},
-                "at": {v: {"node": p[0].node, "largest": [list(x) for x in p[0].largest]} for v, p in peaks.items()},
-            }
+def _exported(r: dict) -> str:
+    fresh = [s for s in (r["slice"], *r["layer_check_slices"].values()) if not s.get("reused")]
+    return f"{len(fresh)} of 3, {sum(s['export_seconds'] for s in fresh):.0f} s" if fresh else "none, all reused"
+
+
+def summary(r: dict) -> list[str]:
+    """The findings in a few lines: the deployments under today's budgets and the budgets that fit."""
+    lines = ["## Summary", ""]
+    by = {(d["precision"], d["basis"]): d for d in r["deployments"]}
+    for precision in DEPLOYMENTS:
+        call, fused = by[precision, "call"], by[precision, "fused"]
+        weights = sum(call["weights"].values())
+        verdict = "fits" if call["fits"] else "does **not** fit"
+        lines.append(
+            f"- **{precision}**: weights {_gb(weights)} GB; under today's GPU budgets {_gb(call['total'])} GB "
+            f"({_gib(call['total'])} GiB) with unfused activations: {verdict} {call['limit'] / GB:g} GB "
+            f"(fused-attention estimate {_gb(fused['total'])} GB: {'fits' if fused['fits'] else 'does not fit'})."
         )
-        log.info("%s / %s: fp16 peak %.3f GB", s.graph, s.name, peaks["fp16"][0].bytes / GB)
-
-    # The layer count does not change the peak: the same calls on a 2-layer fp32 slice.
-    slice2 = export_slice(workdir / "slice-2", 2, variants=("fp32",), rebuild=rebuild)
-    layer_check = []
-    for s in scenarios(budgets)[:2] + scenarios(budgets)[4:6]:
-        one = models["fp32"][s.graph].peak(s.shapes(hidden))
-        two = ActivationModel(workdir / "slice-2" / "fp32" / f"{s.graph}.onnx").peak(s.shapes(hidden))
-        layer_check.append({"scenario": f"{s.graph}: {s.name}", "one_layer": one, "two_layers": two})
-
-    overhead = round(2 * overhead_gib * GIB)
-    deployments, recommendations = [], {}
-    for precision, variant in DEPLOYMENTS.items():
-        w = {g: weights["bytes"][variant][g]["total"] for g in GRAPH_NAMES}
-        for basis in ("call", "box", "fused"):
-            picks = {}
-            for g in GRAPH_NAMES:
-                if basis == "call":
-                    cands = [r for r in rows if r["graph"] == g and r["in_gpu_budget"]]
-                else:
-                    cands = [r for r in rows if r["graph"] == g and ("box" in r["name"] or "call budget (largest call" in r["name"]
-                                                                      or "(largest image-prompt" in r["name"])]
-                key = "fused_attention_estimate" if basis == "fused" else "peak"
-                if basis == "fused":
-                    cands = [r for r in rows if r["graph"] == g and r["in_gpu_budget"]]
-                best = max(cands, key=lambda r, key=key: r[key][variant])
-                picks[g] = (best["name"], best[key][variant])
-            d = Deployment(precision, variant, w, picks["vision_encoder"], picks["text_encoder"], overhead,
-                           LIMITS[precision])  # fmt: skip
-            deployments.append({**asdict(d), "basis": basis, "total": d.total, "fits": d.fits})
-        room = LIMITS[precision] - sum(w.values()) - overhead
-        recommendations[precision] = recommend(models[variant]["vision_encoder"], models[variant]["text_encoder"],
-                                               hidden, room)  # fmt: skip
-
-    result = {
-        "command": "python -m bench.memory " + " ".join(sys.argv[1:]),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{platform.node()} ({platform.machine()}, {platform.system()}), no GPU",
-        "versions": {p: version(p) for p in ("torch", "onnx", "onnxruntime", "transformers", "colpali-engine")},
-        "seconds": None,
-        "checkpoint": "real (Qwen2-VL-2B shapes: export.random_checkpoint.SIZES['real'])",
-        "cap_tokens": CAP_TOKENS,
-        "gpu_budgets_today": budgets,
-        "overhead_per_process_bytes": round(overhead_gib * GIB),
-        "weights": weights,
-        "slice": slice_info,
-        "slice_2_layers": slice2,
-        "activations": rows,
-        "layer_count_check": layer_check,
-        "deployments": deployments,
-        "recommended_gpu_budgets": recommendations,
-        "assumptions": assumptions(overhead_gib),
-    }
-    result["seconds"] = round(time.time() - started, 1)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "memory-real.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out_dir / "memory-real.md").write_text(markdown(result))
-    return result
-
-
-def assumptions(overhead_gib: float) -> list[str]:
-    return [
-        "Weights: the real-size ColQwen2 (2.209 B parameters) built on the meta device; bytes from the export rules "
-        "(checked against the tiny export in tests/test_memory.py). Graph constants (shape vectors, scalars: a few "
-        "hundred bytes) are not counted; trained weights have no identical small tensors for the exporter to merge.",
-        "Weights are counted once per process: the ONNX Runtime session (CUDA provider) or the TensorRT engine holds "
-        "them on the GPU. A TensorRT engine build needs extra workspace while it runs; not counted.",
-        "Activations: simulated on a slice with the real widths (1 vision block, 1 text layer; the run checks that 2 "
-        "layers peak the same), in the exported node order, reshape-like ops as views, graph inputs live throughout, "
-        "weights excluded. An upper bound for an unfused runtime (ONNX Runtime CPU/CUDA); kernels' scratch "
-        "workspaces are in the runtime overhead. TensorRT fuses attention and plans its own memory: the "
-        "'fused attention' estimate drops the QK^T..softmax score tensors, and is an estimate, not a bound.",
-        "int8 activations are those of the QDQ graph itself (float32 between the quantize/dequantize pairs, plus the "
-        "float32 dequantized weight of the matmul in flight), which is what ONNX Runtime's CUDA provider runs; the "
-        "fp32 graph's peak is listed beside it as the upper bound the brief asked for.",
-        f"Runtime overhead: {overhead_gib} GiB per encoder process, two processes (vision and text). {OVERHEAD_NOTE}",
-        "ONNX Runtime's CUDA arena grows in powers of two by default (arena_extend_strategy kNextPowerOfTwo), so "
-        "reserved memory can exceed the peak by up to 2x; kSameAsRequested avoids that.",
-        "Both encoder processes can run a call at once, so their peaks add up.",
-        "Image prompts are 15 + visual tokens long (783 at the 768-token cap); queries are at most 512 tokens.",
-    ]
+        for basis, rec in r["recommended_gpu_budgets"][precision].items():
+            if "budgets" not in rec:
+                lines.append(f"  - {basis}: no budget fits.")
+                continue
+            b = rec["budgets"]
+            cap = "" if rec["max_visual_tokens"] == CAP_TOKENS else f"max_visual_tokens {rec['max_visual_tokens']}, "
+            lines.append(
+                f"  - recommended ({basis}): {cap}max_session_images {b['max_session_images']} "
+                f"(max_session_patches {b['max_session_patches']}), max_session_tokens {b['max_session_tokens']}, "
+                f"max_session_sequences {b['max_session_sequences']}: {_gb(rec['total'])} GB."
+            )
+    return lines
 
 
 def markdown(r: dict) -> str:
+    """The report: weight bytes, activation peaks, deployments, recommended budgets, assumptions."""
     w = r["weights"]
     lines = [
         "# GPU memory of the real-size ColQwen2 deployments",
         "",
-        f"`{r['command']}` on {r['machine']}, {r['date']}, {r['seconds']} s. "
-        f"Checkpoint: {r['checkpoint']}, {w['parameters']:,} parameters ({w['vision_parameters']:,} in the vision "
-        f"tower). GB = 1e9 bytes, GiB = 2^30.",
+        f"`{r['command']}` on {r['machine']}, {r['date']}: {r['seconds']} s, peak RSS "
+        f"{r['peak_rss_bytes'] / GIB:.1f} GiB (slices exported: {_exported(r)}). Checkpoint: {r['checkpoint']}, "
+        f"{w['parameters']:,} parameters ({w['vision_parameters']:,} in the vision tower). "
+        "GB = 1e9 bytes, GiB = 2^30 bytes.",
+        "",
+        *summary(r),
         "",
         "## Weight bytes per graph and variant",
         "",
-        "Exact, from the real-size model's parameters and the export rules (no export needed).",
+        "Exact, from the real-size model's parameters and the export rules (no 2.2 B export needed). Bytes.",
         "",
         "| variant | graph | matmul weights | quant. params | embedding | biases | norms, buffers | total GB | GiB |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
@@ -1007,73 +1160,99 @@ def markdown(r: dict) -> str:
         "",
         "## Activation peak per call",
         "",
-        "GB of activations live at once in one call (weights excluded), from the slice's tensor shapes. "
-        "Unfused: an upper bound for ONNX Runtime CPU/CUDA. In brackets: the fused-attention estimate (score "
-        "tensors not materialised, as TensorRT's fused attention does). `in budget`: a call the GPU runner "
-        "may send under today's budgets.",
+        "GB live at once during one call, weights excluded, from the graph's tensor shapes. First number: "
+        "unfused (an upper bound for ONNX Runtime CPU/CUDA); in brackets: the fused-attention estimate (score "
+        "tensors not materialised, as TensorRT's fused attention). `budget`: a call the GPU runner may send "
+        "under today's budgets; `box`: TensorRT's profile maxima. Length in patches (vision) or tokens (text).",
         "",
-        "| graph | scenario | batch x length | in budget | fp32 | fp16 | int8 (QDQ) | int8_dynamic | fp16 peak at |",
-        "|---|---|---|---|---:|---:|---:|---:|---|",
+        "| graph | call | batch x length | budget | box | fp32 | fp16 | int8 (QDQ) | int8_dynamic | fp16 peak at |",
+        "|---|---|---|---|---|---:|---:|---:|---:|---|",
     ]
     for a in r["activations"]:
         cells = " | ".join(f"{_gb(a['peak'][v])} ({_gb(a['fused_attention_estimate'][v])})" for v in VARIANTS)
         at = a["at"]["fp16"]
         big = ", ".join(f"{dt}{list(shape)}" for _, shape, dt, _ in at["largest"][:3])
-        length = f"{a['batch']} x {a['length']}" + (f", {a['visual_rows']} visual rows" if a["visual_rows"] else "")
+        size = f"{a['batch']} x {a['length']}" + (f", {a['visual_rows']} visual rows" if a["visual_rows"] else "")
         note = f" ({a['note']})" if a["note"] else ""
         lines.append(
-            f"| {a['graph']} | {a['name']}{note} | {length} | {'yes' if a['in_gpu_budget'] else 'no'} | {cells} | "
-            f"`{at['node'].split(' ')[0]}`: {big} |"
+            f"| {a['graph']} | {a['name']}{note} | {size} | {'yes' if a['in_gpu_budget'] else 'no'} | "
+            f"{'yes' if a['trt_box'] else ''} | {cells} | {at['node'].split(' ')[0]}: {big} |"
         )
-    lines += ["", "Layer count check (fp32, GB): the same calls on 1-layer and 2-layer slices.", ""]
-    lines += ["| call | 1 layer | 2 layers |", "|---|---:|---:|"]
-    for c in r["layer_count_check"]:
-        lines.append(f"| {c['scenario']} | {_gb(c['one_layer'])} | {_gb(c['two_layers'])} |")
+    lines += [
+        "",
+        "Layer count (fp32 slices, GB): tables read by every layer (rotary cos/sin, the attention bias) stay live "
+        "until the last layer, which a 1-layer graph reaches at once; from 2 layers on the peak does not change, "
+        f"so the {SLICE_LAYERS}-layer slice stands for the 28-layer text tower and the 32-block vision tower.",
+        "",
+        "| call | 1 layer | 2 layers | 3 layers |",
+        "|---|---:|---:|---:|",
+    ]
+    lines += [f"| {c['scenario']} | {_gb(c['1'])} | {_gb(c['2'])} | {_gb(c['3'])} |" for c in r["layer_count_check"]]
     lines += [
         "",
         "## Deployments",
         "",
-        f"Weights of the vision and the text encoder + the largest vision call + the largest text call (both "
-        f"processes can run at once) + runtime overhead ({r['overhead_per_process_bytes'] / GIB:g} GiB x 2 "
-        "processes, an assumption). `call`: the largest calls ONNX Runtime can get under today's GPU budgets "
-        "(unfused bound). `box`: TensorRT's profile maxima at unfused sizes. `fused`: the largest calls with "
-        "the fused-attention estimate.",
+        "Weights of both encoders + the largest vision call + the largest text call (the two processes can run "
+        f"at once) + runtime overhead ({r['overhead_per_process_bytes'] / GIB:g} GiB x 2 processes, assumed). "
+        "Basis `call`: the largest calls ONNX Runtime can get under today's GPU budgets, unfused peaks (the "
+        "verdict); `box`: TensorRT's profile maxima at unfused peaks; `fused`: the `call` calls with the "
+        "fused-attention estimate; `box fused`: the profile maxima with the fused-attention estimate, the closest "
+        "to what TensorRT may plan for. The text profile's max batch is max_session_sequences (32 x 783 tokens), "
+        "three times the 8192 tokens any call holds.",
         "",
         "| precision | basis | weights GB | vision call | GB | text call | GB | overhead GB | total GB | total GiB "
         "| limit GB | fits |",
         "|---|---|---:|---|---:|---|---:|---:|---:|---:|---:|---|",
     ]
     for d in r["deployments"]:
+        v, t = d["vision"], d["text"]
         lines.append(
-            f"| {d['precision']} | {d['basis']} | {_gb(sum(d['weights'].values()))} | {d['vision'][0]} | "
-            f"{_gb(d['vision'][1])} | {d['text'][0]} | {_gb(d['text'][1])} | {_gb(d['overhead'])} | "
-            f"**{_gb(d['total'])}** | {_gib(d['total'])} | {_gb(d['limit'])} | {'yes' if d['fits'] else '**no**'} |"
+            f"| {d['precision']} ({d['variant']} graphs) | {d['basis']} | {_gb(sum(d['weights'].values()))} | "
+            f"{v['shape'][0]} x {v['shape'][1]} | {_gb(v['peak'])} | {t['shape'][0]} x {t['shape'][1]} | "
+            f"{_gb(t['peak'])} | {_gb(d['overhead'])} | **{_gb(d['total'])}** | {_gib(d['total'])} | "
+            f"{d['limit'] / GB:g} | {'yes' if d['fits'] else '**no**'} |"
         )
-    lines += ["", "## Recommended GPU call budgets (unfused bound, at the 768-token cap)", ""]
-    today = r["gpu_budgets_today"]
-    lines.append(f"Today (`render.SESSION_BUDGETS['gpu']`): {today}.")
-    lines.append("")
-    for precision, rec in r["recommended_gpu_budgets"].items():
-        lines.append(
-            f"- **{precision}** ({_gb(rec['room_bytes'])} GB left for activations): "
-            + (
-                f"`{rec['budgets']}`"
-                + (f", max_visual_tokens {rec['max_visual_tokens']}" if rec["max_visual_tokens"] != CAP_TOKENS else "")
-                if rec.get("max_visual_tokens")
-                else "nothing fits: even one image of 4 visual tokens exceeds the room"
-            )
-        )
-        for f in rec["frontier"]:
-            lines.append(
-                f"  - {f['images_per_vision_call']} image(s) per vision call ({_gb(f['vision_peak'])} GB) -> up to "
-                f"{f['max_sequences_per_text_call']} image prompts of 783 tokens per text call"
-            )
-    lines += ["", "## Assumptions", ""] + [f"- {a}" for a in r["assumptions"]]
-    s = r["slice"]
     lines += [
         "",
-        f"Slice: real widths, 1 vision block + 1 text layer, vocabulary {s['vocab_size']}, exported in "
-        f"{s['export_seconds']} s to the workdir (fp32, fp16, int8 QDQ, int8 dynamic).",
+        "## Recommended GPU call budgets",
+        "",
+        f"Today (`render.SESSION_BUDGETS['gpu']`): `{r['gpu_budgets_today']}`. The largest budgets whose vision + "
+        "text peaks fit what the limit leaves after weights and overhead, at the 768-token cap: per images per "
+        "vision call, the largest max_session_tokens of the text runner (max_session_sequences kept); the pick is "
+        "the most images per vision call whose text budget still takes that many image prompts in one call. "
+        "`unfused` is the bound to configure ONNX Runtime by; `fused` is the TensorRT estimate. TensorRT's text "
+        "profile box is max_session_sequences x 783 tokens whatever max_session_tokens is (`runners.text_profile`): "
+        "for TensorRT not to plan beyond the call budget, max_session_sequences must be at most "
+        "max_session_tokens // 783 (or text_profile must cap its batch so).",
+        "",
+    ]
+    for precision, bases in r["recommended_gpu_budgets"].items():
+        for basis, rec in bases.items():
+            head = f"- **{precision}, {basis}**: {_gb(rec['room_bytes'])} GB left for activations. "
+            total = f" Total with them: {_gb(rec['total'])} GB." if "total" in rec else ""
+            if rec["max_visual_tokens"] == CAP_TOKENS:
+                lines.append(head + f"Recommended: `{rec['budgets']}`.{total}")
+            elif rec["max_visual_tokens"]:
+                lines.append(
+                    head + f"One image and its prompt at the cap need {_gb(rec['needed_at_cap'])} GB: the cap "
+                    f"must come down to max_visual_tokens {rec['max_visual_tokens']}, one item per call: "
+                    f"`{rec['budgets']}`.{total}"
+                )
+            else:
+                lines.append(head + "Nothing fits, not even one image of 4 visual tokens.")
+            lines += [
+                f"  - {f['images_per_vision_call']} image(s) per vision call ({_gb(f['vision_peak'])} GB): text "
+                f"max_session_tokens up to {f['max_session_tokens']} ({f['image_prompts_per_text_call']} image "
+                "prompts at the cap per call)"
+                for f in rec["frontier"]
+            ]
+    s = r["slice"]
+    lines += ["", "## Assumptions", "", *[f"- {a}" for a in r["assumptions"]], ""]
+    lines += [
+        f"Slice: real widths, {SLICE_LAYERS} vision blocks + {SLICE_LAYERS} text layers, vocabulary "
+        f"{s['vocab_size']} ({s['graph_parameters']['vision_encoder']:,} + {s['graph_parameters']['text_encoder']:,} "
+        f"parameters), exported in {s['export_seconds']} s (fp32, fp16, int8 QDQ, int8 dynamic) to the workdir "
+        "(reused by later runs).",
         "",
     ]
     return "\n".join(lines)
@@ -1083,15 +1262,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="folder for memory-real.*")
     parser.add_argument("--workdir", type=Path, default=Path("build/bench-memory"), help="slice exports go here")
-    parser.add_argument("--overhead-gib", type=float, default=DEFAULT_OVERHEAD_GIB, help="runtime GiB per process")
+    parser.add_argument("--overhead-gib", type=float, default=DEFAULT_OVERHEAD_GIB,
+                        help="runtime memory per encoder process, GiB (default: %(default)s)")  # fmt: skip
     parser.add_argument("--rebuild", action="store_true", help="export the slices again even if present")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    logging.getLogger("transformers").setLevel(logging.ERROR)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    log.setLevel(logging.INFO)
     result = run(args.out, args.workdir, args.overhead_gib, args.rebuild)
     for d in result["deployments"]:
-        print(f"{d['precision']:5} {d['basis']:5} total {d['total'] / GB:.3f} GB / {d['limit'] / GB:.0f} GB: "
-              f"{'fits' if d['fits'] else 'does not fit'}")  # fmt: skip
+        verdict = "fits" if d["fits"] else "does NOT fit"
+        print(f"{d['precision']:5} {d['basis']:9} {d['total'] / GB:6.3f} GB of {d['limit'] / GB:g} GB: {verdict}")
     print(args.out / "memory-real.md")
     return 0
 

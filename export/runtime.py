@@ -12,6 +12,7 @@ def cpu_session(path: Path, threads: int | None = None, profile_prefix: str | No
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    opts.enable_mem_pattern = False  # shapes change from call to call (see colqwen2_serving/sessions.py)
     if profile_prefix is not None:
         opts.enable_profiling, opts.profile_file_prefix = True, profile_prefix
     if threads is not None:

@@ -89,6 +89,10 @@ def create_session(model_path: str | Path, config: SessionConfig):
     model_path = Path(model_path)
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    # Memory patterns are planned and cached per input shape; at native resolution nearly every call
+    # has a new shape, so the cache only grows (1467 MB against 882 MB RSS for the medium fp32 graphs
+    # over the mixed workload, in one process).
+    opts.enable_mem_pattern = False
     if config.threads:
         opts.intra_op_num_threads = config.threads
     opts.inter_op_num_threads = 1
