@@ -66,6 +66,8 @@ DEPLOYMENTS = {"fp16": "fp16", "int8": "int8"}
 VARIANTS = ("fp32", "fp16", "int8", "int8_dynamic")
 GRAPH_NAMES = ("vision_encoder", "text_encoder")
 
+# A deployment runs one encoder process per precision (`colqwen2_encoder_<variant>`: both graphs, one CUDA context).
+ENCODER_PROCESSES = 1
 # Runtime memory outside the graph, per encoder process (an assumption, see OVERHEAD_NOTE).
 DEFAULT_OVERHEAD_GIB = 0.5
 OVERHEAD_NOTE = (
@@ -74,7 +76,7 @@ OVERHEAD_NOTE = (
     "CUDA 12.2), the cuBLAS/cuBLASLt workspace (32 MiB recommended on Hopper by the cuBLAS reference for "
     "cublasSetWorkspace), cuDNN, ONNX Runtime's CUDA provider and TensorRT's execution context. Not measured: no "
     "GPU has been lent to this project; pass --overhead-gib to change it (each 0.1 GiB per process moves a "
-    "deployment's total by 0.215 GB)."
+    "deployment's total by 0.107 GB)."
 )
 
 # The published checkpoint (vidore/colqwen2-v1.0): at most 602112 pixels = 768 visual tokens per image.
@@ -997,7 +999,7 @@ def run(out_dir: Path, workdir: Path, overhead_gib: float, rebuild: bool = False
         if s.in_gpu_budget or s.trt_box
     ]
 
-    overhead = round(2 * overhead_gib * GIB)
+    overhead = round(ENCODER_PROCESSES * overhead_gib * GIB)
     deployments, recommendations = [], {}
     for precision, variant in DEPLOYMENTS.items():
         w = {g: weights["bytes"][variant][g]["total"] for g in GRAPH_NAMES}
@@ -1077,11 +1079,12 @@ def assumptions(overhead_gib: float) -> list[str]:
         "DequantizeLinear alone unless session.disable_quant_qdq is set. TensorRT runs the QDQ graph's float parts "
         "in fp16 (trt_fp16_enable) and fuses the quantize/dequantize pairs into its int8 kernels, so its int8 "
         "activations are smaller than the fused estimate here, which only drops the attention scores.",
-        f"Runtime overhead: {overhead_gib:g} GiB per encoder process, two processes (vision, text), an assumption. "
-        + OVERHEAD_NOTE,
-        "ONNX Runtime's CUDA arena grows in powers of two by default (arena_extend_strategy kNextPowerOfTwo): the "
-        "memory it reserves can exceed the peak by up to 2x unless kSameAsRequested is set. Not modelled.",
-        "The vision and the text process can each run a call at the same time, so their peaks add up.",
+        f"Runtime overhead: {overhead_gib:g} GiB for the one encoder process of a precision (both graphs, one CUDA "
+        "context), an assumption. " + OVERHEAD_NOTE,
+        "The encoder's CUDA sessions grow their arenas as requested (arena_extend_strategy kSameAsRequested, set by "
+        "colqwen2_serving/sessions.py), not in powers of two.",
+        "The vision and the text session run one after the other in the encoder process, but each keeps its arena, "
+        "so their peaks add up.",
         "Image prompts are 15 tokens + the visual tokens (783 at the 768-token cap); queries at most 512 tokens; "
         "a query call carries one zero visual row, as the runner sends.",
     ]
@@ -1192,8 +1195,8 @@ def markdown(r: dict) -> str:
         "",
         "## Deployments",
         "",
-        "Weights of both encoders + the largest vision call + the largest text call (the two processes can run "
-        f"at once) + runtime overhead ({r['overhead_per_process_bytes'] / GIB:g} GiB x 2 processes, assumed). "
+        "Weights of both graphs + the largest vision call + the largest text call (each session keeps its arena) "
+        f"+ runtime overhead ({r['overhead_per_process_bytes'] / GIB:g} GiB for the one encoder process, assumed). "
         "Basis `call`: the largest calls ONNX Runtime can get under today's GPU budgets, unfused peaks (the "
         "verdict); `box`: TensorRT's profile maxima at unfused peaks; `fused`: the `call` calls with the "
         "fused-attention estimate; `box fused`: the profile maxima with the fused-attention estimate, the closest "

@@ -11,7 +11,7 @@ checkpoint's 768 visual tokens) or letterboxed to a fixed 448 x 448 (`fixed448-*
 tokens each), in fp32 or int8 on a CPU host (fp16 or int8 on a GPU host). For each it starts
 Triton, then an asyncio load generator sends the images over gRPC (and HTTP if asked) at each
 concurrency level with a fixed request count, recording p50/p95/p99 latency, images and vectors
-per second, the mean batch each encoder executed, where a request's time goes, the server's peak
+per second, the mean batch the encoder executed, where a request's time goes, the server's peak
 RSS (Triton plus its model processes) and, on a GPU, peak device memory. Before and after the
 sweep it measures the in-process references on the same images and thread budget (see
 `references.py`: colpali-engine PyTorch at native resolution, and the same ONNX graphs called
@@ -78,41 +78,35 @@ class Level:
     images_per_s: float
     vectors_per_s: float
     mean_ms: float
-    vision_batch: float  # images per execution of the vision encoder (Triton's statistics API)
-    text_batch: float  # requests per execution of the text encoder
+    encoder_batch: float  # requests per execution of the encoder model (Triton's statistics API)
     preprocess_ms: float  # per request: the preprocessing model's own compute
-    queue_ms: float  # per request: waiting in the vision encoder's queue
-    vision_ms: float  # per request: the vision encoder's own compute (its execute() call)
-    text_ms: float  # per request: the text encoder's own compute
+    queue_ms: float  # per request: waiting in the encoder's queue
+    encoder_ms: float  # per request: the encoder's own compute (its execute(): vision and text graphs)
     peak_rss_mb: float
     peak_gpu_mb: float | None
     errors: int
     latencies_ms: list[float]  # every request's, in completion order: the distribution plots use them
 
 
-def measure_level(server: TritonServer, config: str, protocol: str, models: tuple[str, str], data: list[bytes],
+def measure_level(server: TritonServer, config: str, protocol: str, encoder: str, data: list[bytes],
                   concurrency: int, requests: int, gpu: bool) -> Level:  # fmt: skip
     """One load level: `requests` images, `concurrency` in flight, with memory and server statistics."""
     url = server.grpc_url if protocol == "grpc" else server.http_url
-    vision, text = models
-    with (
-        PeakMemory(server.process.pid, gpu=gpu) as memory,
-        ModelStats(server.http_url, [vision, text, PREPROCESS]) as stats,
-    ):
+    with PeakMemory(server.process.pid, gpu=gpu) as memory, ModelStats(server.http_url, [encoder, PREPROCESS]) as stats:
         latencies, wall, errors, vectors = asyncio.run(drive(url, protocol, MODEL, data, concurrency, requests))
     ms = np.array(latencies) * 1e3 if latencies else np.array([float("nan")])
     level = Level(
         config, protocol, concurrency, requests,
         float(np.percentile(ms, 50)), float(np.percentile(ms, 95)), float(np.percentile(ms, 99)),
-        len(latencies) / wall, vectors / wall, float(np.mean(ms)), stats.mean_batch[vision], stats.mean_batch[text],
-        stats.compute_ms[PREPROCESS], stats.queue_ms[vision], stats.compute_ms[vision], stats.compute_ms[text],
+        len(latencies) / wall, vectors / wall, float(np.mean(ms)), stats.mean_batch[encoder],
+        stats.compute_ms[PREPROCESS], stats.queue_ms[encoder], stats.compute_ms[encoder],
         memory.peak_rss / 2**20, memory.peak_gpu_mb, errors, [round(x * 1e3, 2) for x in latencies],
     )  # fmt: skip
     gpu_text = f"  gpu {level.peak_gpu_mb:7.0f} MiB" if level.peak_gpu_mb is not None else ""
     print(
         f"{config:<32} {protocol:<4} c={concurrency:<3} {level.images_per_s:7.2f} img/s "
         f"{level.vectors_per_s:8.0f} vec/s  p50 {level.p50_ms:8.1f} ms  p99 {level.p99_ms:8.1f} ms  "
-        f"batch {level.vision_batch:5.2f}/{level.text_batch:5.2f}  rss {level.peak_rss_mb:7.0f} MB{gpu_text}  "
+        f"batch {level.encoder_batch:5.2f}  rss {level.peak_rss_mb:7.0f} MB{gpu_text}  "
         f"errors {errors}",
         flush=True,
     )
@@ -129,7 +123,7 @@ def run_config(name: str, args, data: list[bytes], levels: list[int]) -> tuple[l
     )  # fmt: skip
     repository = render(options)
     variant = json.loads((repository / "render.json").read_text())["ensembles"][MODEL]
-    models = (encoder_name("vision", variant), encoder_name("text", variant))
+    encoder = encoder_name(variant)
     server = TritonServer(repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
     results, paired = [], None
     with open(args.workdir / f"triton-{name}.log", "w") as log, server:
@@ -140,7 +134,7 @@ def run_config(name: str, args, data: list[bytes], levels: list[int]) -> tuple[l
             asyncio.run(drive(url, protocol, MODEL, data, 2, 4))  # warm up connections and arenas
             for concurrency in levels:
                 requests = max(args.requests, 2 * concurrency)
-                results.append(measure_level(server, name, protocol, models, data, concurrency, requests, gpu))
+                results.append(measure_level(server, name, protocol, encoder, data, concurrency, requests, gpu))
         if name == OVERHEAD_CONFIG[args.device]:
             threads = args.threads or os.cpu_count() or 1
             paired = paired_overhead(
@@ -387,37 +381,36 @@ def report(result: dict, figures: list[str]) -> str:
         "",
         "## Triton",
         "",
-        "Batch: requests per execution of the vision / text encoder (Triton's statistics API) during the level.",
+        "Batch: requests per execution of the encoder model (Triton's statistics API) during the level.",
         "",
         "| config | protocol | concurrency | requests | images / s | vectors / s | p50 ms | p95 ms | p99 ms "
-        "| batch vision / text | peak RSS MB | peak GPU MiB | errors |",
+        "| encoder batch | peak RSS MB | peak GPU MiB | errors |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for lv in result["levels"]:
         lines.append(
             f"| {lv['config']} | {lv['protocol']} | {lv['concurrency']} | {lv['requests']} | {lv['images_per_s']:.2f} "
             f"| {lv['vectors_per_s']:.0f} | {lv['p50_ms']:.1f} | {lv['p95_ms']:.1f} | {lv['p99_ms']:.1f} "
-            f"| {_fmt(lv['vision_batch'], 2)} / {_fmt(lv['text_batch'], 2)} | {lv['peak_rss_mb']:.0f} "
+            f"| {_fmt(lv['encoder_batch'], 2)} | {lv['peak_rss_mb']:.0f} "
             f"| {_fmt(lv['peak_gpu_mb'], 0)} | {lv['errors']} |"
         )
     lines += [
         "",
         "## Where a request's time goes",
         "",
-        "Per request, mean ms. Client: the load generator's latency. Queue, preprocess, vision and text: Triton's "
-        "statistics API (queue wait at the vision encoder; each model's own compute, which in a batch is the "
-        "batch's). Rest: the client latency less those, i.e. transport, (de)serialisation, the other queues "
-        "and ensemble scheduling.",
+        "Per request, mean ms. Client: the load generator's latency. Queue, preprocess and encoder: Triton's "
+        "statistics API (queue wait at the encoder; each model's own compute, which in a batch is the "
+        "batch's). Rest: the client latency less those, i.e. transport, (de)serialisation, the preprocessing "
+        "queue and ensemble scheduling.",
         "",
-        "| config | protocol | concurrency | client | queue | preprocess | vision | text | rest | rest share |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| config | protocol | concurrency | client | queue | preprocess | encoder | rest | rest share |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for lv in result["levels"]:
-        rest = lv["mean_ms"] - lv["queue_ms"] - lv["preprocess_ms"] - lv["vision_ms"] - lv["text_ms"]
+        rest = lv["mean_ms"] - lv["queue_ms"] - lv["preprocess_ms"] - lv["encoder_ms"]
         lines.append(
             f"| {lv['config']} | {lv['protocol']} | {lv['concurrency']} | {lv['mean_ms']:.1f} | {lv['queue_ms']:.1f} "
-            f"| {lv['preprocess_ms']:.1f} | {lv['vision_ms']:.1f} | {lv['text_ms']:.1f} | {rest:.1f} "
-            f"| {rest / lv['mean_ms']:.1%} |"
+            f"| {lv['preprocess_ms']:.1f} | {lv['encoder_ms']:.1f} | {rest:.1f} | {rest / lv['mean_ms']:.1%} |"
         )
     lines += ["", *[f"![{f}]({f})" for f in figures], ""]
     return "\n".join(lines)

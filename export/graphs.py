@@ -17,9 +17,15 @@ Every grid-dependent table (rotary angles, positions) is computed in the graph f
 positions the caller passes, and the caller computes those with `colqwen2_serving.grid`: the
 graphs hold no grid math of their own and serve any image size with one engine.
 
-Numerics: matmuls run in `dtype` (float32 or float16); norms, softmax, rotary embedding, the
-residual stream and the final L2 normalisation stay in float32, because a Qwen2-VL tower built
-entirely in fp16 is known to collapse.
+Numerics: matmuls and the MLPs' hidden activations run in `dtype` (float32 or float16); norms,
+softmax, rotary embedding, the residual stream and the final L2 normalisation stay in float32,
+because a Qwen2-VL tower built entirely in fp16 is known to collapse.
+
+Memory: the vision tower attends over up to 3072 patches per image (768 visual tokens); its
+float32 score matrix is 38 MB per head there. Attention runs over blocks of `HEADS_PER_BLOCK`
+heads one after the other, so a runtime that does not fuse attention (ONNX Runtime on CPU or CUDA)
+holds one block's scores at a time instead of all heads' (`python -m bench.memory`). TensorRT
+fuses each block's attention anyway.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from torch import nn
 from model_repository.colqwen2_serving.grid import PATCH_SIZE, PATCH_VALUES, PATCHES_PER_TOKEN
 
 _NEG = torch.finfo(torch.float32).min
+HEADS_PER_BLOCK = 2  # vision attention heads computed together (16 heads of the real model: 8 blocks)
 
 
 def _linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
@@ -68,6 +75,22 @@ def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Te
     scores = torch.matmul(q, k.transpose(-1, -2)).float() * (q.shape[-1] ** -0.5)
     probs = torch.softmax(scores + bias, dim=-1).to(dtype)
     return torch.matmul(probs, v)
+
+
+def _blocked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """`_attention` over blocks of HEADS_PER_BLOCK heads in turn, concatenated: the same result, one
+    block's score matrix alive at a time."""
+    heads = q.shape[1]
+    blocks = [
+        _attention(q[:, i : i + HEADS_PER_BLOCK], k[:, i : i + HEADS_PER_BLOCK], v[:, i : i + HEADS_PER_BLOCK], bias)
+        for i in range(0, heads, HEADS_PER_BLOCK)
+    ]
+    return blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=1)
+
+
+def _in_dtype(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
+    """Linear in the layer's dtype, kept in that dtype (the MLPs' wide hidden activations)."""
+    return F.linear(x.to(layer.weight.dtype), layer.weight, layer.bias)
 
 
 def _rotary(positions: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
@@ -117,9 +140,10 @@ class VisionEncoderGraph(nn.Module):
             q = q * cos + _rotate_half(q) * sin
             k = k * cos + _rotate_half(k) * sin
             dtype = blk.attn.qkv.weight.dtype
-            o = _attention(q.transpose(1, 2).to(dtype), k.transpose(1, 2).to(dtype), v.transpose(1, 2).to(dtype), bias)
+            q, k, v = (t.transpose(1, 2).to(dtype) for t in (q, k, v))
+            o = _blocked_attention(q, k, v, bias)
             h = h + _linear(o.transpose(1, 2).reshape(b, n, e), blk.attn.proj)
-            y = _linear(_layer_norm(h, blk.norm2), blk.mlp.fc1)
+            y = _in_dtype(_layer_norm(h, blk.norm2), blk.mlp.fc1)
             y = y * torch.sigmoid(1.702 * y)  # quick_gelu, as Qwen2-VL's vision MLP
             h = h + _linear(y, blk.mlp.fc2)
         merger = self.visual.merger
@@ -195,7 +219,7 @@ class TextEncoderGraph(nn.Module):
             h = h + _linear(o.transpose(1, 2).reshape(b, length, self.heads * self.head_dim), attn.o_proj)
             x = _rms_norm(h, layer.post_attention_layernorm)
             mlp = layer.mlp
-            x = F.silu(_linear(x, mlp.gate_proj)) * _linear(x, mlp.up_proj)
+            x = F.silu(_in_dtype(x, mlp.gate_proj)) * _in_dtype(x, mlp.up_proj)
             h = h + _linear(x, mlp.down_proj)
         e = _linear(_rms_norm(h, self.lm.norm), self.proj)
         # The reference divides by the norm with no epsilon; the clamp only matters where it would

@@ -5,8 +5,9 @@
 A deployment serves one precision by default: `fp16` (FP16 graphs on a GPU host, FP32 on a
 CPU-only host) or `int8` (the QDQ graphs TensorRT builds INT8 kernels from on a GPU host, ONNX
 Runtime's dynamic INT8 on a CPU host); `--precision fp16,int8` serves both. Each precision loads
-one vision encoder and one text encoder, and the text encoder serves both the image and the query
-ensemble, so the language tower's weights are loaded once per precision.
+one encoder model, `colqwen2_encoder_<variant>`: the vision graph and the one text graph in one
+process, serving both the image and the query ensemble, so the language tower's weights (and, on
+a GPU, the CUDA context) are paid once per precision.
 
 | public ensemble | serves |
 |---|---|
@@ -36,20 +37,21 @@ HERE = Path(__file__).resolve().parent
 TEMPLATES = HERE / "templates"
 LIBRARY = HERE / "colqwen2_serving"
 PREPROCESS = "colqwen2_preprocess"
+ENCODER = "colqwen2_encoder"  # the template
 PRECISIONS = ("fp16", "int8")  # what a deployment can serve; the variant depends on the host
 HOST_VARIANTS = {"gpu": {"fp16": "fp16", "int8": "int8"}, "cpu": {"fp16": "fp32", "int8": "int8_dynamic"}}
 ONNX_FILES = {"vision": "vision_encoder.onnx", "text": "text_encoder.onnx"}
 WARMUP_QUERY = "a price history chart"
-WARMUP_GRID = (2, 2)  # the smallest image: 4 visual tokens, 16 patches (the vision template's warmup)
+WARMUP_GRID = (2, 2)  # the smallest image: 4 visual tokens, 16 patches (the encoder template's warmup)
 
 
 class RenderError(Exception):
     pass
 
 
-def encoder_name(kind: str, variant: str) -> str:
-    """`colqwen2_vision_<variant>` or `colqwen2_text_<variant>`."""
-    return f"colqwen2_{kind}_{variant}"
+def encoder_name(variant: str) -> str:
+    """`colqwen2_encoder_<variant>`: the vision and text graphs of one variant."""
+    return f"colqwen2_encoder_{variant}"
 
 
 def fill_template(text: str, values: dict[str, object], source: str = "template") -> str:
@@ -108,7 +110,7 @@ class RenderOptions:
 
 # Per host: vision call (patches, images), text call (tokens, sequences). On a CPU, a call over many
 # large images costs gigabytes and no speed; on a GPU the budget bounds the activation memory
-# (`python -m bench.memory` computes it from the graphs) and the TensorRT profile.
+# (`python -m bench.memory` computes it from the graphs) and the TensorRT profile's box.
 SESSION_BUDGETS = {
     "cpu": {
         "max_session_patches": 4096,
@@ -130,7 +132,7 @@ class Plan:
     """What one render writes: the host, the encoder pairs to load and what each ensemble serves."""
 
     device: str
-    encoders: dict[str, tuple[str, str]]  # model name -> (kind, variant)
+    encoders: dict[str, str]  # model name -> variant
     ensembles: dict[str, tuple[str, str, str]]  # public ensemble -> (template, precision, variant)
 
 
@@ -156,11 +158,7 @@ def plan(opts: RenderOptions, device: str, available: set[str]) -> Plan:
     for variant in opts.extra_variants:
         if variant not in available:
             raise RenderError(f"extra variant {variant} is not in {opts.artifacts}")
-    encoders = {
-        encoder_name(kind, variant): (kind, variant)
-        for variant in [*variants, *opts.extra_variants]
-        for kind in ONNX_FILES
-    }
+    encoders = {encoder_name(variant): variant for variant in [*variants, *opts.extra_variants]}
     return Plan(
         device,
         encoders,
@@ -235,10 +233,14 @@ def template_values(
         **budgets,
     }
     warmup_ids = np.asarray(tokenizer.token_ids(WARMUP_QUERY), dtype="<i8")
-    values["warmup_tokens"] = len(warmup_ids)
+    prompt_ids = np.asarray(tokenizer.image_prompt_ids(WARMUP_GRID[0] * WARMUP_GRID[1]), dtype="<i8")
+    values["warmup_tokens"], values["warmup_prompt_tokens"] = len(warmup_ids), len(prompt_ids)
     warmup = {
-        "vision": {"grid": np.asarray(WARMUP_GRID, dtype="<i4")},
-        "text": {"input_ids": warmup_ids, "attention_mask": np.ones_like(warmup_ids)},
+        "input_ids": warmup_ids,
+        "attention_mask": np.ones_like(warmup_ids),
+        "prompt_ids": prompt_ids,
+        "prompt_mask": np.ones_like(prompt_ids),
+        "grid": np.asarray(WARMUP_GRID, dtype="<i4"),
     }
     return values, warmup
 
@@ -277,17 +279,16 @@ def write_preprocess(repo: Path, values: dict[str, object], artifacts: Path) -> 
 
 def write_encoders(repo: Path, the_plan: Plan, values: dict[str, object], warmup: dict, opts: RenderOptions) -> None:
     artifacts = opts.artifacts.resolve()
-    for model, (kind, variant) in the_plan.encoders.items():
-        template = f"colqwen2_{kind}"
-        write_config(repo, template, model, values | {"name": model, "precision": variant})
-        write_model_code(repo / model, template)
+    for model, variant in the_plan.encoders.items():
+        write_config(repo, ENCODER, model, values | {"name": model, "precision": variant})
+        write_model_code(repo / model, ENCODER)
         onnx_dir = repo / model / "1" / "onnx"
         if opts.copy:
             shutil.copytree(artifacts / variant, onnx_dir, ignore=shutil.ignore_patterns("*.txt"))
         else:
             onnx_dir.symlink_to(artifacts / variant, target_is_directory=True)
         (repo / model / "warmup").mkdir()
-        for name, array in warmup[kind].items():
+        for name, array in warmup.items():
             array.tofile(repo / model / "warmup" / name)
 
 
@@ -295,8 +296,8 @@ def write_ensembles(repo: Path, the_plan: Plan, values: dict[str, object]) -> di
     """The public ensembles; returns which variant each serves."""
     served = {}
     for ensemble, (template, _, variant) in the_plan.ensembles.items():
-        names = {"vision": encoder_name("vision", variant), "text": encoder_name("text", variant)}
-        write_config(repo, template, ensemble, values | {"name": ensemble, "precision": variant} | names)
+        names = {"name": ensemble, "precision": variant, "encoder": encoder_name(variant)}
+        write_config(repo, template, ensemble, values | names)
         (repo / ensemble / "1").mkdir()  # ensembles still need a version folder
         served[ensemble] = variant
     return served

@@ -48,6 +48,9 @@ class InferenceRequest:
     def __init__(self, inputs: dict[str, np.ndarray]) -> None:
         self.inputs = {k: Tensor(k, v) for k, v in inputs.items()}
 
+    def inputs_as_arrays(self) -> dict[str, np.ndarray]:
+        return {k: t.as_numpy() for k, t in self.inputs.items()}
+
 
 class InferenceResponse:
     def __init__(self, output_tensors: list[Tensor] | None = None, error: TritonError | None = None) -> None:

@@ -22,11 +22,11 @@ def test_serving_benchmark_smoke(tiny_artifacts, tmp_path):
     # Native resolution embeds the workload's photos on larger grids than 448 x 448 (271 vectors each).
     rate = {lv["config"]: lv["vectors_per_s"] / lv["images_per_s"] for lv in levels if lv["concurrency"] == 4}
     assert rate["fixed448-fp32"] == pytest.approx(271) and rate["native-fp32"] > 271
-    # The statistics API saw both encoders execute: at most 4 requests per execution at 4 in flight.
-    assert all(1 <= lv["vision_batch"] <= lv["concurrency"] and 1 <= lv["text_batch"] for lv in levels)
-    # Server-side time per request: preprocessing, vision and text computed, within the client's latency.
-    assert all(0 < lv["vision_ms"] and 0 < lv["text_ms"] and 0 < lv["preprocess_ms"] for lv in levels)
-    assert all(lv["queue_ms"] + lv["preprocess_ms"] + lv["vision_ms"] + lv["text_ms"] < lv["mean_ms"] for lv in levels)
+    # The statistics API saw the encoder execute: at most 4 requests per execution at 4 in flight.
+    assert all(1 <= lv["encoder_batch"] <= lv["concurrency"] for lv in levels)
+    # Server-side time per request: preprocessing and the encoder computed, within the client's latency.
+    assert all(0 < lv["encoder_ms"] and 0 < lv["preprocess_ms"] for lv in levels)
+    assert all(lv["queue_ms"] + lv["preprocess_ms"] + lv["encoder_ms"] < lv["mean_ms"] for lv in levels)
     assert all(len(lv["latencies_ms"]) == lv["requests"] for lv in levels)
     assert all(lv["peak_gpu_mb"] is None for lv in levels)  # a CPU host measures no GPU memory
     assert len(result["in_process_runs"]) == 2  # before and after the sweep
@@ -87,10 +87,9 @@ def test_gpu_targets_from_levels():
     from bench.serving import Level, targets
 
     def level(config: str, concurrency: int, rate: float, p50: float, gpu_mb: float) -> Level:
-        ms = dict(p50_ms=p50, p95_ms=p50, p99_ms=p50, mean_ms=p50, vision_ms=1.0, text_ms=1.0, preprocess_ms=1.0,
-                  queue_ms=0.0)  # fmt: skip
+        ms = dict(p50_ms=p50, p95_ms=p50, p99_ms=p50, mean_ms=p50, encoder_ms=1.0, preprocess_ms=1.0, queue_ms=0.0)
         return Level(config, "grpc", concurrency, 64, images_per_s=rate, vectors_per_s=rate * 400,
-                     vision_batch=1.0, text_batch=1.0, peak_rss_mb=900.0, peak_gpu_mb=gpu_mb, errors=0,
+                     encoder_batch=1.0, peak_rss_mb=900.0, peak_gpu_mb=gpu_mb, errors=0,
                      latencies_ms=[], **ms)  # fmt: skip
 
     levels = [

@@ -81,7 +81,7 @@ def test_entrypoint_renders_the_repository_it_serves(tiny_artifacts, tmp_path):
     assert (
         f"--model-repository={tmp_path / 'repo'}" in result.stdout and "--disable-auto-complete-config" in result.stdout
     )
-    config = (tmp_path / "repo" / "colqwen2_vision_fp16" / "config.pbtxt").read_text()
+    config = (tmp_path / "repo" / "colqwen2_encoder_fp16" / "config.pbtxt").read_text()
     assert "KIND_GPU" in config and "/models/trt-cache" in config
     served = json.loads((tmp_path / "repo" / "render.json").read_text())
     assert served["ensembles"] == {"colqwen2": "fp16", "colqwen2_query": "fp16"} and served["max_visual_tokens"] == 256

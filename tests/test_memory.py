@@ -18,7 +18,7 @@ from bench import memory
 
 VARIANTS = ("fp32", "fp16", "int8", "int8_dynamic")
 # Shape vectors and scalars the exporter and the quantizer's preprocessing add: graph constants, not parameters.
-_CONSTANT = re.compile(r"^(val_\d+|const_\w+)$")
+_CONSTANT = re.compile(r"^(val_\d+|const_\w+|scalar_tensor\w*)$")
 
 
 def _bytes(init: onnx.TensorProto) -> int:

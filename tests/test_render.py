@@ -30,14 +30,8 @@ def test_rendered_configs_are_complete_and_consistent(tiny_artifacts, tmp_path, 
     models = configs(repo)
     assert "${" not in "".join(p.read_text() for p in repo.glob("*/config.pbtxt"))
     full = "fp16" if device == "gpu" else "fp32"
-    # One precision by default: one vision encoder and one text encoder, the text encoder shared.
-    assert set(models) == {
-        "colqwen2",
-        "colqwen2_query",
-        "colqwen2_preprocess",
-        f"colqwen2_vision_{full}",
-        f"colqwen2_text_{full}",
-    }
+    # One precision by default: one encoder model (vision and text graphs), shared by both ensembles.
+    assert set(models) == {"colqwen2", "colqwen2_query", "colqwen2_preprocess", f"colqwen2_encoder_{full}"}
     for name, config in models.items():
         assert config.name == name and config.max_batch_size >= 32
         if config.platform == "ensemble":
@@ -49,10 +43,10 @@ def test_rendered_configs_are_complete_and_consistent(tiny_artifacts, tmp_path, 
             assert (repo / name / "1" / "model.py").exists()
     image_steps = [step.model_name for step in models["colqwen2"].ensemble_scheduling.step]
     query_steps = [step.model_name for step in models["colqwen2_query"].ensemble_scheduling.step]
-    assert image_steps[-1] == query_steps[-1] == f"colqwen2_text_{full}"
+    assert image_steps[-1] == query_steps[-1] == f"colqwen2_encoder_{full}"
     assert [o.name for o in models["colqwen2"].output] == ["embeddings", "num_vectors", "pooled", "grid"]
     assert models["colqwen2"].parameters["precision"].string_value == full
-    encoder = models[f"colqwen2_vision_{full}"]
+    encoder = models[f"colqwen2_encoder_{full}"]
     assert encoder.instance_group[0].kind == (
         model_config_pb2.ModelInstanceGroup.KIND_GPU
         if device == "gpu"
@@ -62,7 +56,7 @@ def test_rendered_configs_are_complete_and_consistent(tiny_artifacts, tmp_path, 
     assert pre["resolution"].string_value == "native" and pre["max_visual_tokens"].string_value == "768"
     assert pre["checkpoint"].string_value
     assert (repo / "colqwen2_preprocess" / "1" / "processor" / "tokenizer.json").exists()
-    assert (repo / f"colqwen2_vision_{full}" / "warmup" / "grid").stat().st_size == 8
+    assert (repo / f"colqwen2_encoder_{full}" / "warmup" / "grid").stat().st_size == 8
 
 
 def test_both_precisions_on_request(tiny_artifacts, tmp_path):
@@ -88,7 +82,7 @@ def test_max_visual_tokens_caps_the_pixels_and_is_checked(tiny_artifacts, tmp_pa
     pre = models["colqwen2_preprocess"].parameters
     assert (pre["max_visual_tokens"].string_value, pre["max_pixels"].string_value) == ("256", str(256 * 784))
     assert models["colqwen2"].parameters["max_visual_tokens"].string_value == "256"
-    assert models["colqwen2_text_fp32"].parameters["max_prompt_tokens"].string_value == str(256 + 15)
+    assert models["colqwen2_encoder_fp32"].parameters["max_prompt_tokens"].string_value == str(256 + 15)
     for bad in (3, 769):
         with pytest.raises(RenderError, match=rf"max_visual_tokens {bad} is outside \[4, 768\]"):
             render(RenderOptions(tiny_artifacts, tmp_path / "bad", device="cpu", max_visual_tokens=bad))
@@ -100,7 +94,7 @@ def test_max_visual_tokens_caps_the_pixels_and_is_checked(tiny_artifacts, tmp_pa
 
 def test_copy_makes_a_self_contained_repository(tiny_artifacts, tmp_path):
     repo = render(RenderOptions(tiny_artifacts, tmp_path / "repo", device="cpu", copy=True))
-    onnx = repo / "colqwen2_vision_fp32" / "1" / "onnx"
+    onnx = repo / "colqwen2_encoder_fp32" / "1" / "onnx"
     assert not onnx.is_symlink() and (onnx / "vision_encoder.onnx").is_file()
 
 

@@ -14,6 +14,7 @@ from model_repository.colqwen2_serving.preprocess import image_item
 from model_repository.colqwen2_serving.prompts import PromptTokenizer, left_pad
 from model_repository.colqwen2_serving.runners import (
     Budget,
+    EncoderRunner,
     TextRunner,
     VisionRunner,
     pooled_vectors,
@@ -74,56 +75,80 @@ def test_plan_calls_groups_by_size_within_the_budget():
     assert calls == [[1, 3], [4, 0], [2], [5]]  # small ones together; those over budget alone
 
 
+def encoder(parts, vision_session=None, text_session=None) -> EncoderRunner:
+    tokenizer, vision, text, _ = parts
+    return EncoderRunner(
+        VisionRunner(vision_session or vision, HIDDEN, Budget(4096, 8)),
+        TextRunner(text_session or text, tokenizer.pad_id, tokenizer.image_token_id, HIDDEN, Budget(8192, 32)),
+    )
+
+
+def image_requests(parts, images) -> tuple:
+    """What the preprocess model sends for these images in one request: prompts, PATCHES, GRID."""
+    tokenizer, _, _, limits = parts
+    items = [image_item(native(image, limits)) for image in images]
+    patches, grids = image_request(items)
+    ids, mask = left_pad([tokenizer.image_prompt_ids(r * c) for r, c in grids.tolist()], tokenizer.pad_id)
+    return ids, mask, patches, grids
+
+
 def test_mixed_grids_batch_in_budgeted_calls_and_match_alone(parts):
-    _, vision, _, limits = parts
     images = [
         product_image(1, 1500, 1500),
         keepa_chart(2, 500, 200),
         keepa_chart(3, 1000, 400),
         product_image(4, 40, 40),
     ]
-    items = [image_item(native(image, limits)) for image in images]
-    counting = Counting(vision, "patches")
-    runner = VisionRunner(counting, HIDDEN, Budget(4096, 8))
-    together = runner.run([image_request(items[:2]), image_request(items[2:3]), image_request(items[3:])])
+    requests = [
+        image_requests(parts, images[:2]),
+        image_requests(parts, images[2:3]),
+        image_requests(parts, images[3:]),
+    ]
+    counting = Counting(parts[1], "patches")
+    together = encoder(parts, vision_session=counting).run(requests)
     assert counting.calls[0][0] == 2 and all(b * n <= 4096 or b == 1 for b, n in counting.calls)
-    assert together[0].shape == (2, items[0].grid[0] * items[0].grid[1], HIDDEN)
-    alone = VisionRunner(vision, HIDDEN, Budget(4096, 8))
-    for request, (k, item) in [(0, (0, items[0])), (0, (1, items[1])), (1, (0, items[2])), (2, (0, items[3]))]:
-        n = item.grid[0] * item.grid[1]
-        single = alone.run([image_request([item])])[0][0]
-        assert np.abs(together[request][k, :n] - single).max() < 1e-5
-        assert (together[request][k, n:] == 0).all()
+    assert together[0].embeddings.shape[0] == 2 and together[0].num_vectors[1, 0] == 7 * 18 + 15
+    alone = encoder(parts)
+    for r, k, image in [(0, 0, images[0]), (0, 1, images[1]), (1, 0, images[2]), (2, 0, images[3])]:
+        single = alone.run([image_requests(parts, [image])])[0]
+        n = int(single.num_vectors[0, 0])
+        assert together[r].num_vectors[k, 0] == n and (together[r].embeddings[k, n:] == 0).all()
+        assert np.abs(together[r].embeddings[k, :n] - single.embeddings[0]).max() < 1e-5
 
 
-def test_malformed_vision_requests_fail_alone(parts):
-    _, vision, _, limits = parts
-    good = image_request([image_item(native(keepa_chart(1, 500, 200), limits))])
-    runner = VisionRunner(vision, HIDDEN, Budget(4096, 8))
-    results = runner.run([good, (good[0], np.array([[99, 99]], np.int32)), (good[0].astype(np.int32), good[1])])
-    assert results[0].shape[0] == 1
+def test_malformed_requests_fail_alone(parts):
+    good = image_requests(parts, [keepa_chart(1, 500, 200)])
+    ids, mask, patches, grids = good
+    runner = encoder(parts)
+    results = runner.run(
+        [
+            good,
+            (ids, mask, patches, np.array([[99, 99]], np.int32)),
+            (ids, mask, patches.astype(np.int32), grids),
+            (ids, mask, patches, None),
+            (*left_pad([parts[0].image_prompt_ids(7 * 18 - 1)], parts[0].pad_id), patches, grids),
+        ]
+    )
+    assert results[0].num_vectors.tolist() == [[141]]
     assert isinstance(results[1], InputError) and "needs 39204 patches" in str(results[1])
     assert isinstance(results[2], InputError) and "PATCHES must be uint8" in str(results[2])
+    assert isinstance(results[3], InputError) and "PATCHES and GRID come together" in str(results[3])
+    assert isinstance(results[4], InputError) and "image tokens for grids" in str(results[4])
 
 
-def test_image_prompts_and_queries_share_the_text_runner(parts):
-    tokenizer, vision, text, limits = parts
-    item = image_item(native(keepa_chart(5, 500, 200), limits))
-    visual = VisionRunner(vision, HIDDEN, Budget(4096, 8)).run([image_request([item])])[0]
-    ids, mask = left_pad([tokenizer.image_prompt_ids(item.grid[0] * item.grid[1])], tokenizer.pad_id)
-    image_request_ = (ids, mask, visual, np.array([item.grid], np.int32))
+def test_image_prompts_and_queries_share_the_text_calls(parts):
+    tokenizer = parts[0]
+    image = image_requests(parts, [keepa_chart(5, 500, 200)])
     queries = tokenizer.encode([b"a much longer query about prices", b"lego"])
-    counting = Counting(text, "input_ids")
-    runner = TextRunner(counting, tokenizer.pad_id, tokenizer.image_token_id, HIDDEN, Budget(8192, 32))
-    together = runner.run([(*queries, None, None), image_request_])
-    assert together[1].num_vectors.tolist() == [[len(ids[0])]] and together[0].embeddings.shape[0] == 2
-    alone = TextRunner(text, tokenizer.pad_id, tokenizer.image_token_id, HIDDEN, Budget(8192, 32))
-    assert np.abs(together[1].embeddings - alone.run([image_request_])[0].embeddings).max() < 1e-5
+    counting = Counting(parts[2], "input_ids")
+    together = encoder(parts, text_session=counting).run([(*queries, None, None), image])
+    assert len(counting.calls) == 1 and counting.calls[0][0] == 3  # two queries and one image prompt, one call
+    assert together[1].num_vectors.tolist() == [[141]] and together[0].embeddings.shape[0] == 2
+    alone = encoder(parts)
+    assert np.abs(together[1].embeddings - alone.run([image])[0].embeddings).max() < 1e-5
     assert np.abs(together[0].embeddings - alone.run([(*queries, None, None)])[0].embeddings).max() < 1e-5
     n = int(together[0].num_vectors[1, 0])
     assert (together[0].embeddings[1, n:] == 0).all()  # rows past num_vectors are zero
-    bad = runner.run([(ids, mask, visual, None), (ids, mask, visual[:, :3], np.array([item.grid], np.int32))])
-    assert "VISUAL and GRID come together" in str(bad[0]) and "image tokens for grids" in str(bad[1])
 
 
 def test_a_failing_call_is_retried_one_by_one():

@@ -104,24 +104,15 @@ def test_every_size_gets_colpalis_vectors_at_native_resolution(http, references,
 
 
 def through(client, variant: str, data: bytes) -> np.ndarray:
-    """preprocess -> vision -> text of one variant, model by model (the extra variants have no ensemble)."""
+    """preprocess -> the encoder of one variant, model by model (the extra variants have no ensemble)."""
     pre = client.infer("colqwen2_preprocess", [image_input(httpclient, data, "IMAGE")])
-    patches = httpclient.InferInput("PATCHES", list(pre.as_numpy("PATCHES").shape), "UINT8")
-    patches.set_data_from_numpy(pre.as_numpy("PATCHES"), binary_data=True)
-    grid = httpclient.InferInput("GRID", [1, 2], "INT32")
-    grid.set_data_from_numpy(pre.as_numpy("GRID"), binary_data=True)
-    visual = client.infer(f"colqwen2_vision_{variant}", [patches, grid]).as_numpy("VISUAL")
     inputs = []
-    for name, array, kind in (
-        ("INPUT_IDS", pre.as_numpy("INPUT_IDS"), "INT64"),
-        ("ATTENTION_MASK", pre.as_numpy("ATTENTION_MASK"), "INT64"),
-        ("VISUAL", visual, "FP32"),
-        ("GRID", pre.as_numpy("GRID"), "INT32"),
-    ):
+    for name, kind in (("INPUT_IDS", "INT64"), ("ATTENTION_MASK", "INT64"), ("PATCHES", "UINT8"), ("GRID", "INT32")):
+        array = pre.as_numpy(name)
         tensor = httpclient.InferInput(name, list(array.shape), kind)
         tensor.set_data_from_numpy(array, binary_data=True)
         inputs.append(tensor)
-    return client.infer(f"colqwen2_text_{variant}", inputs).as_numpy("EMBEDDINGS")[0]
+    return client.infer(f"colqwen2_encoder_{variant}", inputs).as_numpy("EMBEDDINGS")[0]
 
 
 @pytest.mark.parametrize(("variant", "cos_mean"), [("fp16", 0.999), ("int8", 0.995)])
@@ -165,11 +156,11 @@ def burst(http, model: str, payloads: list, make_input) -> list:
 
 
 def test_a_burst_of_mixed_sizes_gets_what_each_image_gets_alone(http, triton_server):
-    """Every size twice, all in flight at once: the vision and text encoders batch images of different
-    grids (max abs against alone is 0 to 2e-7 at fp32 here; the bound is 1e-4)."""
+    """Every size twice, all in flight at once: the encoder batches images of different grids (max abs
+    against alone is about 1e-7 at fp32 here; the bound is 1e-4)."""
     payloads = [encode(sample(size, seed), "PNG") for seed in (1, 2) for size in SIZES]
     alone = [infer(http, "colqwen2", image_input(httpclient, p)) for p in payloads]
-    before = {m: batch_sizes(http, m) for m in ("colqwen2_vision_fp32", "colqwen2_text_fp32")}
+    before = {m: batch_sizes(http, m) for m in ("colqwen2_encoder_fp32",)}
     results = burst(http, "colqwen2", payloads, image_input)
     for got, single in zip(results, alone, strict=True):
         assert got["num_vectors"].tolist() == single["num_vectors"].tolist()
@@ -244,11 +235,11 @@ def test_a_burst_of_images_at_the_pixel_cap_is_answered_in_bounded_calls(http, t
     """32 photos far above the cap at once: each gets 768 visual tokens; the vision encoder never runs
     more than its patch budget (4096 on a CPU host) per call, so memory stays bounded."""
     payloads = [encode(product_image(i, 1600, 1200), "JPEG", quality=90) for i in range(32)]
-    before = batch_sizes(http, "colqwen2_vision_fp32")
+    before = batch_sizes(http, "colqwen2_encoder_fp32")
     results = burst(http, "colqwen2", payloads, image_input)
     assert all(isinstance(r, dict) and r["grid"][0, 0] * r["grid"][0, 1] <= 768 for r in results)
     assert {int(r["num_vectors"][0, 0]) for r in results} == {24 * 32 + 15}
-    after = batch_sizes(http, "colqwen2_vision_fp32")
+    after = batch_sizes(http, "colqwen2_encoder_fp32")
     assert sum(after.values()) > sum(before.values())
     assert http.is_server_ready()
 

@@ -1,4 +1,4 @@
-"""Run a batch of Triton requests through an encoder graph and shape each request's answer.
+"""Run a batch of Triton requests through the encoder graphs and shape each request's answer.
 
 Triton's dynamic batcher hands a Python model a list of requests, each with one or more items of
 its own size. A runner checks each request on its own (a malformed one fails alone), pools the
@@ -6,12 +6,16 @@ items of all valid requests, groups them into ONNX Runtime calls of similar size
 budget (`feeds.plan_calls`), and answers every request in order. If a call fails, its items are
 retried one by one, so one bad item cannot fail its neighbours.
 
-- `VisionRunner`: PATCHES uint8 [n, N, 588] + GRID int32 [n, 2] -> VISUAL float32 [n, V, hidden]
-  (each image's visual features, zero rows after its own rows * cols).
-- `TextRunner`: INPUT_IDS / ATTENTION_MASK int64 [n, T] (left padded), and for image prompts
-  VISUAL + GRID -> the service's three outputs: EMBEDDINGS [n, rows, 128] (valid vectors first,
-  zero rows after), NUM_VECTORS [n, 1], POOLED [n, 128] (the mean of the valid vectors,
-  L2-normalised).
+- `VisionRunner`: images (PATCHES uint8 [n, N, 588] + GRID int32 [n, 2]) -> each image's visual
+  features [rows * cols, hidden].
+- `TextRunner`: token sequences (queries, or image prompts with their visual features) -> vectors.
+- `EncoderRunner`, what the `colqwen2_encoder_<variant>` model runs: image requests (INPUT_IDS /
+  ATTENTION_MASK of the image prompt, PATCHES, GRID) through the vision graph and then the text
+  graph, query requests (INPUT_IDS / ATTENTION_MASK) through the text graph, the text calls shared
+  by both -> the service's three outputs: EMBEDDINGS [n, rows, 128] (valid vectors first, zero rows
+  after), NUM_VECTORS [n, 1], POOLED [n, 128] (the mean of the valid vectors, L2-normalised).
+  Both graphs live in one process: the language tower's weights and the runtime (a CUDA context
+  on a GPU) are paid once, and visual features never cross a process boundary.
 """
 
 from __future__ import annotations
@@ -48,18 +52,12 @@ def pooled_vectors(vectors: np.ndarray, counts: np.ndarray) -> np.ndarray:
     return (mean / np.maximum(norm, 1e-12)).astype(np.float32)
 
 
-def pad_rows(rows: Sequence[np.ndarray], width: int, dtype=np.float32) -> np.ndarray:
-    """Per-item arrays [len_i, width] -> [n, max len, width], zero after each item's rows."""
-    out = np.zeros((len(rows), max(len(r) for r in rows), width), dtype=dtype)
-    for i, r in enumerate(rows):
-        out[i, : len(r)] = r
-    return out
-
-
 def pack(rows: Sequence[np.ndarray]) -> Embedded:
     """Per-item vectors of different lengths -> one request's padded outputs."""
     counts = np.array([len(r) for r in rows], dtype=np.int32)
-    out = pad_rows(rows, EMBEDDING_DIM)
+    out = np.zeros((len(rows), int(counts.max()), EMBEDDING_DIM), dtype=np.float32)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
     return Embedded(out, counts[:, None], pooled_vectors(out, counts))
 
 
@@ -94,35 +92,8 @@ def run_calls(items: Sequence, costs: Sequence[int], budget: Budget, call: Calla
     return results
 
 
-def answer(requests: Sequence, check: Callable, split: Callable, results_for: Callable, assemble: Callable) -> list:
-    """Refuse malformed requests one by one, run the items of the rest together, answer in request order.
-
-    `split(request)` -> the request's items; `results_for(items)` -> one result (or exception) per
-    item; `assemble(results)` -> the request's answer. A request with a failed item fails with it.
-    """
-    answers: list = [check(r) for r in requests]
-    owners: list[int] = []
-    items: list = []
-    for r, request in enumerate(requests):
-        if answers[r] is None:
-            parts = split(request)
-            owners += [r] * len(parts)
-            items += parts
-    results = results_for(items) if items else []
-    by_request: dict[int, list] = {}
-    for owner, result in zip(owners, results, strict=True):
-        by_request.setdefault(owner, []).append(result)
-    for r, got in by_request.items():
-        failed = next((x for x in got if isinstance(x, Exception)), None)
-        if failed is not None:
-            answers[r] = failed if len(got) == 1 else type(failed)(f"item {got.index(failed)}: {failed}")
-        else:
-            answers[r] = assemble(got)
-    return answers
-
-
 class VisionRunner:
-    """(PATCHES [n, N, 588] uint8, GRID [n, 2] int32) per request -> VISUAL [n, V, hidden] float32 per request."""
+    """Images of any grids -> each image's visual features, in budgeted calls grouped by size."""
 
     def __init__(self, session, hidden: int, budget: Budget) -> None:
         self.session = session
@@ -156,17 +127,12 @@ class VisionRunner:
         return [f.astype(np.float32, copy=False) for f in split_visual(features, items)]
 
     def visual_features(self, items: Sequence[ImageItem]) -> list:
+        """Each image's visual features [rows * cols, hidden], or the exception its call raised."""
         return run_calls(items, [item.n_patches for item in items], self.budget, self._call)
-
-    def run(self, requests: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray | Exception]:
-        return answer(requests, self.check, self.items, self.visual_features, lambda rows: pad_rows(rows, self.hidden))
-
-
-TextRequest = tuple[np.ndarray, np.ndarray, "np.ndarray | None", "np.ndarray | None"]  # ids, mask, visual, grid
 
 
 class TextRunner:
-    """Queries and image prompts, per request -> Embedded per request."""
+    """Token sequences (queries, or image prompts with their visual features) -> vectors per sequence."""
 
     def __init__(self, session, pad_id: int, image_token_id: int, hidden: int, budget: Budget) -> None:
         self.session = session
@@ -174,41 +140,6 @@ class TextRunner:
         self.image_token_id = image_token_id
         self.hidden = hidden
         self.budget = budget
-
-    def check(self, request: TextRequest) -> InputError | None:
-        ids, mask, visual, grids = request
-        if ids.shape != mask.shape or ids.ndim != 2:
-            return InputError(f"INPUT_IDS {list(ids.shape)} and ATTENTION_MASK {list(mask.shape)} must both be [n, T]")
-        if not np.isin(mask, (0, 1)).all() or (np.diff(mask, axis=1) < 0).any():
-            return InputError("ATTENTION_MASK must be 0/1 with padding on the left (as the preprocess model emits)")
-        if (mask.sum(axis=1) == 0).any():
-            return InputError("a sequence has no tokens")
-        if (visual is None) != (grids is None):
-            return InputError("VISUAL and GRID come together (an image prompt) or not at all (a query)")
-        if visual is not None and grids is not None:
-            n = ids.shape[0]
-            if visual.ndim != 3 or visual.shape[0] != n or visual.shape[2] != self.hidden or grids.shape != (n, 2):
-                return InputError(
-                    f"VISUAL must be [{n}, V, {self.hidden}] and GRID [{n}, 2], got {list(visual.shape)}, "
-                    f"{list(grids.shape)}"
-                )
-            tokens = ((ids == self.image_token_id) & (mask == 1)).sum(axis=1)
-            if (tokens != grids[:, 0] * grids[:, 1]).any() or (tokens > visual.shape[1]).any():
-                return InputError(f"image prompts hold {tokens.tolist()} image tokens for grids {grids.tolist()}")
-        return None
-
-    @staticmethod
-    def items(request: TextRequest) -> list[TextItem]:
-        ids, mask, visual, grids = request
-        out = []
-        for i in range(ids.shape[0]):
-            row = ids[i][mask[i] == 1]
-            if grids is None or visual is None:
-                out.append(TextItem(row))
-            else:
-                rows, cols = (int(x) for x in grids[i])
-                out.append(TextItem(row, visual[i, : rows * cols], (rows, cols)))
-        return out
 
     def _call(self, items: list[TextItem]) -> list[np.ndarray]:
         feeds = text_feed(items, self.pad_id, self.image_token_id, self.hidden)
@@ -218,8 +149,68 @@ class TextRunner:
     def vectors(self, items: Sequence[TextItem]) -> list:
         return run_calls(items, [len(item.input_ids) for item in items], self.budget, self._call)
 
-    def run(self, requests: Sequence[TextRequest]) -> list[Embedded | Exception]:
-        return answer(requests, self.check, self.items, self.vectors, pack)
+
+EncoderRequest = tuple[np.ndarray, np.ndarray, "np.ndarray | None", "np.ndarray | None"]  # ids, mask, patches, grid
+
+
+class EncoderRunner:
+    """Image and query requests -> Embedded per request (see the module docstring)."""
+
+    def __init__(self, vision: VisionRunner, text: TextRunner) -> None:
+        self.vision = vision
+        self.text = text
+
+    def check(self, request: EncoderRequest) -> InputError | None:
+        ids, mask, patches, grids = request
+        if ids.shape != mask.shape or ids.ndim != 2:
+            return InputError(f"INPUT_IDS {list(ids.shape)} and ATTENTION_MASK {list(mask.shape)} must both be [n, T]")
+        if not np.isin(mask, (0, 1)).all() or (np.diff(mask, axis=1) < 0).any():
+            return InputError("ATTENTION_MASK must be 0/1 with padding on the left (as the preprocess model emits)")
+        if (mask.sum(axis=1) == 0).any():
+            return InputError("a sequence has no tokens")
+        if (patches is None) != (grids is None):
+            return InputError("PATCHES and GRID come together (an image) or not at all (a query)")
+        if patches is None or grids is None:
+            return None
+        problem = VisionRunner.check((patches, grids))
+        if problem is not None:
+            return problem
+        tokens = ((ids == self.text.image_token_id) & (mask == 1)).sum(axis=1)
+        if grids.shape[0] != ids.shape[0] or (tokens != grids[:, 0] * grids[:, 1]).any():
+            return InputError(f"image prompts hold {tokens.tolist()} image tokens for grids {grids.tolist()}")
+        return None
+
+    def run(self, requests: Sequence[EncoderRequest]) -> list[Embedded | Exception]:
+        answers: list = [self.check(r) for r in requests]
+        valid = [r for r in range(len(requests)) if answers[r] is None]
+        rows = {r: [ids[mask == 1] for ids, mask in zip(requests[r][0], requests[r][1], strict=True)] for r in valid}
+        images = {r: VisionRunner.items((requests[r][2], requests[r][3])) for r in valid if requests[r][2] is not None}
+        flat = [(r, k) for r in images for k in range(len(images[r]))]
+        visual = dict(zip(flat, self.vision.visual_features([images[r][k] for r, k in flat]), strict=True))
+        owners, items = [], []
+        for r in valid:
+            for k, row in enumerate(rows[r]):
+                features = visual.get((r, k))
+                if isinstance(features, Exception):
+                    answers[r] = _item_error(features, k, len(rows[r]))
+                    break
+                item = TextItem(row) if features is None else TextItem(row, features, images[r][k].grid)
+                owners.append((r, k))
+                items.append(item)
+        results = self.text.vectors(items) if items else []
+        by_request: dict[int, list] = {}
+        for (r, k), result in zip(owners, results, strict=True):
+            by_request.setdefault(r, []).append((k, result))
+        for r, got in by_request.items():
+            if answers[r] is not None:
+                continue  # its image already failed in the vision graph
+            failed = next(((k, x) for k, x in got if isinstance(x, Exception)), None)
+            answers[r] = _item_error(failed[1], failed[0], len(got)) if failed else pack([x for _, x in got])
+        return answers
+
+
+def _item_error(error: Exception, index: int, count: int) -> Exception:
+    return error if count == 1 else type(error)(f"item {index}: {error}")
 
 
 def vision_profile(budget: Budget, max_visual_tokens: int) -> tuple:
@@ -244,22 +235,19 @@ def text_profile(budget: Budget, longest: int, hidden: int) -> tuple:
     return tuple(shapes)
 
 
-def vision_runner(params, instance_args: dict[str, str]) -> VisionRunner:
-    """A VisionRunner configured by its Triton model's parameters (sessions: TensorRT, CUDA or CPU)."""
+def encoder_runner(params, instance_args: dict[str, str]) -> EncoderRunner:
+    """The encoder model's runner, configured by its Triton parameters (sessions: TensorRT, CUDA or CPU)."""
     from .sessions import session_from_parameters
 
-    budget = Budget(params.integer("max_session_patches"), params.integer("max_session_images", 0))
-    profile = vision_profile(budget, params.integer("max_visual_tokens"))
-    session = session_from_parameters(params, instance_args, profile)
-    return VisionRunner(session, params.integer("hidden_size"), budget)
-
-
-def text_runner(params, instance_args: dict[str, str]) -> TextRunner:
-    """A TextRunner configured by its Triton model's parameters."""
-    from .sessions import session_from_parameters
-
-    budget = Budget(params.integer("max_session_tokens"), params.integer("max_session_sequences", 0))
     hidden = params.integer("hidden_size")
+    vision_budget = Budget(params.integer("max_session_patches"), params.integer("max_session_images", 0))
+    text_budget = Budget(params.integer("max_session_tokens"), params.integer("max_session_sequences", 0))
     longest = max(params.integer("max_query_tokens"), params.integer("max_prompt_tokens"))
-    session = session_from_parameters(params, instance_args, text_profile(budget, longest, hidden))
-    return TextRunner(session, params.integer("pad_token_id"), params.integer("image_token_id"), hidden, budget)
+    vision_profile_ = vision_profile(vision_budget, params.integer("max_visual_tokens"))
+    vision_session = session_from_parameters(params, instance_args, params.path("vision_model"), vision_profile_)
+    text_profile_ = text_profile(text_budget, longest, hidden)
+    text_session = session_from_parameters(params, instance_args, params.path("text_model"), text_profile_)
+    return EncoderRunner(
+        VisionRunner(vision_session, hidden, vision_budget),
+        TextRunner(text_session, params.integer("pad_token_id"), params.integer("image_token_id"), hidden, text_budget),
+    )

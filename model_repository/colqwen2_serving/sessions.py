@@ -75,7 +75,8 @@ def provider_chain(config: SessionConfig, model_path: Path, available: list[str]
                 )
             )
         elif short == "cuda":
-            chain.append((name, {"device_id": config.device_id}))
+            # Grow the arena by what is asked, not to the next power of two (which can double the reservation).
+            chain.append((name, {"device_id": config.device_id, "arena_extend_strategy": "kSameAsRequested"}))
         else:
             chain.append(name)
     if not chain:
@@ -102,8 +103,8 @@ def create_session(model_path: str | Path, config: SessionConfig):
     return session
 
 
-def session_from_parameters(params, args: dict[str, str], profile=()):
-    """A session configured by the encoder model's config parameters and Triton's instance args."""
+def session_from_parameters(params, args: dict[str, str], model_path: Path, profile=()):
+    """A session for `model_path` configured by the encoder model's config parameters and Triton's instance args."""
     on_gpu = args.get("model_instance_kind") == "GPU"
     config = SessionConfig(
         providers=parse_providers(params.text("execution_providers", ",".join(DEFAULT_PROVIDERS)))
@@ -115,4 +116,4 @@ def session_from_parameters(params, args: dict[str, str], profile=()):
         cache_dir=params.text("trt_cache_dir", ""),
         profile=tuple(profile),
     )
-    return create_session(params.path("onnx_model"), config)
+    return create_session(model_path, config)

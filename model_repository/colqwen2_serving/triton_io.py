@@ -44,15 +44,8 @@ def error_response(error: Exception, model_name: str) -> Any:
     return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, pb_utils.TritonError.INTERNAL))
 
 
-def vision_responses(results: list, dtypes: Mapping[str, np.dtype], model_name: str) -> list:
-    """Vision runner results (VISUAL per request, or the exception for that request) -> Triton responses."""
-    return [
-        error_response(r, model_name) if isinstance(r, Exception) else response({"VISUAL": r}, dtypes) for r in results
-    ]
-
-
-def text_responses(results: list, dtypes: Mapping[str, np.dtype], model_name: str) -> list:
-    """Text runner results (an `Embedded` or the exception for that request) -> Triton responses."""
+def encoder_responses(results: list, dtypes: Mapping[str, np.dtype], model_name: str) -> list:
+    """Encoder results (an `Embedded` or the exception for that request) -> Triton responses."""
     out = []
     for result in results:
         if isinstance(result, Exception):
