@@ -40,7 +40,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from functools import lru_cache
 from importlib.metadata import version
@@ -761,7 +761,7 @@ class Scenario:
     batch: int
     length: int
     visual_rows: int = 0  # text: rows of visual_features (the image prompts' visual tokens; 1 for queries)
-    in_gpu_budget: bool = False  # a call the GPU runner may send under today's SESSION_BUDGETS["gpu"]
+    in_gpu_budget: bool = False  # a call the GPU runner may send under the precision's SESSION_BUDGETS["gpu"]
     trt_box: bool = False  # the TensorRT profile's max shapes (what TensorRT may plan memory for)
     note: str = ""
 
@@ -780,11 +780,17 @@ def image_tokens(width: int, height: int, cap: int = CAP_TOKENS) -> int:
     return rows * cols
 
 
-def gpu_budgets() -> dict[str, int]:
-    """The GPU host's call budgets as `render.py` writes them today."""
+def gpu_budgets(precision: str, cap: int = CAP_TOKENS) -> dict[str, int]:
+    """A GPU host's call budgets for `precision` as `render.py` writes them, with the item counts the encoder
+    derives when they are 0 (`runners.bounded`: as many items at the cap as the budget holds)."""
     from model_repository.render import SESSION_BUDGETS
 
-    return dict(SESSION_BUDGETS["gpu"])
+    budgets = dict(SESSION_BUDGETS["gpu"][precision])
+    if not budgets["max_session_images"]:
+        budgets["max_session_images"] = max(1, budgets["max_session_patches"] // (4 * cap))
+    if not budgets["max_session_sequences"]:
+        budgets["max_session_sequences"] = max(1, budgets["max_session_tokens"] // max(QUERY_TOKENS, cap + 15))
+    return budgets
 
 
 def largest_call(budget_size: int, budget_items: int, length: int) -> int:
@@ -923,7 +929,7 @@ def deployment(precision: str, weights: Mapping[str, int], rows: Sequence[dict],
     key = "fused_attention_estimate" if "fused" in basis else "peak"
     picks = {}
     for graph in GRAPH_NAMES:
-        mine = [r for r in rows if r["graph"] == graph and (r["trt_box"] if "box" in basis else r["in_gpu_budget"])]
+        mine = [r for r in rows if r["graph"] == graph and (r["box" if "box" in basis else "in_budget"][precision])]
         best = max(mine, key=lambda r: r[key][variant])
         picks[graph] = {"scenario": best["name"], "shape": [best["batch"], best["length"]], "peak": best[key][variant]}
     total = sum(weights.values()) + sum(p["peak"] for p in picks.values()) + overhead
@@ -968,20 +974,33 @@ def run(out_dir: Path, workdir: Path, overhead_gib: float, rebuild: bool = False
     slice_info = export_slice(workdir / f"slice-{SLICE_LAYERS}", SLICE_LAYERS, rebuild=rebuild)
     folder = workdir / f"slice-{SLICE_LAYERS}"
     models = {v: {g: ActivationModel(folder / v / f"{g}.onnx") for g in GRAPH_NAMES} for v in VARIANTS}
-    budgets = gpu_budgets()
-    calls = scenarios(budgets)
+    budgets = {precision: gpu_budgets(precision) for precision in DEPLOYMENTS}
+    calls: dict[tuple, dict] = {}  # one row per distinct call; per precision whether its budgets allow it
+    for precision, precision_budgets in budgets.items():
+        for s in scenarios(precision_budgets):
+            specific = (s.in_gpu_budget and s.name.startswith("GPU")) or s.trt_box
+            key = (s.graph, s.batch, s.length, s.visual_rows, s.name if specific else "")
+            row = calls.setdefault(key, {"scenario": s, "in_budget": {}, "box": {}})
+            if specific and row["scenario"].name == s.name:
+                row["scenario"] = replace(s, name=f"{precision}: {s.name}")
+            row["in_budget"][precision] = s.in_gpu_budget
+            row["box"][precision] = s.trt_box
     rows = []
-    for s in calls:
+    for entry in calls.values():
+        s = entry["scenario"]
         peaks = {v: models[v][s.graph].peaks(s.shapes(hidden)) for v in VARIANTS}
         rows.append(
             {
                 **asdict(s),
+                "in_budget": {p: entry["in_budget"].get(p, False) for p in DEPLOYMENTS},
+                "box": {p: entry["box"].get(p, False) for p in DEPLOYMENTS},
                 "peak": {v: p[0].bytes for v, p in peaks.items()},
                 "fused_attention_estimate": {v: p[1].bytes for v, p in peaks.items()},
                 "at": {v: {"node": p[0].node, "largest": [list(x) for x in p[0].largest]} for v, p in peaks.items()},
             }
         )
         log.info("%s, %s: fp16 peak %.3f GB", s.graph, s.name, peaks["fp16"][0].bytes / GB)
+    calls = [entry["scenario"] for entry in calls.values()]
 
     # The peak is the same for any layer count from 2 on: the same calls on fp32 slices of 1, 2 and 3 layers.
     check_slices, by_layers = {}, {SLICE_LAYERS: models["fp32"]}
@@ -1009,7 +1028,7 @@ def run(out_dir: Path, workdir: Path, overhead_gib: float, rebuild: bool = False
         log.info("%s: %.3f GB left for activations; searching budgets", precision, room / GB)
         recommendations[precision] = {
             basis: recommend(models[variant]["vision_encoder"], models[variant]["text_encoder"], hidden, room,
-                             budgets["max_session_sequences"], budgets["max_session_tokens"], basis == "fused")
+                             32, budgets[precision]["max_session_tokens"], basis == "fused")
             for basis in ("unfused", "fused")
         }  # fmt: skip
         for rec in recommendations[precision].values():
@@ -1098,6 +1117,11 @@ def _gib(n: float) -> str:
     return f"{n / GIB:.3f}"
 
 
+def _which(flags: Mapping[str, bool]) -> str:
+    """The precisions whose budgets a call is in (or whose TensorRT box it is), as "fp16, int8"."""
+    return ", ".join(p for p, on in flags.items() if on)
+
+
 def _exported(r: dict) -> str:
     fresh = [s for s in (r["slice"], *r["layer_check_slices"].values()) if not s.get("reused")]
     return f"{len(fresh)} of 3, {sum(s['export_seconds'] for s in fresh):.0f} s" if fresh else "none, all reused"
@@ -1165,10 +1189,11 @@ def markdown(r: dict) -> str:
         "",
         "GB live at once during one call, weights excluded, from the graph's tensor shapes. First number: "
         "unfused (an upper bound for ONNX Runtime CPU/CUDA); in brackets: the fused-attention estimate (score "
-        "tensors not materialised, as TensorRT's fused attention). `budget`: a call the GPU runner may send "
-        "under today's budgets; `box`: TensorRT's profile maxima. Length in patches (vision) or tokens (text).",
+        "tensors not materialised, as TensorRT's fused attention). `in budget`: the precisions whose GPU budgets "
+        "let the runner send this call; `box`: whose TensorRT profile maxima it is. Length in patches (vision) or "
+        "tokens (text).",
         "",
-        "| graph | call | batch x length | budget | box | fp32 | fp16 | int8 (QDQ) | int8_dynamic | fp16 peak at |",
+        "| graph | call | batch x length | in budget | box | fp32 | fp16 | int8 (QDQ) | int8_dynamic | fp16 peak at |",
         "|---|---|---|---|---|---:|---:|---:|---:|---|",
     ]
     for a in r["activations"]:
@@ -1178,8 +1203,8 @@ def markdown(r: dict) -> str:
         size = f"{a['batch']} x {a['length']}" + (f", {a['visual_rows']} visual rows" if a["visual_rows"] else "")
         note = f" ({a['note']})" if a["note"] else ""
         lines.append(
-            f"| {a['graph']} | {a['name']}{note} | {size} | {'yes' if a['in_gpu_budget'] else 'no'} | "
-            f"{'yes' if a['trt_box'] else ''} | {cells} | {at['node'].split(' ')[0]}: {big} |"
+            f"| {a['graph']} | {a['name']}{note} | {size} | {_which(a['in_budget']) or 'no'} | "
+            f"{_which(a['box'])} | {cells} | {at['node'].split(' ')[0]}: {big} |"
         )
     lines += [
         "",
@@ -1200,8 +1225,8 @@ def markdown(r: dict) -> str:
         "Basis `call`: the largest calls ONNX Runtime can get under today's GPU budgets, unfused peaks (the "
         "verdict); `box`: TensorRT's profile maxima at unfused peaks; `fused`: the `call` calls with the "
         "fused-attention estimate; `box fused`: the profile maxima with the fused-attention estimate, the closest "
-        "to what TensorRT may plan for. The text profile's max batch is max_session_sequences (32 x 783 tokens), "
-        "three times the 8192 tokens any call holds.",
+        "to what TensorRT may plan for. Items per call left at 0 in the budgets are as many items at the cap as the "
+        "budget holds, so each TensorRT box is the call budget itself.",
         "",
         "| precision | basis | weights GB | vision call | GB | text call | GB | overhead GB | total GB | total GiB "
         "| limit GB | fits |",
@@ -1219,14 +1244,14 @@ def markdown(r: dict) -> str:
         "",
         "## Recommended GPU call budgets",
         "",
-        f"Today (`render.SESSION_BUDGETS['gpu']`): `{r['gpu_budgets_today']}`. The largest budgets whose vision + "
+        f"Today (`render.SESSION_BUDGETS['gpu']`, item counts resolved): `{r['gpu_budgets_today']}`. The largest "
+        "budgets whose vision + "
         "text peaks fit what the limit leaves after weights and overhead, at the 768-token cap: per images per "
         "vision call, the largest max_session_tokens of the text runner (max_session_sequences kept); the pick is "
         "the most images per vision call whose text budget still takes that many image prompts in one call. "
         "`unfused` is the bound to configure ONNX Runtime by; `fused` is the TensorRT estimate. TensorRT's text "
-        "profile box is max_session_sequences x 783 tokens whatever max_session_tokens is (`runners.text_profile`): "
-        "for TensorRT not to plan beyond the call budget, max_session_sequences must be at most "
-        "max_session_tokens // 783 (or text_profile must cap its batch so).",
+        "profile box is max_session_sequences x 783 tokens (`runners.text_profile`): left at 0, the sequences "
+        "are max_session_tokens // 783 and the box is the call budget.",
         "",
     ]
     for precision, bases in r["recommended_gpu_budgets"].items():

@@ -61,15 +61,18 @@ class Pipeline:
         from model_repository.colqwen2_serving.grid import PixelLimits
         from model_repository.colqwen2_serving.imaging import Resolution
         from model_repository.colqwen2_serving.prompts import PromptTokenizer
-        from model_repository.colqwen2_serving.runners import Budget, TextRunner, VisionRunner
-        from model_repository.render import SESSION_BUDGETS
+        from model_repository.colqwen2_serving.runners import Budget, TextRunner, VisionRunner, bounded
+        from model_repository.render import SESSION_BUDGETS, precision_of
 
         manifest = json.loads((artifacts / "manifest.json").read_text())
         limits = PixelLimits(manifest["min_pixels"], manifest["max_pixels"])
         tokenizer = PromptTokenizer.from_processor_dir(artifacts / "processor")
-        budgets = SESSION_BUDGETS["gpu" if gpu else "cpu"]
-        vision_budget = Budget(budgets["max_session_patches"], budgets["max_session_images"])
-        text_budget = Budget(budgets["max_session_tokens"], budgets["max_session_sequences"])
+        budgets = SESSION_BUDGETS["gpu" if gpu else "cpu"][precision_of(variant)]
+        prompt = len(tokenizer.image_prompt_ids(limits.max_visual_tokens))
+        vision_budget = bounded(
+            Budget(budgets["max_session_patches"], budgets["max_session_images"]), 4 * limits.max_visual_tokens
+        )
+        text_budget = bounded(Budget(budgets["max_session_tokens"], budgets["max_session_sequences"]), prompt)
         hidden = manifest["hidden_size"]
         sessions = [
             _session(artifacts / variant / f"{name}.onnx", threads, gpu, profile)

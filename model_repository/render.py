@@ -108,23 +108,35 @@ class RenderOptions:
     max_session_sequences: int = 0
 
 
-# Per host: vision call (patches, images), text call (tokens, sequences). On a CPU, a call over many
-# large images costs gigabytes and no speed; on a GPU the budget bounds the activation memory
-# (`python -m bench.memory` computes it from the graphs) and the TensorRT profile's box.
+# What one ONNX Runtime call may hold, per host and precision: vision (patches, images), text (tokens,
+# sequences); 0 images or sequences: as many of the longest item (an image at the token cap, a prompt at the
+# cap) as the budget holds, which also makes the TensorRT profile's box (items x longest) the budget itself.
+# On a CPU, calls over many large images cost gigabytes and no speed. On a GPU the budgets keep the
+# activations inside the card with the weights (`python -m bench.memory`, README "Memory"): an fp16
+# deployment of the real checkpoint takes 2 images and 8192 tokens per call within 8 GB, an int8 one
+# 1 image and 1566 tokens (2 prompts at the cap) within 4 GB.
+_CPU_BUDGETS = {"max_session_patches": 4096, "max_session_images": 8, "max_session_tokens": 8192,
+                "max_session_sequences": 32}  # fmt: skip
 SESSION_BUDGETS = {
-    "cpu": {
-        "max_session_patches": 4096,
-        "max_session_images": 8,
-        "max_session_tokens": 8192,
-        "max_session_sequences": 32,
-    },
+    "cpu": {"fp16": _CPU_BUDGETS, "int8": _CPU_BUDGETS},
     "gpu": {
-        "max_session_patches": 6144,
-        "max_session_images": 2,
-        "max_session_tokens": 8192,
-        "max_session_sequences": 32,
+        "fp16": {"max_session_patches": 6144, "max_session_images": 0, "max_session_tokens": 8192,
+                 "max_session_sequences": 0},
+        "int8": {"max_session_patches": 3072, "max_session_images": 0, "max_session_tokens": 1566,
+                 "max_session_sequences": 0},
     },
-}
+}  # fmt: skip
+
+
+def precision_of(variant: str) -> str:
+    """The service precision a variant serves: fp32 and fp16 are `fp16`, both INT8 forms `int8`."""
+    return "int8" if variant.startswith("int8") else "fp16"
+
+
+def session_budgets(opts: RenderOptions, device: str, variant: str) -> dict[str, int]:
+    """The host's budgets for this variant's precision, with the render options' overrides."""
+    defaults = SESSION_BUDGETS[device][precision_of(variant)]
+    return {name: getattr(opts, name) or value for name, value in defaults.items()}
 
 
 @dataclass(frozen=True)
@@ -202,7 +214,6 @@ def template_values(
     gpu = device == "gpu"
     preferred = ", ".join(map(str, opts.preferred_batch_sizes or ((8, 16, 32) if gpu else (4, 8))))
     encoder_delay = opts.encoder_queue_delay_us if opts.encoder_queue_delay_us >= 0 else (2000 if gpu else 1000)
-    budgets = {k: getattr(opts, k) or v for k, v in SESSION_BUDGETS[device].items()}
     checkpoint = Path(manifest["checkpoint"])
     values: dict[str, object] = {
         "max_batch_size": opts.max_batch_size,
@@ -230,7 +241,6 @@ def template_values(
         "preprocess_batching": _batching_block(opts, preferred, opts.preprocess_queue_delay_us),
         "encoder_batching": _batching_block(opts, preferred, encoder_delay),
         "device": device,
-        **budgets,
     }
     warmup_ids = np.asarray(tokenizer.token_ids(WARMUP_QUERY), dtype="<i8")
     prompt_ids = np.asarray(tokenizer.image_prompt_ids(WARMUP_GRID[0] * WARMUP_GRID[1]), dtype="<i8")
@@ -280,7 +290,8 @@ def write_preprocess(repo: Path, values: dict[str, object], artifacts: Path) -> 
 def write_encoders(repo: Path, the_plan: Plan, values: dict[str, object], warmup: dict, opts: RenderOptions) -> None:
     artifacts = opts.artifacts.resolve()
     for model, variant in the_plan.encoders.items():
-        write_config(repo, ENCODER, model, values | {"name": model, "precision": variant})
+        budgets = session_budgets(opts, the_plan.device, variant)
+        write_config(repo, ENCODER, model, values | budgets | {"name": model, "precision": variant})
         write_model_code(repo / model, ENCODER)
         onnx_dir = repo / model / "1" / "onnx"
         if opts.copy:
@@ -374,14 +385,17 @@ def add_render_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-session-patches",
         type=int,
         default=0,
-        help=f"vision patches per ONNX Runtime call (default: {budgets['cpu']['max_session_patches']} on CPU, "
-        f"{budgets['gpu']['max_session_patches']} on GPU)",
+        help=f"vision patches per ONNX Runtime call (default: {budgets['cpu']['fp16']['max_session_patches']} on "
+        f"CPU; on GPU {budgets['gpu']['fp16']['max_session_patches']} fp16, "
+        f"{budgets['gpu']['int8']['max_session_patches']} int8)",
     )
     parser.add_argument(
         "--max-session-tokens",
         type=int,
         default=0,
-        help=f"text tokens per ONNX Runtime call (default: {budgets['cpu']['max_session_tokens']})",
+        help=f"text tokens per ONNX Runtime call (default: {budgets['cpu']['fp16']['max_session_tokens']} on CPU; "
+        f"on GPU {budgets['gpu']['fp16']['max_session_tokens']} fp16, "
+        f"{budgets['gpu']['int8']['max_session_tokens']} int8)",
     )
     parser.add_argument("--max-query-tokens", type=int, default=d.max_query_tokens, help="(default: %(default)s)")
     parser.add_argument(

@@ -279,21 +279,24 @@ def test_tiny_activation_peaks_grow_with_the_batch(tiny_artifacts: Path, variant
 
 
 def test_scenarios_follow_the_rendered_gpu_budgets() -> None:
-    from model_repository.render import SESSION_BUDGETS
-
     assert memory.image_tokens(500, 200) == 7 * 18
     assert memory.image_tokens(448, 448) == 16 * 16
     assert memory.image_tokens(4000, 3000) <= memory.CAP_TOKENS
     assert memory.largest_call(8192, 32, 783) == 10
     assert memory.largest_call(8192, 32, 32) == 32
     assert memory.largest_call(100, 0, 783) == 1  # an item over the budget gets a call of its own
-    calls = {s.name: s for s in memory.scenarios(SESSION_BUDGETS["gpu"])}
+    fp16, int8 = memory.gpu_budgets("fp16"), memory.gpu_budgets("int8")
+    assert (fp16["max_session_images"], fp16["max_session_sequences"]) == (2, 10)  # derived: items at the cap
+    assert (int8["max_session_images"], int8["max_session_sequences"]) == (1, 2)
+    calls = {s.name: s for s in memory.scenarios(fp16)}
     vision = calls["GPU call budget: largest call"]
     assert (vision.batch, vision.length, vision.in_gpu_budget, vision.trt_box) == (2, 3072, True, True)
     box = calls["GPU TensorRT box"]
-    assert (box.batch, box.length, box.in_gpu_budget) == (32, 783, False)
-    assert calls["32 queries of 32 tokens"].in_gpu_budget
+    assert (box.batch, box.length) == (10, 783)  # the box is the call budget: 10 prompts at the cap
+    assert not calls["32 queries of 32 tokens"].in_gpu_budget  # 10 sequences per call at most
     assert not calls["32 images 448x448"].in_gpu_budget  # 32 x 1024 patches are over the 6144 budget
+    small = {s.name: s for s in memory.scenarios(int8)}["GPU call budget: largest call"]
+    assert (small.batch, small.length) == (1, 3072)
 
 
 def test_recommend_finds_the_largest_budget_that_fits(tiny_artifacts: Path) -> None:

@@ -213,10 +213,15 @@ def _item_error(error: Exception, index: int, count: int) -> Exception:
     return error if count == 1 else type(error)(f"item {index}: {error}")
 
 
+def bounded(budget: Budget, longest: int) -> Budget:
+    """`budget` with its item count set: as given, or (0) as many of the longest items as its size holds."""
+    return budget if budget.items else Budget(budget.size, max(1, budget.size // longest))
+
+
 def vision_profile(budget: Budget, max_visual_tokens: int) -> tuple:
     """TensorRT shape range of the vision graph: up to `budget.items` images of up to the token cap."""
     longest = max_visual_tokens * PATCHES_PER_TOKEN
-    images = budget.items or max(1, budget.size // longest)
+    images = bounded(budget, longest).items
     opt = (1, min(longest, 1024))
     return tuple(
         (name, (1, PATCHES_PER_TOKEN, *tail), (*opt, *tail), (images, longest, *tail))
@@ -226,7 +231,7 @@ def vision_profile(budget: Budget, max_visual_tokens: int) -> tuple:
 
 def text_profile(budget: Budget, longest: int, hidden: int) -> tuple:
     """TensorRT shape range of the text graph: up to `budget.items` sequences of up to `longest` tokens."""
-    batch = budget.items or max(1, budget.size // longest)
+    batch = bounded(budget, longest).items
     rows = max(budget.size, longest)
     per_token = [(name, ()) for name in ("input_ids", "attention_mask", "visual_index")]
     shapes = [(name, (1, 1), (1, 32), (batch, longest)) for name, _ in per_token]
@@ -240,10 +245,15 @@ def encoder_runner(params, instance_args: dict[str, str]) -> EncoderRunner:
     from .sessions import session_from_parameters
 
     hidden = params.integer("hidden_size")
-    vision_budget = Budget(params.integer("max_session_patches"), params.integer("max_session_images", 0))
-    text_budget = Budget(params.integer("max_session_tokens"), params.integer("max_session_sequences", 0))
+    cap = params.integer("max_visual_tokens")
     longest = max(params.integer("max_query_tokens"), params.integer("max_prompt_tokens"))
-    vision_profile_ = vision_profile(vision_budget, params.integer("max_visual_tokens"))
+    vision_budget = bounded(
+        Budget(params.integer("max_session_patches"), params.integer("max_session_images", 0)), cap * PATCHES_PER_TOKEN
+    )
+    text_budget = bounded(
+        Budget(params.integer("max_session_tokens"), params.integer("max_session_sequences", 0)), longest
+    )
+    vision_profile_ = vision_profile(vision_budget, cap)
     vision_session = session_from_parameters(params, instance_args, params.path("vision_model"), vision_profile_)
     text_profile_ = text_profile(text_budget, longest, hidden)
     text_session = session_from_parameters(params, instance_args, params.path("text_model"), text_profile_)
