@@ -401,7 +401,8 @@ def report(result: dict, figures: list[str]) -> str:
         "Per request, mean ms. Client: the load generator's latency. Queue, preprocess and encoder: Triton's "
         "statistics API (queue wait at the encoder; each model's own compute, which in a batch is the "
         "batch's). Rest: the client latency less those, i.e. transport, (de)serialisation, the preprocessing "
-        "queue and ensemble scheduling.",
+        "queue and ensemble scheduling; negative where batches are large, because every request of a batch is "
+        "attributed the whole batch's compute.",
         "",
         "| config | protocol | concurrency | client | queue | preprocess | encoder | rest | rest share |",
         "|---|---|---|---|---|---|---|---|---|",

@@ -26,7 +26,9 @@ def test_serving_benchmark_smoke(tiny_artifacts, tmp_path):
     assert all(1 <= lv["encoder_batch"] <= lv["concurrency"] for lv in levels)
     # Server-side time per request: preprocessing and the encoder computed, within the client's latency.
     assert all(0 < lv["encoder_ms"] and 0 < lv["preprocess_ms"] for lv in levels)
-    assert all(lv["queue_ms"] + lv["preprocess_ms"] + lv["encoder_ms"] < lv["mean_ms"] for lv in levels)
+    # (Each request of a batch is attributed the whole batch's compute, so the parts can add up to more than
+    # the client's latency at 4 in flight; the encoder's own part cannot.)
+    assert all(lv["queue_ms"] >= 0 and lv["encoder_ms"] < lv["mean_ms"] for lv in levels)
     assert all(len(lv["latencies_ms"]) == lv["requests"] for lv in levels)
     assert all(lv["peak_gpu_mb"] is None for lv in levels)  # a CPU host measures no GPU memory
     assert len(result["in_process_runs"]) == 2  # before and after the sweep
