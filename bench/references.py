@@ -101,11 +101,12 @@ class Pipeline:
         return vectors
 
     def preprocess(self, data: bytes) -> int:
+        """Preprocessing alone (decode, resize, patches, prompt); returns the vectors the image will get."""
         from model_repository.colqwen2_serving.imaging import preprocess_image
         from model_repository.colqwen2_serving.preprocess import image_item
 
         item = image_item(preprocess_image(data, self.resolution))
-        return item.grid[0] * item.grid[1]
+        return len(self.tokenizer.image_prompt_ids(item.grid[0] * item.grid[1]))
 
 
 def _vision_profile(budget, limits):

@@ -190,12 +190,9 @@ def read_export(artifacts: Path) -> tuple[dict, set[str]]:
     return manifest, available
 
 
-def template_values(
-    opts: RenderOptions, manifest: dict, device: str, artifacts: Path
-) -> tuple[dict[str, object], dict]:
-    """Every `${var}` the templates use, and the warmup arrays the encoders load."""
+def pixel_limits(opts: RenderOptions, manifest: dict):
+    """The checkpoint's pixel limits under the render's token cap, with the other numeric options checked."""
     from .colqwen2_serving.grid import PixelLimits
-    from .colqwen2_serving.prompts import PromptTokenizer
 
     for name in ("max_batch_size", "max_queue_size", "max_visual_tokens", "fixed_image_size"):
         if getattr(opts, name) < 0 or (name == "max_batch_size" and opts.max_batch_size < 1):
@@ -210,6 +207,17 @@ def template_values(
             f"fixed image size {size} must be a multiple of 28 with {size}x{size} pixels inside "
             f"[{limits.min_pixels}, {limits.max_pixels}]"
         )
+    return limits
+
+
+def template_values(
+    opts: RenderOptions, manifest: dict, device: str, artifacts: Path
+) -> tuple[dict[str, object], dict]:
+    """Every `${var}` the templates use (the encoders' call budgets aside), and the encoders' warmup arrays."""
+    from .colqwen2_serving.prompts import PromptTokenizer
+
+    limits = pixel_limits(opts, manifest)
+    size = opts.fixed_image_size
     tokenizer = PromptTokenizer.from_processor_dir(artifacts / "processor", opts.max_query_tokens)
     gpu = device == "gpu"
     preferred = ", ".join(map(str, opts.preferred_batch_sizes or ((8, 16, 32) if gpu else (4, 8))))
