@@ -80,7 +80,7 @@ bench: $(STAMP) ## serving benchmark (BENCH_SIZE=medium): Triton sweep vs in-pro
 	$(PY) -m bench.serving --artifacts "$(BENCH_ARTIFACTS)" $(BENCH_ARGS)
 
 bench-export: $(STAMP) ## CPU speed record: PyTorch vs ORT fp32/fp16/int8 graphs on the medium checkpoint, mixed workload
-	$(PY) -m bench.graph_speed --size medium --repeats 5
+	$(PY) -m bench.graph_speed --size medium --repeats 3
 
 bench-memory: $(STAMP) ## memory of the real-size checkpoint per precision: weight bytes, activation peaks from the graphs, fits 8 GB / 4 GB?
 	$(PY) -m bench.memory

@@ -75,11 +75,12 @@ def test_plan_calls_groups_by_size_within_the_budget():
     assert calls == [[1, 3], [4, 0], [2], [5]]  # small ones together; those over budget alone
 
 
-def encoder(parts, vision_session=None, text_session=None) -> EncoderRunner:
+def encoder(parts, vision_session=None, text_session=None, cap: int = 768) -> EncoderRunner:
     tokenizer, vision, text, _ = parts
     return EncoderRunner(
         VisionRunner(vision_session or vision, HIDDEN, Budget(4096, 8)),
         TextRunner(text_session or text, tokenizer.pad_id, tokenizer.image_token_id, HIDDEN, Budget(8192, 32)),
+        max_visual_tokens=cap,
     )
 
 
@@ -134,6 +135,8 @@ def test_malformed_requests_fail_alone(parts):
     assert isinstance(results[2], InputError) and "PATCHES must be uint8" in str(results[2])
     assert isinstance(results[3], InputError) and "PATCHES and GRID come together" in str(results[3])
     assert isinstance(results[4], InputError) and "image tokens for grids" in str(results[4])
+    capped = encoder(parts, cap=100).run([good])[0]  # 7 x 18 = 126 visual tokens, over a cap of 100
+    assert isinstance(capped, InputError) and "over the limit of 100 visual tokens" in str(capped)
 
 
 def test_image_prompts_and_queries_share_the_text_calls(parts):

@@ -156,9 +156,10 @@ EncoderRequest = tuple[np.ndarray, np.ndarray, "np.ndarray | None", "np.ndarray 
 class EncoderRunner:
     """Image and query requests -> Embedded per request (see the module docstring)."""
 
-    def __init__(self, vision: VisionRunner, text: TextRunner) -> None:
+    def __init__(self, vision: VisionRunner, text: TextRunner, max_visual_tokens: int = 0) -> None:
         self.vision = vision
         self.text = text
+        self.max_visual_tokens = max_visual_tokens  # per image (0: no limit): the TensorRT profile's and memory's
 
     def check(self, request: EncoderRequest) -> InputError | None:
         ids, mask, patches, grids = request
@@ -175,6 +176,8 @@ class EncoderRunner:
         problem = VisionRunner.check((patches, grids))
         if problem is not None:
             return problem
+        if self.max_visual_tokens and (grids[:, 0] * grids[:, 1] > self.max_visual_tokens).any():
+            return InputError(f"GRID {grids.tolist()} is over the limit of {self.max_visual_tokens} visual tokens")
         tokens = ((ids == self.text.image_token_id) & (mask == 1)).sum(axis=1)
         if grids.shape[0] != ids.shape[0] or (tokens != grids[:, 0] * grids[:, 1]).any():
             return InputError(f"image prompts hold {tokens.tolist()} image tokens for grids {grids.tolist()}")
@@ -260,4 +263,5 @@ def encoder_runner(params, instance_args: dict[str, str]) -> EncoderRunner:
     return EncoderRunner(
         VisionRunner(vision_session, hidden, vision_budget),
         TextRunner(text_session, params.integer("pad_token_id"), params.integer("image_token_id"), hidden, text_budget),
+        max_visual_tokens=cap,
     )
