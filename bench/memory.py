@@ -108,50 +108,15 @@ def qwen2vl_config(size: str = "real", *, vocab_size: int | None = None, text_la
                    vision_depth: int | None = None) -> Qwen2VLConfig:  # fmt: skip
     """The `Qwen2VLConfig` that `build_random_checkpoint` writes for `size`, optionally with fewer layers or
     another vocabulary. Special tokens get the ids the random checkpoint's tokenizer gives them (after the BPE)."""
-    from transformers import Qwen2VLConfig
-
     from export.random_checkpoint import QWEN2_VL_SPECIAL_TOKENS, SIZES
+    from export.random_checkpoint import qwen2vl_config as checkpoint_config
 
     spec = SIZES[size]
     ids = {token: spec.bpe_vocab + i for i, token in enumerate(QWEN2_VL_SPECIAL_TOKENS)}
     vocab = vocab_size or spec.vocab_size or spec.bpe_vocab + len(QWEN2_VL_SPECIAL_TOKENS)
     if vocab <= max(ids.values()):
         raise ValueError(f"vocabulary {vocab} does not hold the special tokens (ids up to {max(ids.values())})")
-    return Qwen2VLConfig(
-        text_config={
-            "vocab_size": vocab,
-            "hidden_size": spec.text_hidden,
-            "intermediate_size": spec.text_intermediate,
-            "num_hidden_layers": text_layers or spec.text_layers,
-            "num_attention_heads": spec.text_heads,
-            "num_key_value_heads": spec.text_kv_heads,
-            "max_position_embeddings": 32768,
-            "rms_norm_eps": 1e-6,
-            "rope_parameters": {
-                "rope_type": "default",
-                "rope_theta": 1000000.0,
-                "mrope_section": list(spec.mrope_section),
-            },
-            "bos_token_id": ids["<|endoftext|>"],
-            "eos_token_id": ids["<|im_end|>"],
-            "tie_word_embeddings": False,
-        },
-        vision_config={
-            "depth": vision_depth or spec.vision_depth,
-            "embed_dim": spec.vision_embed,
-            "hidden_size": spec.text_hidden,
-            "num_heads": spec.vision_heads,
-            "mlp_ratio": 4,
-            "hidden_act": "quick_gelu",
-            "patch_size": 14,
-            "spatial_merge_size": 2,
-            "temporal_patch_size": 2,
-        },
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
-    )
+    return checkpoint_config(spec, ids, vocab, text_layers, vision_depth)
 
 
 def build_model(config: Qwen2VLConfig, device: str = "meta") -> nn.Module:
@@ -700,7 +665,7 @@ def export_slice(folder: Path, layers: int = 1, variants: Sequence[str] = VARIAN
     forms from the fp32 file, then `half_embeddings`). Reuses a previous export with the same settings."""
     import torch
 
-    from export.onnx_export import export_graph, to_matmul_dtype
+    from export.onnx_export import export_float_graphs
     from export.quantize import half_embeddings, quantize_dynamic_int8, quantize_qdq
     from export.random_checkpoint import QWEN2_VL_SPECIAL_TOKENS, SIZES
     from export.spec import GRAPHS
@@ -720,12 +685,7 @@ def export_slice(folder: Path, layers: int = 1, variants: Sequence[str] = VARIAN
     graphs = graph_modules(model)
     parameters = {name: trace_graph_weights(g).parameters for name, g in graphs.items()}
     with torch.no_grad():
-        for spec in GRAPHS:
-            export_graph(graphs[spec.name], spec, folder / "fp32" / f"{spec.name}.onnx")
-        if "fp16" in variants:
-            for spec in GRAPHS:
-                to_matmul_dtype(graphs[spec.name], torch.float16)
-                export_graph(graphs[spec.name], spec, folder / "fp16" / f"{spec.name}.onnx")
+        export_float_graphs(graphs, folder, "fp16" in variants)
     feeds = _calibration(graphs)
     del graphs, model
     for spec in GRAPHS:

@@ -91,3 +91,15 @@ def export_graph(graph: nn.Module, spec: GraphSpec, path: Path) -> Path:
     name_axes(path, spec)
     log.info("wrote %s (%.1f MB of weights)", path, n_bytes / 1e6)
     return path
+
+
+def export_float_graphs(graphs: dict[str, nn.Module], folder: Path, fp16: bool) -> None:
+    """Every graph of `GRAPHS` to `folder/fp32/`, then (weights cast in place) to `folder/fp16/`."""
+    from .spec import GRAPHS
+
+    for spec in GRAPHS:
+        export_graph(graphs[spec.name], spec, folder / "fp32" / f"{spec.name}.onnx")
+    if fp16:
+        for spec in GRAPHS:
+            to_matmul_dtype(graphs[spec.name], torch.float16)
+            export_graph(graphs[spec.name], spec, folder / "fp16" / f"{spec.name}.onnx")

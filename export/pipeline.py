@@ -127,7 +127,7 @@ def write_graphs(model, processor, variants: tuple[str, ...], folder: Path, cali
     import torch
 
     from .graphs import TextEncoderGraph, VisionEncoderGraph
-    from .onnx_export import EXTERNAL_DATA_BYTES, export_graph, to_matmul_dtype
+    from .onnx_export import EXTERNAL_DATA_BYTES, export_float_graphs
     from .quantize import half_embeddings, quantize_dynamic_int8, quantize_qdq
 
     torch.set_grad_enabled(False)
@@ -135,12 +135,7 @@ def write_graphs(model, processor, variants: tuple[str, ...], folder: Path, cali
         "vision_encoder": VisionEncoderGraph(model, processor).eval(),
         "text_encoder": TextEncoderGraph(model).eval(),
     }
-    for spec in GRAPHS:
-        export_graph(graphs[spec.name], spec, folder / "fp32" / f"{spec.name}.onnx")
-    if "fp16" in variants:
-        for spec in GRAPHS:
-            to_matmul_dtype(graphs[spec.name], torch.float16)
-            export_graph(graphs[spec.name], spec, folder / "fp16" / f"{spec.name}.onnx")
+    export_float_graphs(graphs, folder, "fp16" in variants)
     external = sum(p.numel() for p in model.parameters()) * 4 > EXTERNAL_DATA_BYTES
     del graphs
     int8 = [v for v in ("int8", "int8_dynamic") if v in variants]

@@ -162,6 +162,53 @@ def _train_tokenizer(bpe_vocab: int):
     return tokenizer
 
 
+def qwen2vl_config(
+    spec: CheckpointSize,
+    special_ids: dict[str, int],
+    vocab_size: int,
+    text_layers: int | None = None,
+    vision_depth: int | None = None,
+):
+    """The `Qwen2VLConfig` of a checkpoint of these shapes (optionally with fewer layers: bench.memory's slices)."""
+    from transformers import Qwen2VLConfig
+
+    return Qwen2VLConfig(
+        text_config={
+            "vocab_size": vocab_size,
+            "hidden_size": spec.text_hidden,
+            "intermediate_size": spec.text_intermediate,
+            "num_hidden_layers": text_layers or spec.text_layers,
+            "num_attention_heads": spec.text_heads,
+            "num_key_value_heads": spec.text_kv_heads,
+            "max_position_embeddings": 32768,
+            "rms_norm_eps": 1e-6,
+            "rope_parameters": {
+                "rope_type": "default",
+                "rope_theta": 1000000.0,
+                "mrope_section": list(spec.mrope_section),
+            },
+            "bos_token_id": special_ids["<|endoftext|>"],
+            "eos_token_id": special_ids["<|im_end|>"],
+            "tie_word_embeddings": False,
+        },
+        vision_config={
+            "depth": vision_depth or spec.vision_depth,
+            "embed_dim": spec.vision_embed,
+            "hidden_size": spec.text_hidden,
+            "num_heads": spec.vision_heads,
+            "mlp_ratio": 4,
+            "hidden_act": "quick_gelu",
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+        },
+        image_token_id=special_ids["<|image_pad|>"],
+        video_token_id=special_ids["<|video_pad|>"],
+        vision_start_token_id=special_ids["<|vision_start|>"],
+        vision_end_token_id=special_ids["<|vision_end|>"],
+    )
+
+
 def build_random_checkpoint(out_dir: str | Path, size: str = "tiny", seed: int = 0) -> Path:
     """Write a random-weight ColQwen2 checkpoint and its processor to ``out_dir``.
 
@@ -172,7 +219,7 @@ def build_random_checkpoint(out_dir: str | Path, size: str = "tiny", seed: int =
 
     import torch
     from colpali_engine.models import ColQwen2, ColQwen2Processor
-    from transformers import Qwen2VLConfig, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
+    from transformers import Qwen2VLImageProcessor, Qwen2VLVideoProcessor
 
     if size not in SIZES:
         raise ValueError(f"unknown checkpoint size {size!r}; choose one of {sorted(SIZES)}")
@@ -184,41 +231,7 @@ def build_random_checkpoint(out_dir: str | Path, size: str = "tiny", seed: int =
     torch.manual_seed(seed)
     tokenizer = _train_tokenizer(spec.bpe_vocab)
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN2_VL_SPECIAL_TOKENS}
-    config = Qwen2VLConfig(
-        text_config={
-            "vocab_size": spec.vocab_size or len(tokenizer),
-            "hidden_size": spec.text_hidden,
-            "intermediate_size": spec.text_intermediate,
-            "num_hidden_layers": spec.text_layers,
-            "num_attention_heads": spec.text_heads,
-            "num_key_value_heads": spec.text_kv_heads,
-            "max_position_embeddings": 32768,
-            "rms_norm_eps": 1e-6,
-            "rope_parameters": {
-                "rope_type": "default",
-                "rope_theta": 1000000.0,
-                "mrope_section": list(spec.mrope_section),
-            },
-            "bos_token_id": ids["<|endoftext|>"],
-            "eos_token_id": ids["<|im_end|>"],
-            "tie_word_embeddings": False,
-        },
-        vision_config={
-            "depth": spec.vision_depth,
-            "embed_dim": spec.vision_embed,
-            "hidden_size": spec.text_hidden,
-            "num_heads": spec.vision_heads,
-            "mlp_ratio": 4,
-            "hidden_act": "quick_gelu",
-            "patch_size": 14,
-            "spatial_merge_size": 2,
-            "temporal_patch_size": 2,
-        },
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
-    )
+    config = qwen2vl_config(spec, ids, spec.vocab_size or len(tokenizer))
     model = ColQwen2(config).eval()
     with torch.no_grad():
         # Random init leaves this bias at zero, which turns left-padded query rows into 0/0 = NaN
