@@ -24,6 +24,7 @@ from PIL import Image
 
 from model_repository.render import RenderOptions, render
 from model_repository.server import TritonServer, free_port
+from model_repository.supervisor import Supervisor, SupervisorSettings
 
 from .samples import write_samples
 
@@ -55,10 +56,11 @@ def main(argv: list[str] | None = None) -> int:
     server = TritonServer(repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
     log_path = work / "tritonserver.log"
     started = time.perf_counter()
-    with open(log_path, "w") as log, server:
-        server.start(log)
-        server.wait_ready(300)
-        print(f"Triton ready in {time.perf_counter() - started:.1f} s (grpc://{server.grpc_url}, log {log_path})")
+    with open(log_path, "w") as log, Supervisor(server, SupervisorSettings(ready_timeout=300), server_log=log):
+        print(
+            f"Triton ready in {time.perf_counter() - started:.1f} s under the supervisor "
+            f"(grpc://{server.grpc_url}, log {log_path})"
+        )
         with ColQwen2Client(f"grpc://{server.grpc_url}", precision=args.precision) as client:
             info = client.server_info()
             print(

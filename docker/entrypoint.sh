@@ -11,7 +11,9 @@ set -euo pipefail
 : "${MAX_VISUAL_TOKENS:=0}"                # per image; 0: the checkpoint's own cap
 : "${FIXED_IMAGE_SIZE:=0}"                 # 0: native resolution; S: letterbox to S x S
 : "${RENDER_ARGS:=}"
-: "${TRITON_ARGS:=}"
+: "${TRITON_ARGS:=}"                      # more tritonserver flags, space-separated
+: "${SUPERVISOR_PORT:=8003}"               # the supervisor's /livez and /metrics
+: "${ADMIN_KEY_FILE:=/etc/colqwen2/admin/key}"  # key for Triton's admin APIs (repository, shm, trace, logging)
 
 case "${1:-serve}" in
   serve)
@@ -19,12 +21,16 @@ case "${1:-serve}" in
       echo "entrypoint: no export at $ARTIFACTS (mount the artifacts volume or enable the export init container)" >&2
       exit 2
     fi
-    # shellcheck disable=SC2086  # RENDER_ARGS and TRITON_ARGS are word lists on purpose
-    python3 -m model_repository.render --artifacts "$ARTIFACTS" --out "$REPOSITORY" --device "$DEVICE" \
-      --precision "$PRECISION" --max-visual-tokens "$MAX_VISUAL_TOKENS" --fixed-image-size "$FIXED_IMAGE_SIZE" $RENDER_ARGS
-    # shellcheck disable=SC2086
-    exec tritonserver --model-repository="$REPOSITORY" --disable-auto-complete-config \
-      --exit-timeout-secs=30 --http-port=8000 --grpc-port=8001 --metrics-port=8002 $TRITON_ARGS
+    triton_flags=()
+    for flag in $TRITON_ARGS; do triton_flags+=("--triton-arg=$flag"); done
+    # Render, then run the image's tritonserver under the supervisor (restarts a dead server, /livez and
+    # /metrics on $SUPERVISOR_PORT). The admin APIs are locked with the key in $ADMIN_KEY_FILE, or with a
+    # random key nobody knows when there is none.
+    # shellcheck disable=SC2086  # RENDER_ARGS is a word list on purpose
+    exec python3 -m model_repository.serve --artifacts "$ARTIFACTS" --repository "$REPOSITORY" --device "$DEVICE" \
+      --precision "$PRECISION" --max-visual-tokens "$MAX_VISUAL_TOKENS" --fixed-image-size "$FIXED_IMAGE_SIZE" \
+      --host 0.0.0.0 --triton-binary tritonserver --exit-timeout 30 --supervisor-port "$SUPERVISOR_PORT" \
+      --admin-key-file "$ADMIN_KEY_FILE" $RENDER_ARGS "${triton_flags[@]}"
     ;;
   gateway)
     exec colqwen2-gateway --host 0.0.0.0 --port "${GATEWAY_PORT:-8080}" \

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from colqwen2_client._constants import CANARY_PRIORITY, USER_PRIORITY
 
 HERE = Path(__file__).resolve().parent
 TEMPLATES = HERE / "templates"
@@ -98,9 +99,13 @@ class RenderOptions:
     max_query_tokens: int = 512
     copy: bool = False
     dynamic_batching: bool = True  # off only to measure what it brings (bench/serving.py)
-    # Requests waiting per model before Triton refuses new ones with UNAVAILABLE (the SDK retries
-    # those with backoff; the gateway answers 503). 0: unbounded, Triton's default.
-    max_queue_size: int = 0
+    # Overload is refused, not queued without end (the SDK retries refusals with backoff; the gateway
+    # answers 503). A user request is refused at once when `max_queue_size` requests already wait in a
+    # model's queue (a memory bound: 128 images at the token cap hold about 230 MB of patches), and
+    # refused when it has waited `queue_timeout_ms` (about 2 s of work: on the medium checkpoint a
+    # CPU serves 0.8 to 1.1 images/s, so 2 s is 2 images; a GPU many more). 0 turns either off.
+    max_queue_size: int = 128
+    queue_timeout_ms: int = 2000
     # What one ONNX Runtime call may hold; 0: the host's default (SESSION_BUDGETS).
     max_session_patches: int = 0
     max_session_images: int = 0
@@ -194,7 +199,7 @@ def pixel_limits(opts: RenderOptions, manifest: dict):
     """The checkpoint's pixel limits under the render's token cap, with the other numeric options checked."""
     from .colqwen2_serving.grid import PixelLimits
 
-    for name in ("max_batch_size", "max_queue_size", "max_visual_tokens", "fixed_image_size"):
+    for name in ("max_batch_size", "max_queue_size", "queue_timeout_ms", "max_visual_tokens", "fixed_image_size"):
         if getattr(opts, name) < 0 or (name == "max_batch_size" and opts.max_batch_size < 1):
             raise RenderError(f"{name} must be {'at least 1' if name == 'max_batch_size' else '0 or more'}")
     try:
@@ -267,10 +272,21 @@ def _batching_block(opts: RenderOptions, preferred: str, delay_us: int) -> str:
     """The `dynamic_batching` block, or nothing: each execute() then gets exactly one request."""
     if not opts.dynamic_batching:
         return "# dynamic batching off (render option)"
-    queue = f"\n  default_queue_policy {{ max_queue_size: {opts.max_queue_size} }}" if opts.max_queue_size else ""
+    policy = []
+    if opts.max_queue_size:
+        policy.append(f"max_queue_size: {opts.max_queue_size}")
+    if opts.queue_timeout_ms:
+        policy.append(f"timeout_action: REJECT default_timeout_microseconds: {opts.queue_timeout_ms * 1000}")
+    queue = f"\n  default_queue_policy {{ {' '.join(policy)} }}" if policy else ""
+    # Two priority levels: user traffic at the default (2, bounded), health canaries at 1, which the
+    # batcher serves first and which no queue bound refuses, so a saturated server still answers them.
+    lanes = (
+        f"\n  priority_levels: 2\n  default_priority_level: {USER_PRIORITY}"
+        f"\n  priority_queue_policy {{ key: {CANARY_PRIORITY} value: {{ max_queue_size: 0 }} }}"
+    )
     return (
         f"dynamic_batching {{\n  preferred_batch_size: [ {preferred} ]\n  max_queue_delay_microseconds: {delay_us}"
-        f"{queue}\n}}"
+        f"{queue}{lanes}\n}}"
     )
 
 
@@ -387,7 +403,16 @@ def add_render_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--encoder-instances", type=int, default=d.encoder_instances, help="(default: %(default)s)")
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (default: 0, all cores)")
     parser.add_argument(
-        "--max-queue-size", type=int, default=0, help="per model; beyond it UNAVAILABLE (default: 0, unbounded)"
+        "--max-queue-size",
+        type=int,
+        default=d.max_queue_size,
+        help="user requests waiting per model; beyond it refused at once (default: %(default)s; 0: unbounded)",
+    )
+    parser.add_argument(
+        "--queue-timeout-ms",
+        type=int,
+        default=d.queue_timeout_ms,
+        help="a user request waiting longer in a model's queue is refused (default: %(default)s; 0: never)",
     )
     parser.add_argument(
         "--max-session-patches",
@@ -434,6 +459,7 @@ def options_from_args(args: argparse.Namespace, out: Path) -> RenderOptions:
         threads=args.threads,
         max_query_tokens=args.max_query_tokens,
         max_queue_size=args.max_queue_size,
+        queue_timeout_ms=args.queue_timeout_ms,
         max_image_pixels=args.max_image_pixels,
         max_session_patches=args.max_session_patches,
         max_session_tokens=args.max_session_tokens,

@@ -1,4 +1,5 @@
-"""Start and stop the real Triton server that ships inside the `nvidia-pytriton` wheel.
+"""Start and stop a real Triton server: the one inside the `nvidia-pytriton` wheel, or a `tritonserver`
+binary given by path (NVIDIA's container, where the backends sit in their default folder).
 
 The wheel holds Triton 2.51 with the Python backend only (see ../shared/FACTS.md). The binary runs
 in place; the Python backend needs a folder with its library, utils module and the stub for this
@@ -26,6 +27,13 @@ from typing import IO
 
 class TritonError(RuntimeError):
     pass
+
+
+# Triton's admin APIs: whoever reaches them can load or unload models, register shared memory, or change
+# trace and log settings. Locked behind a key in the container and the chart; inference, health,
+# metadata, model config and statistics stay open.
+ADMIN_APIS = ("model-repository", "shared-memory", "trace", "logging")
+ADMIN_HEADER = "admin-key"
 
 
 def triton_home() -> Path:
@@ -63,6 +71,31 @@ def make_backend_dir(target: Path) -> Path:
     return target
 
 
+def python_stubs(server_pid: int) -> dict[str, int]:
+    """Children of `server_pid` that are running Python-backend stubs and not zombies, by instance name.
+
+    A stub's command line is `triton_python_backend_stub <model.py> <shm key> <sizes> <parent pid> <backend dir>
+    <ipc size> <instance name> <kind>`; the instance name (for example `colqwen2_encoder_fp32_0_0`) is the
+    second to last argument.
+    """
+    found: dict[str, int] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+            state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+            if int(ppid) != server_pid or state in ("Z", "X"):
+                continue
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
+        argv = [a.decode(errors="replace") for a in argv if a]
+        if argv and argv[0].endswith("triton_python_backend_stub") and len(argv) >= 3:
+            found[argv[-2]] = int(proc.name)
+    return found
+
+
 @dataclass
 class TritonServer:
     repository: Path
@@ -72,7 +105,11 @@ class TritonServer:
     metrics_port: int = 8002
     log_verbose: int = 0
     extra_args: tuple[str, ...] = ()
+    binary: str = ""  # a tritonserver with its own backends (the container); empty: the pytriton wheel's
+    exit_timeout: int = 5  # seconds Triton waits for in-flight requests when asked to stop
+    admin_key: str = ""  # non-empty: ADMIN_APIS answer only requests with the header `admin-key: <key>`
     process: subprocess.Popen | None = field(default=None, init=False)
+    starts: int = field(default=0, init=False)  # how many times start() ran (restarts = starts - 1)
     _backend_dir: Path | None = field(default=None, init=False)
 
     @property
@@ -83,11 +120,19 @@ class TritonServer:
     def grpc_url(self) -> str:
         return f"{self.host}:{self.grpc_port}"
 
-    def command(self, backend_dir: Path) -> list[str]:
+    @property
+    def shm_prefix(self) -> str:
+        """The Python backend's shared-memory names: unique per launcher, port and start, so two servers on one
+        host never collide and a restart never meets the regions a killed server left behind."""
+        return f"colqwen2_{os.getpid()}_{self.http_port}_{self.starts}_"
+
+    def command(self, backend_dir: Path | None) -> list[str]:
+        binary = self.binary or str(triton_home() / "bin" / "tritonserver")
+        backends = [f"--backend-directory={backend_dir}"] if backend_dir is not None else []
         return [
-            str(triton_home() / "bin" / "tritonserver"),
+            binary,
             f"--model-repository={self.repository}",
-            f"--backend-directory={backend_dir}",
+            *backends,
             f"--http-address={self.host}",
             f"--http-port={self.http_port}",
             f"--grpc-address={self.host}",
@@ -95,12 +140,18 @@ class TritonServer:
             f"--metrics-address={self.host}",
             f"--metrics-port={self.metrics_port}",
             "--disable-auto-complete-config",  # configs are complete; halves start-up
-            "--exit-timeout-secs=5",
-            # Unique shared-memory names, so two servers on one host never collide.
-            f"--backend-config=python,shm-region-prefix-name=colqwen2_{os.getpid()}_{self.http_port}_",
+            f"--exit-timeout-secs={self.exit_timeout}",
+            f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
             f"--log-verbose={self.log_verbose}",
+            *self.restriction_args(),
             *self.extra_args,
         ]
+
+    def restriction_args(self) -> list[str]:
+        if not self.admin_key:
+            return []
+        rule = f"{','.join(ADMIN_APIS)}:{ADMIN_HEADER}={self.admin_key}"
+        return [f"--http-restricted-api={rule}", f"--grpc-restricted-protocol={rule}"]
 
     @staticmethod
     def environment() -> dict[str, str]:
@@ -115,8 +166,10 @@ class TritonServer:
     def start(self, log: IO | None = None) -> TritonServer:
         if not (self.repository / "colqwen2_preprocess" / "config.pbtxt").exists():
             raise TritonError(f"{self.repository} is not a rendered model repository")
-        self._backend_dir = Path(tempfile.mkdtemp(prefix="colqwen2-backends-"))
-        make_backend_dir(self._backend_dir)
+        self.starts += 1
+        if not self.binary:
+            self._backend_dir = Path(tempfile.mkdtemp(prefix="colqwen2-backends-"))
+            make_backend_dir(self._backend_dir)
         self.process = subprocess.Popen(
             self.command(self._backend_dir),
             env=self.environment(),
@@ -166,10 +219,25 @@ class TritonServer:
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 code = process.wait()
+            try:  # stubs a killed server left behind (its own process group)
+                os.killpg(process.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
         if self._backend_dir is not None:
             shutil.rmtree(self._backend_dir, ignore_errors=True)
             self._backend_dir = None
+        self._remove_shared_memory()
         return code
+
+    def _remove_shared_memory(self) -> None:
+        """Regions a killed server (or stub) could not unlink; a clean exit leaves none."""
+        for region in Path("/dev/shm").glob(f"{self.shm_prefix}*"):
+            region.unlink(missing_ok=True)
+
+    def stubs(self) -> dict[str, int]:
+        """The server's live Python-backend stubs: model instance name -> pid (Linux /proc)."""
+        process = self.process
+        return {} if process is None or process.poll() is not None else python_stubs(process.pid)
 
     def __enter__(self) -> TritonServer:
         return self

@@ -11,29 +11,19 @@ import os
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 import tritonclient.http as httpclient
 from colqwen2_client import ColQwen2Client
 
-from model_repository.server import TritonServer, free_port
+from model_repository.server import TritonServer, free_port, python_stubs
 from tests.conftest import _console_script
 
 
 def stub_pids(server_pid: int, model: str) -> list[int]:
     """The Python-backend stub processes of `model` started by this server (not by another one)."""
-    pids = []
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            text = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        if parent == server_pid and "triton_python_backend_stub" in text and f"/{model}/" in text:
-            pids.append(int(proc.name))
-    return pids
+    return [pid for name, pid in python_stubs(server_pid).items() if name.startswith(f"{model}_")]
 
 
 @pytest.fixture(scope="module")

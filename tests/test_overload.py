@@ -91,3 +91,23 @@ def test_the_sdk_reports_busy_and_retries_through_it(bounded_server):
         results = patient.embed_batch([image] * 24, batch_size=24, return_exceptions=True)
     assert all(not isinstance(r, BaseException) for r in results), [r for r in results if isinstance(r, Exception)]
     assert {r.vectors.shape for r in results} == {results[0].vectors.shape}
+
+
+def test_a_request_that_waited_too_long_is_refused_as_busy(tiny_artifacts, tmp_path):
+    """The queue's time bound: requests still waiting after `queue_timeout_ms` are refused, named busy."""
+    options = RenderOptions(
+        tiny_artifacts, tmp_path / "repo", device="cpu", max_queue_size=0, queue_timeout_ms=100,
+        encoder_queue_delay_us=300_000, preferred_batch_sizes=(2,), max_batch_size=2,
+    )  # fmt: skip
+    server = TritonServer(render(options), http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
+    with open(tmp_path / "triton.log", "w") as log:
+        server.start(log)
+        try:
+            server.wait_ready(180)
+            with ColQwen2Client(f"grpc://{server.grpc_url}", max_retries=0) as client:
+                results = client._transport.infer_each("colqwen2", "image", [_png()] * 24, 24)
+        finally:
+            server.stop()
+    refused = [r for r in results if isinstance(r, ServerBusyError)]
+    assert refused and "timeout" in str(refused[0]).lower(), [str(r)[:120] for r in results]
+    assert all(isinstance(r, dict) or isinstance(r, ServerBusyError) for r in results)

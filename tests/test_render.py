@@ -108,11 +108,22 @@ def test_missing_variant_names_the_fix(tiny_artifacts, tmp_path):
         render(RenderOptions(tmp_path / "nowhere", tmp_path / "x"))
 
 
-def test_max_queue_size_bounds_every_batching_model(tiny_artifacts, tmp_path):
-    models = configs(render(RenderOptions(tiny_artifacts, tmp_path / "bounded", device="cpu", max_queue_size=64)))
-    batching = [c for c in models.values() if c.platform != "ensemble"]
-    assert batching and all(c.dynamic_batching.default_queue_policy.max_queue_size == 64 for c in batching)
-    unbounded = configs(render(RenderOptions(tiny_artifacts, tmp_path / "default", device="cpu")))
-    assert all(not c.dynamic_batching.HasField("default_queue_policy") for c in unbounded.values())
+def test_queues_are_bounded_by_default_with_an_unbounded_lane_for_canaries(tiny_artifacts, tmp_path):
+    models = configs(render(RenderOptions(tiny_artifacts, tmp_path / "default", device="cpu")))
+    batching = [c.dynamic_batching for c in models.values() if c.platform != "ensemble"]
+    assert batching
+    for b in batching:
+        policy = b.default_queue_policy
+        assert policy.max_queue_size == 128 and policy.default_timeout_microseconds == 2_000_000
+        assert policy.timeout_action == policy.REJECT
+        assert b.priority_levels == 2 and b.default_priority_level == 2  # user traffic
+        canary = b.priority_queue_policy[1]  # colqwen2_client's CANARY_PRIORITY
+        assert canary.max_queue_size == 0 and canary.default_timeout_microseconds == 0
+    sized = configs(render(RenderOptions(tiny_artifacts, tmp_path / "sized", device="cpu", max_queue_size=64)))
+    assert all(
+        c.dynamic_batching.default_queue_policy.max_queue_size == 64 for c in sized.values() if c.platform != "ensemble"
+    )
+    off = RenderOptions(tiny_artifacts, tmp_path / "unbounded", device="cpu", max_queue_size=0, queue_timeout_ms=0)
+    assert all(not c.dynamic_batching.HasField("default_queue_policy") for c in configs(render(off)).values())
     with pytest.raises(RenderError, match="max_queue_size must be 0"):
         render(RenderOptions(tiny_artifacts, tmp_path / "bad", device="cpu", max_queue_size=-1))

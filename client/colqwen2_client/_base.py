@@ -129,6 +129,13 @@ def check_canary(embedding: Embedding, what: str) -> None:
         raise ServerError(f"{what} canary vectors are not L2-normalised")
 
 
+def canary_info(parameters: dict[str, str], image: Embedding, query: Embedding) -> dict[str, Any]:
+    """What a passed canary proved: both ensembles answer with well-formed vectors."""
+    check_canary(image, "image")
+    check_canary(query, "query")
+    return {"parameters": parameters, "image_vectors": image.num_vectors, "query_vectors": query.num_vectors}
+
+
 def health_verdict(loaded: bool, parameters: dict[str, str] | None) -> dict[str, Any]:
     """The original service's health shape."""
     device = (parameters or {}).get("device", "")

@@ -5,8 +5,11 @@ from __future__ import annotations
 DEFAULT_URL = "http://127.0.0.1:8000"
 DEFAULT_PORTS = {"http": 8000, "https": 8000, "grpc": 8001, "grpcs": 8001}
 DEFAULT_TIMEOUT = 60.0  # seconds per request, connection included
-DEFAULT_MAX_RETRIES = 3  # only for failures where a retry is safe: server unavailable or its queue full
-DEFAULT_BACKOFF = 0.25  # seconds; doubles per attempt, with full jitter
+# Retries only where a retry is safe: server unreachable, its queue full, a model process down
+# (embedding is idempotent). Six retries wait 7.9 to 15.75 s in all: long enough to ride out the
+# supervisor's restart of a dead server (about 5 s on the tiny checkpoint, README "Reliability").
+DEFAULT_MAX_RETRIES = 6
+DEFAULT_BACKOFF = 0.25  # seconds; doubles per attempt (capped), the upper half of it jittered
 MAX_BACKOFF = 8.0
 DEFAULT_BATCH_SIZE = 16  # requests in flight in embed_batch; Triton batches them dynamically
 EMBEDDING_DIM = 128
@@ -22,3 +25,8 @@ TEXT_INPUT = "text"
 OUTPUTS = ("embeddings", "num_vectors", "pooled")
 IMAGE_OUTPUTS = (*OUTPUTS, "grid")  # images also return their grid: (rows, cols) of visual tokens
 CANARY_QUERY = "health check"
+# Triton priority levels the rendered models declare (1 is served first). User requests take the
+# default level, whose queue is bounded; health canaries ask for CANARY_PRIORITY, a lane with no
+# bound that the batcher empties first, so a saturated server still proves it is alive.
+CANARY_PRIORITY = 1
+USER_PRIORITY = 2

@@ -74,8 +74,13 @@ def translate(exc: BaseException, model: str = "") -> ColQwen2Error:
     lowered = message.lower()
     if status in ("400", "StatusCode.INVALID_ARGUMENT"):
         return InvalidInputError(message)
-    if "maximum queue size" in lowered or "queue is full" in lowered:
+    if "maximum queue size" in lowered or "queue is full" in lowered or "request timeout expired" in lowered:
         return ServerBusyError(f"server busy{where}: {message}")
+    if "stub process" in lowered and "not healthy" in lowered:
+        # A model's process died: the server's supervisor restarts it; embedding is idempotent, so retry.
+        return ServerUnavailableError(f"model process down{where}: {message}")
+    if "has no available versions" in lowered:  # known but not loaded: a server starting or stopping
+        return ServerUnavailableError(f"model not loaded yet{where}: {message}")
     if status in ("404", "StatusCode.NOT_FOUND") or "unknown model" in lowered or "unavailable model" in lowered:
         return ModelNotFoundError(f"model not served{where}: {message}")
     if status in ("504", "StatusCode.DEADLINE_EXCEEDED") or "deadline exceeded" in lowered:
@@ -90,8 +95,10 @@ def translate(exc: BaseException, model: str = "") -> ColQwen2Error:
 
 
 def backoff_delay(attempt: int, base: float = DEFAULT_BACKOFF) -> float:
-    """Full jitter: uniform in [0, min(cap, base * 2**attempt)]."""
-    return random.uniform(0, min(MAX_BACKOFF, base * 2**attempt))
+    """Equal jitter: half of min(cap, base * 2**attempt) for sure, the other half uniform, so the retries
+    spread out and their sum has a floor (a restart they must outlast)."""
+    ceiling = min(MAX_BACKOFF, base * 2**attempt)
+    return ceiling / 2 + random.uniform(0, ceiling / 2)
 
 
 def retrying(call: Callable[[], T], retries: int) -> T:
@@ -170,9 +177,9 @@ class SyncTransport:
             return [self.module.InferRequestedOutput(n, binary_data=True) for n in _names(input_name)]
         return [self.module.InferRequestedOutput(n) for n in _names(input_name)]
 
-    def infer(self, model: str, input_name: str, items: Sequence[bytes]) -> Outputs:
-        """One request carrying every item."""
-        kwargs: dict[str, Any] = {"outputs": self._outputs_requested(input_name)}
+    def infer(self, model: str, input_name: str, items: Sequence[bytes], priority: int = 0) -> Outputs:
+        """One request carrying every item (priority 0: the model's default level)."""
+        kwargs: dict[str, Any] = {"outputs": self._outputs_requested(input_name), "priority": priority}
         if self.endpoint.protocol == "grpc":
             kwargs["client_timeout"] = self.timeout
         try:
@@ -288,8 +295,8 @@ class AsyncTransport:
         except Exception as exc:
             raise translate(exc, model) from None
 
-    async def infer(self, model: str, input_name: str, items: Sequence[bytes]) -> Outputs:
-        kwargs: dict[str, Any] = {}
+    async def infer(self, model: str, input_name: str, items: Sequence[bytes], priority: int = 0) -> Outputs:
+        kwargs: dict[str, Any] = {"priority": priority}
         if self.endpoint.protocol == "grpc":
             kwargs["client_timeout"] = self.timeout
         result = await self._call(self.client.infer(model, [self._input(input_name, items)], **kwargs), model)

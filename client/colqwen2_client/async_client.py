@@ -8,7 +8,15 @@ from typing import Any
 import numpy as np
 
 from . import _base
-from ._constants import CANARY_QUERY, DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT, DEFAULT_URL, IMAGE_INPUT, TEXT_INPUT
+from ._constants import (
+    CANARY_PRIORITY,
+    CANARY_QUERY,
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_TIMEOUT,
+    DEFAULT_URL,
+    IMAGE_INPUT,
+    TEXT_INPUT,
+)
 from ._transport import AsyncTransport, retrying_async
 from .errors import ColQwen2Error
 from .inputs import ImageInput, image_bytes, text_bytes
@@ -100,18 +108,36 @@ class AsyncColQwen2Client:
         done = dict(zip(todo, await self.embed_batch([images[i] for i in todo]), strict=True))
         return maxsim_scores(q, [done.get(i, image) for i, image in enumerate(images)])
 
+    async def canary(self, timeout: float | None = None) -> dict[str, Any]:
+        """Embed a small image and a query on the health lane (Triton priority 1: served before
+        user traffic, never refused by a full queue). Raises the SDK error that stopped it; no retries."""
+        transport = self._transport if timeout is None else self._canary_transport(timeout)
+        try:
+            parameters = await transport.model_parameters(self.options.image_model)
+            image = await transport.infer(self.options.image_model, IMAGE_INPUT, [_base.canary_png()], CANARY_PRIORITY)
+            query = await transport.infer(
+                self.options.query_model, TEXT_INPUT, [CANARY_QUERY.encode()], CANARY_PRIORITY
+            )
+            return _base.canary_info(parameters, _base.single(image), _base.single(query))
+        finally:
+            if transport is not self._transport:
+                await transport.close()
+
+    def _canary_transport(self, timeout: float):
+        return AsyncTransport(self.options.endpoint, timeout, 1)
+
     async def health(self) -> dict[str, Any]:
         """`{"status", "gpu_available", "model_loaded"}`; `model_loaded` only after real canary inferences."""
-        parameters = None
         try:
-            parameters = await self._transport.model_parameters(self.options.image_model)
-            image = await self._transport.infer(self.options.image_model, IMAGE_INPUT, [_base.canary_png()])
-            _base.check_canary(_base.single(image), "image")
-            query = await self._transport.infer(self.options.query_model, TEXT_INPUT, [CANARY_QUERY.encode()])
-            _base.check_canary(_base.single(query), "query")
+            info = await self.canary()
         except ColQwen2Error:
+            parameters = None
+            try:
+                parameters = await self._transport.model_parameters(self.options.image_model)
+            except ColQwen2Error:
+                pass
             return _base.health_verdict(False, parameters)
-        return _base.health_verdict(True, parameters)
+        return _base.health_verdict(True, info["parameters"])
 
     async def server_info(self) -> dict[str, str]:
         """The image ensemble's config parameters: precision, device, resolution, max_visual_tokens, checkpoint."""

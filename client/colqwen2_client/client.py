@@ -8,7 +8,15 @@ from typing import Any
 import numpy as np
 
 from . import _base
-from ._constants import CANARY_QUERY, DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT, DEFAULT_URL, IMAGE_INPUT, TEXT_INPUT
+from ._constants import (
+    CANARY_PRIORITY,
+    CANARY_QUERY,
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_TIMEOUT,
+    DEFAULT_URL,
+    IMAGE_INPUT,
+    TEXT_INPUT,
+)
 from ._transport import SyncTransport, retrying
 from .errors import ColQwen2Error
 from .inputs import ImageInput, image_bytes, text_bytes
@@ -106,18 +114,34 @@ class ColQwen2Client:
         done = dict(zip(todo, self.embed_batch([images[i] for i in todo]), strict=True))
         return maxsim_scores(q, [done.get(i, image) for i, image in enumerate(images)])
 
+    def canary(self, timeout: float | None = None) -> dict[str, Any]:
+        """Embed a small image and a query on the health lane (Triton priority 1: served before
+        user traffic, never refused by a full queue). Raises the SDK error that stopped it; no retries."""
+        transport = self._transport if timeout is None else self._canary_transport(timeout)
+        try:
+            parameters = transport.model_parameters(self.options.image_model)
+            image = transport.infer(self.options.image_model, IMAGE_INPUT, [_base.canary_png()], CANARY_PRIORITY)
+            query = transport.infer(self.options.query_model, TEXT_INPUT, [CANARY_QUERY.encode()], CANARY_PRIORITY)
+            return _base.canary_info(parameters, _base.single(image), _base.single(query))
+        finally:
+            if transport is not self._transport:
+                transport.close()
+
+    def _canary_transport(self, timeout: float):
+        return SyncTransport(self.options.endpoint, timeout, 1)
+
     def health(self) -> dict[str, Any]:
         """`{"status", "gpu_available", "model_loaded"}`; `model_loaded` only after real canary inferences."""
-        parameters = None
         try:
-            parameters = self._transport.model_parameters(self.options.image_model)
-            image = self._transport.infer(self.options.image_model, IMAGE_INPUT, [_base.canary_png()])
-            _base.check_canary(_base.single(image), "image")
-            query = self._transport.infer(self.options.query_model, TEXT_INPUT, [CANARY_QUERY.encode()])
-            _base.check_canary(_base.single(query), "query")
+            info = self.canary()
         except ColQwen2Error:
+            parameters = None
+            try:
+                parameters = self._transport.model_parameters(self.options.image_model)
+            except ColQwen2Error:
+                pass
             return _base.health_verdict(False, parameters)
-        return _base.health_verdict(True, parameters)
+        return _base.health_verdict(True, info["parameters"])
 
     def server_info(self) -> dict[str, str]:
         """The image ensemble's config parameters: precision, device, resolution, max_visual_tokens, checkpoint."""
