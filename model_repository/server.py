@@ -33,7 +33,8 @@ class TritonError(RuntimeError):
 # trace and log settings. Locked behind a key in the container and the chart; inference, health,
 # metadata, model config and statistics stay open.
 ADMIN_APIS = ("model-repository", "shared-memory", "trace", "logging")
-ADMIN_HEADER = "admin-key"
+ADMIN_HEADER = "admin-key"  # HTTP header; over gRPC Triton expects the metadata key below
+GRPC_ADMIN_HEADER = f"triton-grpc-protocol-{ADMIN_HEADER}"
 
 
 def triton_home() -> Path:

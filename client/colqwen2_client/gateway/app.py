@@ -29,7 +29,7 @@ from ..errors import (
     ServerUnavailableError,
 )
 from ..inputs import decode_base64
-from .limits import BodySizeLimit
+from .limits import RequestGuard
 
 Precision = Literal["fp16", "int8"]
 
@@ -41,7 +41,13 @@ class GatewaySettings:
     max_body_bytes: int = 64 * 1024 * 1024  # base64 adds a third: 32 MiB images fit one per request
     max_batch: int = 32
     health_ttl: float = 2.0  # seconds a canary verdict is reused, so probes cannot flood the server
-    timeout: float = DEFAULT_TIMEOUT
+    timeout: float = DEFAULT_TIMEOUT  # per Triton request
+    # Bearer token every route but /health requires; empty: none (`make gateway` on 127.0.0.1).
+    token: str = field(default="", repr=False)
+    # Requests inside the gateway at once; the next gets 503 at once. Triton's queues refuse beyond
+    # 128 waiting per model, so more in flight here would only wait to be refused.
+    max_concurrency: int = 64
+    request_timeout: float = 30.0  # seconds for a whole request: 408 for a body still arriving, 504 for Triton
 
 
 class ErrorResponse(BaseModel):
@@ -91,9 +97,11 @@ class HealthResponse(BaseModel):
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "bad base64, a bad image or a bad query; the detail says which"},
+    401: {"model": ErrorResponse, "description": "missing or invalid bearer token (when the gateway requires one)"},
+    408: {"model": ErrorResponse, "description": "the request body did not arrive within the request timeout"},
     413: {"model": ErrorResponse, "description": "request body over the size limit"},
-    503: {"model": ErrorResponse, "description": "Triton unreachable, busy, or the model not served"},
-    504: {"model": ErrorResponse, "description": "Triton did not answer in time"},
+    503: {"model": ErrorResponse, "description": "gateway or Triton busy (retry), Triton unreachable, or not served"},
+    504: {"model": ErrorResponse, "description": "no answer within the request timeout"},
     502: {"model": ErrorResponse, "description": "Triton failed on a valid request"},
 }
 
@@ -145,7 +153,13 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         description="The original /embed API in front of the ColQwen2 ensembles on Triton.",
         lifespan=lifespan,
     )
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        RequestGuard,
+        max_bytes=settings.max_body_bytes,
+        token=settings.token,
+        max_concurrency=settings.max_concurrency,
+        timeout=settings.request_timeout,
+    )
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_request: Request, error: RequestValidationError) -> JSONResponse:

@@ -5,9 +5,26 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from .._constants import DEFAULT_TIMEOUT, MODELS
 from .app import GatewaySettings, create_app
+
+
+def read_token(path: Path | None) -> str:
+    """The bearer token: the file's first line, else $COLQWEN2_GATEWAY_TOKEN, else none."""
+    if path is not None:
+        try:
+            token = path.read_text().strip()
+        except OSError as exc:
+            raise ValueError(f"cannot read the token file {path}: {exc.strerror}") from None
+        if not token:
+            raise ValueError(f"the token file {path} is empty")
+    else:
+        token = os.environ.get("COLQWEN2_GATEWAY_TOKEN", "").strip()
+    if token and (not token.isascii() or not token.isprintable() or " " in token):
+        raise ValueError("the token must be printable ASCII without spaces")
+    return token
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,7 +38,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-batch", type=int, default=defaults.max_batch)
     parser.add_argument("--health-ttl", type=float, default=defaults.health_ttl, help="seconds a verdict is reused")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds per Triton request")
+    parser.add_argument(
+        "--token-file",
+        type=Path,
+        default=os.environ.get("COLQWEN2_GATEWAY_TOKEN_FILE") or None,
+        help="require `Authorization: Bearer <token>` (all but /health) with the token in this file; "
+        "env COLQWEN2_GATEWAY_TOKEN_FILE, or the token itself in COLQWEN2_GATEWAY_TOKEN (default: no token)",
+    )
+    parser.add_argument(
+        "--max-concurrency",
+        type=int,
+        default=defaults.max_concurrency,
+        help="requests in flight; the next gets 503 (default: %(default)s; 0: no limit)",
+    )
+    parser.add_argument(
+        "--request-timeout",
+        type=float,
+        default=defaults.request_timeout,
+        help="seconds per request: 408 for a slow body, 504 for a slow answer (default: %(default)s; 0: none)",
+    )
     args = parser.parse_args(argv)
+    try:
+        token = read_token(args.token_file)
+    except ValueError as exc:
+        print(f"colqwen2-gateway: {exc}", file=sys.stderr)
+        return 2
     try:
         import uvicorn
     except ImportError:
@@ -34,8 +75,16 @@ def main(argv: list[str] | None = None) -> int:
         max_batch=args.max_batch,
         health_ttl=args.health_ttl,
         timeout=args.timeout,
+        token=token,
+        max_concurrency=args.max_concurrency,
+        request_timeout=args.request_timeout,
     )
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
+    if not token and args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"colqwen2-gateway: no token on {args.host}: anyone who reaches it can embed", file=sys.stderr)
+    uvicorn.run(
+        create_app(settings), host=args.host, port=args.port, log_level="info", server_header=False,
+        h11_max_incomplete_event_size=64 * 1024,  # the header block; RequestGuard refuses over 16 KiB with 431
+    )  # fmt: skip
     return 0
 
 
