@@ -12,6 +12,7 @@ set -euo pipefail
 : "${FIXED_IMAGE_SIZE:=0}"                 # 0: native resolution; S: letterbox to S x S
 : "${RENDER_ARGS:=}"
 : "${TRITON_ARGS:=}"                      # more tritonserver flags, space-separated
+: "${SERVE_ARGS:=}"                       # supervisor options (--canary-interval, --max-restarts ...)
 : "${SUPERVISOR_PORT:=8003}"               # the supervisor's /livez and /metrics
 : "${ADMIN_KEY_FILE:=/etc/colqwen2/admin/key}"  # key for Triton's admin APIs (repository, shm, trace, logging)
 
@@ -26,11 +27,11 @@ case "${1:-serve}" in
     # Render, then run the image's tritonserver under the supervisor (restarts a dead server, /livez and
     # /metrics on $SUPERVISOR_PORT). The admin APIs are locked with the key in $ADMIN_KEY_FILE, or with a
     # random key nobody knows when there is none.
-    # shellcheck disable=SC2086  # RENDER_ARGS is a word list on purpose
+    # shellcheck disable=SC2086  # RENDER_ARGS and SERVE_ARGS are word lists on purpose
     exec python3 -m model_repository.serve --artifacts "$ARTIFACTS" --repository "$REPOSITORY" --device "$DEVICE" \
       --precision "$PRECISION" --max-visual-tokens "$MAX_VISUAL_TOKENS" --fixed-image-size "$FIXED_IMAGE_SIZE" \
       --host 0.0.0.0 --triton-binary tritonserver --exit-timeout 30 --supervisor-port "$SUPERVISOR_PORT" \
-      --admin-key-file "$ADMIN_KEY_FILE" $RENDER_ARGS "${triton_flags[@]}"
+      --admin-key-file "$ADMIN_KEY_FILE" $RENDER_ARGS $SERVE_ARGS "${triton_flags[@]}"
     ;;
   gateway)
     exec colqwen2-gateway --host 0.0.0.0 --port "${GATEWAY_PORT:-8080}" \

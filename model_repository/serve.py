@@ -98,6 +98,12 @@ def main(argv: list[str] | None = None) -> int:
         "--exit-timeout", type=int, default=5, help="seconds Triton drains on shutdown (default: %(default)s)"
     )
     parser.add_argument(
+        "--admin-key-file",
+        type=Path,
+        help="lock Triton's admin APIs (model repository, shared memory, trace, logging) behind the key in this "
+        "file, sent as header `admin-key`; a missing or empty file locks them with a random key (default: open)",
+    )
+    parser.add_argument(
         "--triton-arg",
         action="append",
         default=[],

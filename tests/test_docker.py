@@ -58,7 +58,8 @@ def test_entrypoint_refuses_a_missing_export(tmp_path):
 
 
 def test_entrypoint_renders_the_repository_it_serves(tiny_artifacts, tmp_path):
-    """`serve` renders with the image's command line; tritonserver is stubbed to show its arguments."""
+    """`serve` renders with the image's command line and starts the image's tritonserver under the supervisor;
+    tritonserver is stubbed to show its arguments (and exits, which the supervisor reports)."""
     fake_bin = tmp_path / "bin"
     fake_bin.mkdir()
     (fake_bin / "tritonserver").write_text('#!/bin/sh\necho "tritonserver $*"\n')
@@ -77,10 +78,17 @@ def test_entrypoint_renders_the_repository_it_serves(tiny_artifacts, tmp_path):
     result = subprocess.run(
         ["bash", str(ROOT / "docker" / "entrypoint.sh")], env=env, capture_output=True, text=True, cwd=tmp_path
     )
-    assert result.returncode == 0, result.stderr
-    assert (
-        f"--model-repository={tmp_path / 'repo'}" in result.stdout and "--disable-auto-complete-config" in result.stdout
-    )
+    assert result.returncode == 1 and "tritonserver exited with code 0 before it was ready" in result.stderr
+    args = result.stdout.split()
+    assert f"--model-repository={tmp_path / 'repo'}" in args and "--disable-auto-complete-config" in args
+    assert "--http-address=0.0.0.0" in args and "--exit-timeout-secs=30" in args
+    assert not any(a.startswith("--backend-directory") for a in args)  # the image's own backends
+    # no key file mounted: the admin APIs are locked with a random key, never left open
+    (http_rule,) = [a for a in args if a.startswith("--http-restricted-api=")]
+    assert http_rule.startswith("--http-restricted-api=model-repository,shared-memory,trace,logging:admin-key=")
+    assert len(http_rule.split("admin-key=")[1]) >= 32
+    assert any(a.startswith("--grpc-restricted-protocol=model-repository,") for a in args)
+    assert "admin APIs locked with a random key" in result.stderr
     config = (tmp_path / "repo" / "colqwen2_encoder_fp16" / "config.pbtxt").read_text()
     assert "KIND_GPU" in config and "/models/trt-cache" in config
     served = json.loads((tmp_path / "repo" / "render.json").read_text())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import subprocess
 import sys
 from pathlib import Path
@@ -96,7 +97,7 @@ def test_the_original_urls_and_the_triton_ports(default):
     }
     containers = by_kind(default, "Deployment")["spec"]["template"]["spec"]["containers"]
     ports = {p["name"]: p["containerPort"] for c in containers for p in c["ports"]}
-    assert ports == {"http": 8000, "grpc": 8001, "metrics": 8002, "gateway": 8080}
+    assert ports == {"http": 8000, "grpc": 8001, "metrics": 8002, "supervisor": 8003, "gateway": 8080}
     gateway = next(c for c in containers if c["name"] == "gateway")
     assert "--triton-url=grpc://127.0.0.1:8001" in gateway["args"]
     test_pod = by_kind(default, "Pod")
@@ -111,8 +112,9 @@ def test_probes_are_sized_for_loading_and_liveness_infers(default):
     assert startup["httpGet"]["path"] == "/v2/health/ready"
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 600
     assert triton["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
-    assert triton["livenessProbe"]["exec"]["command"][0] == "colqwen2"
-    assert triton["livenessProbe"]["exec"]["command"][-1] == "health"  # a canary inference, not a port check
+    # the supervisor's verdict (stubs, process, canaries on their own lane): busy is live, dead is not
+    assert triton["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "supervisor"}
+    assert {"name": "supervisor", "containerPort": 8003, "protocol": "TCP"} in triton["ports"]
     gateway = next(c for c in containers if c["name"] == "gateway")
     assert gateway["readinessProbe"]["httpGet"]["path"] == "/health"
 
@@ -135,7 +137,52 @@ def test_secure_defaults_and_shared_memory(default):
 
 def test_opt_in_features_stay_off_by_default(default):
     kinds = {d["kind"] for d in default}
-    assert kinds == {"ServiceAccount", "PersistentVolumeClaim", "Service", "Deployment", "Pod"}
+    assert kinds == {
+        "ServiceAccount",
+        "PersistentVolumeClaim",
+        "Service",
+        "Deployment",
+        "Pod",
+        "Secret",
+        "NetworkPolicy",
+    }
+
+
+def test_locked_down_by_default(default):
+    secrets = {d["metadata"]["name"]: d for d in default if d["kind"] == "Secret"}
+    assert set(secrets) == {"colqwen2-triton-admin", "colqwen2-gateway-token"}
+    for secret in secrets.values():
+        (value,) = secret["data"].values()
+        assert len(base64.b64decode(value)) == 40
+        assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    spec = by_kind(default, "Deployment")["spec"]["template"]["spec"]
+    triton, gateway = spec["containers"]
+    assert {"name": "ADMIN_KEY_FILE", "value": "/etc/colqwen2/admin/admin-key"} in triton["env"]
+    assert "--token-file=/etc/colqwen2/gateway/token" in gateway["args"]
+    assert "--max-concurrency=64" in gateway["args"] and "--request-timeout=30" in gateway["args"]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["admin-key"]["secret"]["secretName"] == "colqwen2-triton-admin"
+    assert volumes["gateway-token"]["secret"]["secretName"] == "colqwen2-gateway-token"
+    rules = by_kind(default, "NetworkPolicy")["spec"]["ingress"]
+    by_port = {tuple(p["port"] for p in rule["ports"]): rule["from"] for rule in rules}
+    assert by_port[("http", "grpc")] == [{"podSelector": {}}]  # Triton: in-namespace clients only
+    assert by_port[("gateway",)] == [{"podSelector": {}}]
+    monitoring = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    assert by_port[("metrics", "supervisor")] == [{"podSelector": {}}, monitoring]
+
+
+def test_existing_secrets_and_an_open_gateway_when_asked():
+    docs = render(
+        extra=("--set", "triton.adminKey.existingSecret=ops-admin", "--set", "gateway.auth.existingSecret=ops-token")
+    )
+    assert not [d for d in docs if d["kind"] == "Secret"]
+    volumes = {v["name"]: v for v in by_kind(docs, "Deployment")["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["admin-key"]["secret"]["secretName"] == "ops-admin"
+    assert volumes["gateway-token"]["secret"]["secretName"] == "ops-token"
+    docs = render(extra=("--set", "gateway.auth.enabled=false"))
+    gateway = by_kind(docs, "Deployment")["spec"]["template"]["spec"]["containers"][1]
+    assert not any(a.startswith("--token-file") for a in gateway["args"])
+    assert [d["metadata"]["name"] for d in docs if d["kind"] == "Secret"] == ["colqwen2-triton-admin"]
 
 
 def test_everything_scenario():

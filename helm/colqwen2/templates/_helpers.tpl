@@ -50,3 +50,11 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "colqwen2.claimName" -}}
 {{- default (printf "%s-artifacts" (include "colqwen2.fullname" .)) .Values.artifacts.persistence.existingClaim -}}
 {{- end -}}
+
+{{- define "colqwen2.adminSecret" -}}
+{{- default (printf "%s-triton-admin" (include "colqwen2.fullname" .)) .Values.triton.adminKey.existingSecret -}}
+{{- end -}}
+
+{{- define "colqwen2.tokenSecret" -}}
+{{- default (printf "%s-gateway-token" (include "colqwen2.fullname" .)) .Values.gateway.auth.existingSecret -}}
+{{- end -}}
