@@ -20,8 +20,8 @@ Verdict:
   1.1 GB in the first minute, then stays there, give or take the ~100 MB one new large batch shape
   adds. Runs of 10 minutes or more fail above `--max-slope-mb-per-hour` (default 40 MB/h: about
   1 GB a day, which a pod with 8-16 GiB would carry for days, not weeks, so it must be found);
-  shorter runs cannot tell a slope from such a step and fail only when the fitted growth within the
-  window passes `--max-growth-mb` (128 MB, above one step).
+  shorter runs cannot tell a slope from such steps and fail only on a gross leak: fitted growth within
+  the window over `--max-growth-mb` (256 MB: two such steps).
 
 Reports: JSON, markdown and a plot (RSS over time, the fitted line) at `--out` (a path prefix).
 """
@@ -170,21 +170,34 @@ def wait_http(url: str, process: subprocess.Popen, timeout: float, log: Path) ->
     raise RuntimeError(f"{url} not ready after {timeout:.0f} s: {log.read_text()[-3000:]}")
 
 
-def triton_pids(serve_pid: int) -> tuple[list[int], list[int]]:
-    """(tritonserver and its stubs, the serve launcher itself)."""
-    tree = process_tree(serve_pid)
-    return [p for p in tree if p != serve_pid], [serve_pid]
+def triton_parts(serve_pid: int) -> dict[str, list[int]]:
+    """The processes under `make serve`, by part: the launcher and supervisor, tritonserver, each model's stubs."""
+    parts: dict[str, list[int]] = {}
+    for pid in process_tree(serve_pid):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        name = argv[0].decode(errors="replace").rsplit("/", 1)[-1]
+        if pid == serve_pid:
+            part = "supervisor"
+        elif name == "triton_python_backend_stub" and len(argv) > 1:
+            part = argv[1].decode(errors="replace").split("/")[-3]  # <repository>/<model>/1/model.py
+        else:
+            part = "tritonserver"
+        parts.setdefault(part, []).append(pid)
+    return parts
 
 
 def run(args: argparse.Namespace) -> dict:
-    work = args.out.parent
+    work = Path("build/soak") / args.out.name  # logs and the rendered repository; reports go to --out
     work.mkdir(parents=True, exist_ok=True)
     http_port, grpc_port, metrics_port, gateway_port = free_port(), free_port(), free_port(), free_port()
     bin_dir = Path(sys.executable).parent
-    serve_log, gateway_log = work / f"{args.out.name}-triton.log", work / f"{args.out.name}-gateway.log"
+    serve_log, gateway_log = work / "triton.log", work / "gateway.log"
     serve = start(
         [sys.executable, "-m", "model_repository.serve", "--artifacts", str(args.artifacts), "--device", "cpu",
-         "--repository", str(work / f"{args.out.name}-repository"), "--http-port", str(http_port),
+         "--repository", str(work / "repository"), "--http-port", str(http_port),
          "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port), "--supervisor-port", "0"],
         serve_log,
     )  # fmt: skip
@@ -211,11 +224,12 @@ def run(args: argparse.Namespace) -> dict:
         for thread in threads:
             thread.start()
         while time.monotonic() - started < args.warmup + args.duration:
-            triton, _ = triton_pids(serve.pid)
+            parts = {part: rss_bytes(pids) / 2**20 for part, pids in triton_parts(serve.pid).items()}
+            triton_rss = sum(mb for part, mb in parts.items() if part != "supervisor")
             gateway_rss = rss_bytes(process_tree(gateway.pid)) / 2**20
-            triton_rss = rss_bytes(triton) / 2**20
             samples.append({"t": round(time.monotonic() - started, 2), "triton_mb": round(triton_rss, 1),
-                            "gateway_mb": round(gateway_rss, 1), "processes": len(triton)})  # fmt: skip
+                            "gateway_mb": round(gateway_rss, 1),
+                            "parts_mb": {k: round(v, 1) for k, v in sorted(parts.items())}})  # fmt: skip
             time.sleep(args.sample)
         stop.set()
         for thread in threads:
@@ -236,10 +250,25 @@ def run(args: argparse.Namespace) -> dict:
 def verdict(args: argparse.Namespace, samples: list[dict], traffic: Traffic) -> dict:
     times = np.array([s["t"] for s in samples], dtype=float)
     total = np.array([s["triton_mb"] + s["gateway_mb"] for s in samples], dtype=float)
-    warmup = max(args.warmup, WARMUP_FRACTION * (args.warmup + args.duration))
+    total_s = args.warmup + args.duration
+    warmup = max(args.warmup, WARMUP_FRACTION * total_s)
     settled = times >= warmup
     slope, growth = fitted_growth(times[settled], total[settled])
     long_run = args.duration >= LONG_RUN
+    names = sorted({name for sample in samples for name in sample.get("parts_mb", {})} | {"gateway"})
+    parts: dict[str, dict] = {}
+    for name in names:
+        values = np.array(
+            [s["gateway_mb"] if name == "gateway" else s.get("parts_mb", {}).get(name, np.nan) for s in samples]
+        )
+        keep = settled & np.isfinite(values)
+        part_slope, _ = fitted_growth(times[keep], values[keep])
+        window = values[keep]
+        parts[name] = {
+            "slope_mb_per_hour": round(part_slope, 2),
+            "end_mb": round(float(window[-1]), 1) if len(window) else None,
+            "peak_mb": round(float(window.max()), 1) if len(window) else None,
+        }
     problems = list(traffic.failures)
     if long_run and slope > args.max_slope_mb_per_hour:
         problems.append(f"memory grows {slope:.1f} MB/h after the warm-up (limit {args.max_slope_mb_per_hour})")
@@ -258,6 +287,7 @@ def verdict(args: argparse.Namespace, samples: list[dict], traffic: Traffic) -> 
         "machine": {"cpu_threads": os.cpu_count()},
         "artifacts": str(args.artifacts),
         "duration_s": args.duration,
+        "traffic_s": total_s,
         "workers": args.workers,
         "requests": requests,
         "requests_per_s": round(requests / max(args.warmup + args.duration, 1e-9), 2),
@@ -270,6 +300,7 @@ def verdict(args: argparse.Namespace, samples: list[dict], traffic: Traffic) -> 
             "fitted_growth_mb": round(growth, 2),
             "judged_by": "slope" if long_run else "growth within the window",
             "warmup_s": round(warmup, 1),
+            "parts": parts,
         },
         "samples": samples,
         "failures": problems,
@@ -283,7 +314,8 @@ def write_reports(report: dict, out: Path) -> list[Path]:
     paths[0].write_text(json.dumps(report, indent=2) + "\n")
     m = report["memory"]
     lines = [
-        f"Soak, {report['duration_s']:.0f} s measured after {report['memory']['warmup_s']:.0f} s of warm-up, "
+        f"Soak: {report['traffic_s']:.0f} s of traffic, memory judged after the first "
+        f"{report['memory']['warmup_s']:.0f} s (warm-up), "
         f"{report['workers']} clients, artifacts `{report['artifacts']}`, "
         f"{report['machine']['cpu_threads']} CPU threads. `{report['command']}`, {report['date']}.",
         "",
@@ -292,6 +324,19 @@ def write_reports(report: dict, out: Path) -> list[Path]:
         f"start, {m['end_mb']} MB at the end, peak {m['peak_mb']} MB; fitted after the {m['warmup_s']} s warm-up: "
         f"{m['slope_mb_per_hour']} MB/h, {m['fitted_growth_mb']} MB over the window (judged by {m['judged_by']}).",
         "",
+        *(
+            [
+                "Memory by part after the warm-up: "
+                + "; ".join(
+                    f"{name} {row['end_mb']} MB at the end, peak {row['peak_mb']}, {row['slope_mb_per_hour']} MB/h"
+                    for name, row in m["parts"].items()
+                )
+                + ".",
+                "",
+            ]
+            if m.get("parts")
+            else []
+        ),
         "| request | outcomes | p50 ms | p99 ms |",
         "|---|---|---|---|",
     ]
@@ -336,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=8, help="concurrent clients (default: %(default)s)")
     parser.add_argument("--sample", type=float, default=2.0, help="seconds between RSS samples (default: %(default)s)")
     parser.add_argument("--max-slope-mb-per-hour", type=float, default=40.0, help="(default: %(default)s)")
-    parser.add_argument("--max-growth-mb", type=float, default=128.0, help="short runs (default: %(default)s)")
+    parser.add_argument("--max-growth-mb", type=float, default=256.0, help="short runs (default: %(default)s)")
     parser.add_argument(
         "--warmup",
         type=float,

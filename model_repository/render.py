@@ -93,6 +93,9 @@ class RenderOptions:
     encoder_instances: int = 1
     threads: int = 0  # ORT intra-op threads per encoder instance; 0 = all cores
     execution_providers: str = "tensorrt,cuda,cpu"
+    # A GPU render whose encoder runs on the CPU provider after all (ONNX Runtime drops a provider it cannot
+    # load, silently) reports unhealthy, unless this is set.
+    allow_cpu_fallback: bool = False
     trt_cache_dir: str = ""
     max_image_bytes: int = 32 * 1024 * 1024
     max_image_pixels: int = 40_000_000
@@ -249,6 +252,7 @@ def template_values(
         "pad_token_id": tokenizer.pad_id,
         "image_token_id": tokenizer.image_token_id,
         "execution_providers": opts.execution_providers,
+        "allow_cpu_fallback": "true" if opts.allow_cpu_fallback else "false",
         "threads": opts.threads,
         "trt_cache_dir": opts.trt_cache_dir,
         "preprocess_batching": _batching_block(opts, preferred, opts.preprocess_queue_delay_us),
@@ -440,6 +444,11 @@ def add_render_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--execution-providers", default=d.execution_providers, help="order, on GPU instances (default: %(default)s)"
     )
+    parser.add_argument(
+        "--allow-cpu-fallback",
+        action="store_true",
+        help="a GPU render whose encoder ends up on the CPU provider stays healthy (default: unhealthy)",
+    )
     parser.add_argument("--trt-cache-dir", default="", help="TensorRT engine/timing cache (a persistent volume)")
     parser.add_argument("--copy", action="store_true", help="copy ONNX files instead of symlinking them")
 
@@ -464,6 +473,7 @@ def options_from_args(args: argparse.Namespace, out: Path) -> RenderOptions:
         max_session_patches=args.max_session_patches,
         max_session_tokens=args.max_session_tokens,
         execution_providers=args.execution_providers,
+        allow_cpu_fallback=args.allow_cpu_fallback,
         trt_cache_dir=args.trt_cache_dir,
         copy=args.copy,
     )

@@ -266,7 +266,9 @@ class Supervisor:
     def _sdk_canary(self, timeout: float) -> Any:
         from colqwen2_client import ColQwen2Client
 
-        with ColQwen2Client(f"grpc://{self.server.grpc_url}", timeout=timeout, max_retries=0) as client:
+        host = "127.0.0.1" if self.server.host in ("0.0.0.0", "::", "") else self.server.host  # listening on all
+        url = f"grpc://{host}:{self.server.grpc_port}"
+        with ColQwen2Client(url, timeout=timeout, max_retries=0) as client:
             return client.canary()
 
     # -- background use ----------------------------------------------------------------------------

@@ -128,7 +128,12 @@ def test_errors_are_the_sdks_own(triton_server, tmp_path):
 def test_health_proves_the_models_with_a_canary(triton_server):
     for url in urls(triton_server):
         with ColQwen2Client(url) as client:
-            assert client.health() == {"status": "healthy", "gpu_available": False, "model_loaded": True}
+            assert client.health() == {
+                "status": "healthy",
+                "gpu_available": False,
+                "model_loaded": True,
+                "execution_provider": "cpu",
+            }
 
 
 def test_sync_and_async_clients_have_the_same_surface():
@@ -189,3 +194,17 @@ def test_the_client_never_imports_torch():
         "assert not heavy, heavy"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_health_names_the_provider_and_a_gpu_render_on_the_cpu_provider_is_unhealthy():
+    from colqwen2_client._base import health_verdict
+
+    gpu = {"device": "gpu", "allow_cpu_fallback": "false"}
+    assert health_verdict(True, gpu, "tensorrt") == {
+        "status": "healthy", "gpu_available": True, "model_loaded": True, "execution_provider": "tensorrt",
+    }  # fmt: skip
+    fell_back = health_verdict(True, gpu, "cpu")
+    assert fell_back["status"] == "unhealthy" and fell_back["gpu_available"] is False
+    assert fell_back["execution_provider"] == "cpu" and fell_back["model_loaded"] is True
+    assert health_verdict(True, gpu | {"allow_cpu_fallback": "true"}, "cpu")["status"] == "healthy"
+    assert health_verdict(True, {"device": "cpu"}, "cpu")["status"] == "healthy"

@@ -73,7 +73,12 @@ def test_embed_query_and_precision(http, sdk):
 def test_health_is_a_canary(http):
     reply = http.get("/health")
     assert reply.status_code == 200
-    assert reply.json() == {"status": "healthy", "gpu_available": False, "model_loaded": True}
+    assert reply.json() == {
+        "status": "healthy",
+        "gpu_available": False,
+        "model_loaded": True,
+        "execution_provider": "cpu",
+    }
 
 
 @pytest.mark.parametrize(

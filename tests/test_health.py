@@ -86,7 +86,12 @@ def test_health_follows_a_dead_model_and_its_recovery(own_server, own_gateway):
     own_server.stop()
     own_server.start(log)
     own_server.wait_ready(180)
-    assert client.health() == {"status": "healthy", "gpu_available": False, "model_loaded": True}
+    assert client.health() == {
+        "status": "healthy",
+        "gpu_available": False,
+        "model_loaded": True,
+        "execution_provider": "cpu",
+    }
     reply = httpx.get(f"{own_gateway}/health", timeout=30)
     assert reply.status_code == 200 and reply.json()["model_loaded"] is True
     client.close()

@@ -111,6 +111,7 @@ def test_encoder_serves_images_and_queries_and_isolates_a_bad_request(tiny_repos
     assert image.output("NUM_VECTORS").tolist() == [[7 * 18 + 15]] and image.output("EMBEDDINGS").dtype == np.float32
     assert other.output("NUM_VECTORS").tolist() == [[32 * 11 + 15]]
     assert np.allclose(np.linalg.norm(image.output("POOLED"), axis=-1), 1, atol=1e-5)
+    assert image.output("PROVIDER").tolist() == [[b"cpu"]]  # what the session really runs on, for health checks
     assert bad.error().code() == pb.TritonError.INVALID_ARG and "needs 504 patches" in bad.error().message()
     assert query.output("NUM_VECTORS")[0, 0] == short.inputs["INPUT_IDS"].as_numpy().shape[1]
     alone = model.execute([short])[0]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -113,3 +115,56 @@ def test_cli_index_and_search(triton_server, samples, tmp_path):
         [*base, "search", "x", "--qdrant-path", str(tmp_path / "none")], capture_output=True, text=True
     )
     assert empty.returncode == 2 and "collection is empty" in empty.stderr
+
+
+def test_cli_index_killed_mid_run_then_rerun_is_exact(triton_server, tmp_path):
+    """SIGKILL `colqwen2 index` after its first chunk is stored, run it again: every image once, with its vectors."""
+    import io
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from PIL import Image
+
+    from tests.conftest import _console_script
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(7)
+    for i in range(150):  # distinct content: the point id is the content's hash
+        pixels = rng.integers(0, 255, (24 + i % 5 * 8, 40 + i % 7 * 8, 3), dtype=np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, "PNG")
+        (folder / f"img_{i:03d}.png").write_bytes(buffer.getvalue())
+    store = tmp_path / "qdrant"
+    command = [
+        _console_script("colqwen2"), "--url", f"grpc://{triton_server.grpc_url}", "index", str(folder),
+        "--qdrant-path", str(store), "--progress",
+    ]  # fmt: skip
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    seen, deadline = b"", time.monotonic() + 120
+    os.set_blocking(first.stderr.fileno(), False)
+    while b"64/150" not in seen:  # the first chunk of 64 is upserted before the bar moves
+        assert time.monotonic() < deadline and first.poll() is None, seen[-300:]
+        seen += first.stderr.read() or b""
+        time.sleep(0.05)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait(10)
+    assert first.returncode == -signal.SIGKILL
+
+    second = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-2000:]
+    summary = json.loads(second.stdout.strip().splitlines()[-1])
+    assert summary["points"] == 150 and summary["indexed"] + summary["skipped"] == 150
+    assert summary["skipped"] >= 64  # what the killed run stored is kept, not embedded again
+
+    from qdrant_client import QdrantClient
+
+    qdrant = QdrantClient(path=str(store))
+    points, _ = qdrant.scroll("visual_embeddings", limit=1000, with_vectors=True, with_payload=True)
+    qdrant.close()
+    assert len(points) == 150 and len({p.id for p in points}) == 150  # no duplicates
+    assert {p.payload["source"] for p in points} == {str(f.resolve()) for f in folder.iterdir()}
+    for point in points:  # no point without its vectors
+        assert len(point.vector["pooled"]) == 128 and len(point.vector["colqwen2"]) >= 1

@@ -44,7 +44,9 @@ def test_rendered_configs_are_complete_and_consistent(tiny_artifacts, tmp_path, 
     image_steps = [step.model_name for step in models["colqwen2"].ensemble_scheduling.step]
     query_steps = [step.model_name for step in models["colqwen2_query"].ensemble_scheduling.step]
     assert image_steps[-1] == query_steps[-1] == f"colqwen2_encoder_{full}"
-    assert [o.name for o in models["colqwen2"].output] == ["embeddings", "num_vectors", "pooled", "grid"]
+    assert [o.name for o in models["colqwen2"].output] == [
+        "embeddings", "num_vectors", "pooled", "execution_provider", "grid"
+    ]  # fmt: skip
     assert models["colqwen2"].parameters["precision"].string_value == full
     encoder = models[f"colqwen2_encoder_{full}"]
     assert encoder.instance_group[0].kind == (

@@ -12,7 +12,14 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ._constants import DEFAULT_BATCH_SIZE, DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT, EMBEDDING_DIM, MODELS
+from ._constants import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_TIMEOUT,
+    EMBEDDING_DIM,
+    MODELS,
+    PROVIDER_OUTPUT,
+)
 from ._transport import Endpoint, parse_url
 from .errors import ColQwen2Error, ServerError
 from .inputs import image_bytes
@@ -129,14 +136,38 @@ def check_canary(embedding: Embedding, what: str) -> None:
         raise ServerError(f"{what} canary vectors are not L2-normalised")
 
 
-def canary_info(parameters: dict[str, str], image: Embedding, query: Embedding) -> dict[str, Any]:
-    """What a passed canary proved: both ensembles answer with well-formed vectors."""
-    check_canary(image, "image")
-    check_canary(query, "query")
-    return {"parameters": parameters, "image_vectors": image.num_vectors, "query_vectors": query.num_vectors}
+def provider_of(outputs: dict[str, np.ndarray]) -> str:
+    value = outputs[PROVIDER_OUTPUT].reshape(-1)[0]
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def health_verdict(loaded: bool, parameters: dict[str, str] | None) -> dict[str, Any]:
-    """The original service's health shape."""
-    device = (parameters or {}).get("device", "")
-    return {"status": "healthy" if loaded else "unhealthy", "gpu_available": device == "gpu", "model_loaded": loaded}
+def canary_info(parameters: dict[str, str], image: dict[str, np.ndarray], query: dict[str, np.ndarray]) -> dict:
+    """What a passed canary proved: both ensembles answer with well-formed vectors, on which provider."""
+    image_embedding, query_embedding = single(image), single(query)
+    check_canary(image_embedding, "image")
+    check_canary(query_embedding, "query")
+    return {
+        "parameters": parameters,
+        "image_vectors": image_embedding.num_vectors,
+        "query_vectors": query_embedding.num_vectors,
+        "execution_provider": provider_of(image),
+    }
+
+
+def health_verdict(loaded: bool, parameters: dict[str, str] | None, provider: str | None = None) -> dict[str, Any]:
+    """The original service's health shape, plus the ONNX Runtime provider the encoder really runs on.
+
+    A GPU deployment whose encoder fell back to the CPU provider (no CUDA libraries, a driver too old)
+    is unhealthy, unless it was rendered with `--allow-cpu-fallback`.
+    """
+    parameters = parameters or {}
+    fell_back = parameters.get("device") == "gpu" and provider == "cpu"
+    healthy = loaded and (not fell_back or parameters.get("allow_cpu_fallback") == "true")
+    verdict = {
+        "status": "healthy" if healthy else "unhealthy",
+        "gpu_available": provider in ("cuda", "tensorrt") if provider else parameters.get("device") == "gpu",
+        "model_loaded": loaded,
+    }
+    if provider:
+        verdict["execution_provider"] = provider
+    return verdict

@@ -24,6 +24,7 @@ IMAGE_INPUT = "image"
 TEXT_INPUT = "text"
 OUTPUTS = ("embeddings", "num_vectors", "pooled")
 IMAGE_OUTPUTS = (*OUTPUTS, "grid")  # images also return their grid: (rows, cols) of visual tokens
+PROVIDER_OUTPUT = "execution_provider"  # which ONNX Runtime provider ran it (tensorrt, cuda, cpu): canaries ask
 CANARY_QUERY = "health check"
 # Triton priority levels the rendered models declare (1 is served first). User requests take the
 # default level, whose queue is bounded; health canaries ask for CANARY_PRIORITY, a lane with no

@@ -19,7 +19,16 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from ._constants import DEFAULT_BACKOFF, DEFAULT_PORTS, IMAGE_INPUT, IMAGE_OUTPUTS, MAX_BACKOFF, OUTPUTS
+from ._constants import (
+    CANARY_PRIORITY,
+    DEFAULT_BACKOFF,
+    DEFAULT_PORTS,
+    IMAGE_INPUT,
+    IMAGE_OUTPUTS,
+    MAX_BACKOFF,
+    OUTPUTS,
+    PROVIDER_OUTPUT,
+)
 from .errors import (
     ColQwen2Error,
     InvalidInputError,
@@ -134,12 +143,13 @@ def _bytes_input(module: Any, protocol: str, name: str, items: Sequence[bytes]) 
     return tensor
 
 
-def _names(input_name: str) -> tuple[str, ...]:
-    return IMAGE_OUTPUTS if input_name == IMAGE_INPUT else OUTPUTS
+def _names(input_name: str, canary: bool = False) -> tuple[str, ...]:
+    names = IMAGE_OUTPUTS if input_name == IMAGE_INPUT else OUTPUTS
+    return (*names, PROVIDER_OUTPUT) if canary else names
 
 
-def _outputs(result: Any, input_name: str) -> Outputs:
-    return {name: result.as_numpy(name) for name in _names(input_name)}
+def _outputs(result: Any, input_name: str, canary: bool = False) -> Outputs:
+    return {name: result.as_numpy(name) for name in _names(input_name, canary)}
 
 
 def _parameters(config: dict) -> dict[str, str]:
@@ -172,18 +182,21 @@ class SyncTransport:
     def _input(self, name: str, items: Sequence[bytes]) -> Any:
         return _bytes_input(self.module, self.endpoint.protocol, name, items)
 
-    def _outputs_requested(self, input_name: str) -> list:
+    def _outputs_requested(self, input_name: str, canary: bool = False) -> list:
         if self.endpoint.protocol == "http":
-            return [self.module.InferRequestedOutput(n, binary_data=True) for n in _names(input_name)]
-        return [self.module.InferRequestedOutput(n) for n in _names(input_name)]
+            return [self.module.InferRequestedOutput(n, binary_data=True) for n in _names(input_name, canary)]
+        return [self.module.InferRequestedOutput(n) for n in _names(input_name, canary)]
 
-    def infer(self, model: str, input_name: str, items: Sequence[bytes], priority: int = 0) -> Outputs:
-        """One request carrying every item (priority 0: the model's default level)."""
-        kwargs: dict[str, Any] = {"outputs": self._outputs_requested(input_name), "priority": priority}
+    def infer(self, model: str, input_name: str, items: Sequence[bytes], canary: bool = False) -> Outputs:
+        """One request carrying every item; a canary rides the health lane and asks which provider ran it."""
+        kwargs: dict[str, Any] = {
+            "outputs": self._outputs_requested(input_name, canary),
+            "priority": CANARY_PRIORITY if canary else 0,
+        }
         if self.endpoint.protocol == "grpc":
             kwargs["client_timeout"] = self.timeout
         try:
-            return _outputs(self.client.infer(model, [self._input(input_name, items)], **kwargs), input_name)
+            return _outputs(self.client.infer(model, [self._input(input_name, items)], **kwargs), input_name, canary)
         except Exception as exc:
             raise translate(exc, model) from None
 
@@ -295,12 +308,12 @@ class AsyncTransport:
         except Exception as exc:
             raise translate(exc, model) from None
 
-    async def infer(self, model: str, input_name: str, items: Sequence[bytes], priority: int = 0) -> Outputs:
-        kwargs: dict[str, Any] = {"priority": priority}
+    async def infer(self, model: str, input_name: str, items: Sequence[bytes], canary: bool = False) -> Outputs:
+        kwargs: dict[str, Any] = {"priority": CANARY_PRIORITY if canary else 0}  # no outputs named: all come
         if self.endpoint.protocol == "grpc":
             kwargs["client_timeout"] = self.timeout
         result = await self._call(self.client.infer(model, [self._input(input_name, items)], **kwargs), model)
-        return _outputs(result, input_name)
+        return _outputs(result, input_name, canary)
 
     async def infer_each(self, model: str, input_name: str, items: Sequence[bytes], window: int) -> list:
         slots = asyncio.Semaphore(window)

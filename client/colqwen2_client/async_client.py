@@ -9,7 +9,6 @@ import numpy as np
 
 from . import _base
 from ._constants import (
-    CANARY_PRIORITY,
     CANARY_QUERY,
     DEFAULT_MAX_RETRIES,
     DEFAULT_TIMEOUT,
@@ -114,11 +113,9 @@ class AsyncColQwen2Client:
         transport = self._transport if timeout is None else self._canary_transport(timeout)
         try:
             parameters = await transport.model_parameters(self.options.image_model)
-            image = await transport.infer(self.options.image_model, IMAGE_INPUT, [_base.canary_png()], CANARY_PRIORITY)
-            query = await transport.infer(
-                self.options.query_model, TEXT_INPUT, [CANARY_QUERY.encode()], CANARY_PRIORITY
-            )
-            return _base.canary_info(parameters, _base.single(image), _base.single(query))
+            image = await transport.infer(self.options.image_model, IMAGE_INPUT, [_base.canary_png()], canary=True)
+            query = await transport.infer(self.options.query_model, TEXT_INPUT, [CANARY_QUERY.encode()], canary=True)
+            return _base.canary_info(parameters, image, query)
         finally:
             if transport is not self._transport:
                 await transport.close()
@@ -137,7 +134,7 @@ class AsyncColQwen2Client:
             except ColQwen2Error:
                 pass
             return _base.health_verdict(False, parameters)
-        return _base.health_verdict(True, info["parameters"])
+        return _base.health_verdict(True, info["parameters"], info["execution_provider"])
 
     async def server_info(self) -> dict[str, str]:
         """The image ensemble's config parameters: precision, device, resolution, max_visual_tokens, checkpoint."""

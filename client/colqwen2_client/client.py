@@ -9,7 +9,6 @@ import numpy as np
 
 from . import _base
 from ._constants import (
-    CANARY_PRIORITY,
     CANARY_QUERY,
     DEFAULT_MAX_RETRIES,
     DEFAULT_TIMEOUT,
@@ -120,9 +119,9 @@ class ColQwen2Client:
         transport = self._transport if timeout is None else self._canary_transport(timeout)
         try:
             parameters = transport.model_parameters(self.options.image_model)
-            image = transport.infer(self.options.image_model, IMAGE_INPUT, [_base.canary_png()], CANARY_PRIORITY)
-            query = transport.infer(self.options.query_model, TEXT_INPUT, [CANARY_QUERY.encode()], CANARY_PRIORITY)
-            return _base.canary_info(parameters, _base.single(image), _base.single(query))
+            image = transport.infer(self.options.image_model, IMAGE_INPUT, [_base.canary_png()], canary=True)
+            query = transport.infer(self.options.query_model, TEXT_INPUT, [CANARY_QUERY.encode()], canary=True)
+            return _base.canary_info(parameters, image, query)
         finally:
             if transport is not self._transport:
                 transport.close()
@@ -141,7 +140,7 @@ class ColQwen2Client:
             except ColQwen2Error:
                 pass
             return _base.health_verdict(False, parameters)
-        return _base.health_verdict(True, info["parameters"])
+        return _base.health_verdict(True, info["parameters"], info["execution_provider"])
 
     def server_info(self) -> dict[str, str]:
         """The image ensemble's config parameters: precision, device, resolution, max_visual_tokens, checkpoint."""

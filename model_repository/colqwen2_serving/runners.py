@@ -160,6 +160,7 @@ class EncoderRunner:
         self.vision = vision
         self.text = text
         self.max_visual_tokens = max_visual_tokens  # per image (0: no limit): the TensorRT profile's and memory's
+        self.provider = "cpu"  # the ONNX Runtime provider the sessions really run on (reported to health checks)
 
     def check(self, request: EncoderRequest) -> InputError | None:
         ids, mask, patches, grids = request
@@ -245,7 +246,7 @@ def text_profile(budget: Budget, longest: int, hidden: int) -> tuple:
 
 def encoder_runner(params, instance_args: dict[str, str]) -> EncoderRunner:
     """The encoder model's runner, configured by its Triton parameters (sessions: TensorRT, CUDA or CPU)."""
-    from .sessions import session_from_parameters
+    from .sessions import provider_of, session_from_parameters
 
     hidden = params.integer("hidden_size")
     cap = params.integer("max_visual_tokens")
@@ -260,8 +261,11 @@ def encoder_runner(params, instance_args: dict[str, str]) -> EncoderRunner:
     vision_session = session_from_parameters(params, instance_args, params.path("vision_model"), vision_profile_)
     text_profile_ = text_profile(text_budget, longest, hidden)
     text_session = session_from_parameters(params, instance_args, params.path("text_model"), text_profile_)
-    return EncoderRunner(
+    runner = EncoderRunner(
         VisionRunner(vision_session, hidden, vision_budget),
         TextRunner(text_session, params.integer("pad_token_id"), params.integer("image_token_id"), hidden, text_budget),
         max_visual_tokens=cap,
     )
+    providers = {provider_of(vision_session), provider_of(text_session)}
+    runner.provider = providers.pop() if len(providers) == 1 else "mixed"
+    return runner

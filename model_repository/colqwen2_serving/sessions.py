@@ -103,6 +103,12 @@ def create_session(model_path: str | Path, config: SessionConfig):
     return session
 
 
+def provider_of(session) -> str:
+    """The short name of the provider a session really runs on (ONNX Runtime drops unavailable ones silently)."""
+    first = session.get_providers()[0]
+    return next((short for short, name in PROVIDER_NAMES.items() if name == first), first)
+
+
 def session_from_parameters(params, args: dict[str, str], model_path: Path, profile=()):
     """A session for `model_path` configured by the encoder model's config parameters and Triton's instance args."""
     on_gpu = args.get("model_instance_kind") == "GPU"

@@ -44,13 +44,17 @@ def error_response(error: Exception, model_name: str) -> Any:
     return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, pb_utils.TritonError.INTERNAL))
 
 
-def encoder_responses(results: list, dtypes: Mapping[str, np.dtype], model_name: str) -> list:
-    """Encoder results (an `Embedded` or the exception for that request) -> Triton responses."""
+def encoder_responses(results: list, dtypes: Mapping[str, np.dtype], model_name: str, provider: str = "") -> list:
+    """Encoder results (an `Embedded` or the exception for that request) -> Triton responses, each naming the
+    execution provider that ran it when the model declares a PROVIDER output."""
     out = []
     for result in results:
         if isinstance(result, Exception):
             out.append(error_response(result, model_name))
         else:
             outputs = {"EMBEDDINGS": result.embeddings, "NUM_VECTORS": result.num_vectors, "POOLED": result.pooled}
+            if "PROVIDER" in dtypes:
+                rows = len(result.num_vectors)
+                outputs["PROVIDER"] = np.array([[provider.encode()]] * rows, dtype=np.object_)
             out.append(response(outputs, dtypes))
     return out

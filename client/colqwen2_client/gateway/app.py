@@ -93,6 +93,11 @@ class HealthResponse(BaseModel):
     status: Literal["healthy", "unhealthy"]
     gpu_available: bool
     model_loaded: bool
+    execution_provider: str | None = Field(
+        default=None,
+        description="the ONNX Runtime provider the encoder really runs on (tensorrt, cuda, cpu); a GPU deployment "
+        "that fell back to cpu is unhealthy unless rendered with --allow-cpu-fallback",
+    )
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {

@@ -22,7 +22,7 @@ class TritonPythonModel:
     def execute(self, requests: list) -> list:
         """Images (vision, then text) and queries (text) of all requests in budgeted calls; one response each."""
         results = self.runner.run([tuple(input_array(r, name) for name in INPUTS) for r in requests])
-        return encoder_responses(results, self.dtypes, self.name)
+        return encoder_responses(results, self.dtypes, self.name, self.runner.provider)
 
     def finalize(self) -> None:
         """Drop the sessions so GPU memory is released before the stub exits."""
