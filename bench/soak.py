@@ -48,7 +48,7 @@ import numpy as np
 from PIL import Image
 
 from bench.load import payloads, process_tree, rss_bytes
-from model_repository.server import free_port
+from model_repository.server import free_port, python_stubs
 
 WARMUP_FRACTION = 0.2  # of a long run, when that is longer than --warmup
 LONG_RUN = 600.0  # seconds: from here the slope is judged
@@ -172,20 +172,14 @@ def wait_http(url: str, process: subprocess.Popen, timeout: float, log: Path) ->
 
 def triton_parts(serve_pid: int) -> dict[str, list[int]]:
     """The processes under `make serve`, by part: the launcher and supervisor, tritonserver, each model's stubs."""
-    parts: dict[str, list[int]] = {}
-    for pid in process_tree(serve_pid):
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        name = argv[0].decode(errors="replace").rsplit("/", 1)[-1]
-        if pid == serve_pid:
-            part = "supervisor"
-        elif name == "triton_python_backend_stub" and len(argv) > 1:
-            part = argv[1].decode(errors="replace").split("/")[-3]  # <repository>/<model>/1/model.py
-        else:
-            part = "tritonserver"
-        parts.setdefault(part, []).append(pid)
+    tree = [pid for pid in process_tree(serve_pid) if pid != serve_pid]  # parents come before their children
+    models: dict[int, str] = {}
+    for pid in tree:
+        if pid not in models:  # a stub has no stubs of its own; tritonserver has them all
+            models |= {stub: instance.rsplit("_", 2)[0] for instance, stub in python_stubs(pid).items()}
+    parts: dict[str, list[int]] = {"supervisor": [serve_pid]}
+    for pid in tree:
+        parts.setdefault(models.get(pid, "tritonserver"), []).append(pid)
     return parts
 
 

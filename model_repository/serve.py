@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         # Only signal here: waiting inside a handler would deadlock with the main thread's wait().
         nonlocal stopping
         print(f"\n{signal.Signals(signum).name}: stopping Triton (again to kill) ...", file=sys.stderr, flush=True)
-        supervisor._stopping.set()
+        supervisor.request_stop()
         server.interrupt(force=stopping)
         stopping = True
 

@@ -155,18 +155,27 @@ class Supervisor:
         self.ready_seconds.append(seconds)
         return seconds
 
-    def restart(self, reason: str, message: str) -> bool:
-        """Stop (killing if it hangs) and start Triton again; False once the restart budget is spent."""
+    def _spend_restart(self) -> bool:
+        """Take one restart from the budget (`max_restarts` within `window` seconds); False when none is left."""
         now = time.monotonic()
         while self._restart_times and now - self._restart_times[0] > self.settings.window:
             self._restart_times.popleft()
         if len(self._restart_times) >= self.settings.max_restarts:
-            with self._lock:
-                self.state, self.reason = "given_up", f"{message}; {len(self._restart_times)} restarts in " \
-                    f"{self.settings.window:.0f} s did not help"  # fmt: skip
-            log.error("supervisor: giving up: %s", self.reason)
             return False
         self._restart_times.append(now)
+        return True
+
+    def _give_up(self, why: str) -> bool:
+        with self._lock:
+            self.state, self.reason = "given_up", why
+        log.error("supervisor: giving up: %s", why)
+        return False
+
+    def restart(self, reason: str, message: str) -> bool:
+        """Stop (killing if it hangs) and start Triton again; False once the restart budget is spent."""
+        if not self._spend_restart():
+            window = self.settings.window
+            return self._give_up(f"{message}; {len(self._restart_times)} restarts in {window:.0f} s did not help")
         self.restarts[reason] += 1
         with self._lock:
             self.state, self.reason = "recovering", message
@@ -184,11 +193,8 @@ class Supervisor:
                     break
                 self.restarts["not_ready"] += 1
                 log.error("supervisor: restart failed: %s", exc)
-                if len(self._restart_times) >= self.settings.max_restarts:
-                    with self._lock:
-                        self.state, self.reason = "given_up", f"{message}; then: {exc}"
-                    return False
-                self._restart_times.append(time.monotonic())
+                if not self._spend_restart():
+                    return self._give_up(f"{message}; then: {exc}")
         return False
 
     # -- watching ----------------------------------------------------------------------------------
@@ -281,8 +287,12 @@ class Supervisor:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def stop(self) -> None:
+    def request_stop(self) -> None:
+        """Stop watching and restarting (safe from a signal handler: it only sets a flag)."""
         self._stopping.set()
+
+    def stop(self) -> None:
+        self.request_stop()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(30)
         self.server.stop()

@@ -107,34 +107,26 @@ class AsyncColQwen2Client:
         done = dict(zip(todo, await self.embed_batch([images[i] for i in todo]), strict=True))
         return maxsim_scores(q, [done.get(i, image) for i, image in enumerate(images)])
 
-    async def canary(self, timeout: float | None = None) -> dict[str, Any]:
+    async def canary(self) -> dict[str, Any]:
         """Embed a small image and a query on the health lane (Triton priority 1: served before
         user traffic, never refused by a full queue). Raises the SDK error that stopped it; no retries."""
-        transport = self._transport if timeout is None else self._canary_transport(timeout)
-        try:
-            parameters = await transport.model_parameters(self.options.image_model)
-            image = await transport.infer(self.options.image_model, IMAGE_INPUT, [_base.canary_png()], canary=True)
-            query = await transport.infer(self.options.query_model, TEXT_INPUT, [CANARY_QUERY.encode()], canary=True)
-            return _base.canary_info(parameters, image, query)
-        finally:
-            if transport is not self._transport:
-                await transport.close()
+        return await self._canary_inferences(await self._transport.model_parameters(self.options.image_model))
 
-    def _canary_transport(self, timeout: float):
-        return AsyncTransport(self.options.endpoint, timeout, 1)
+    async def _canary_inferences(self, parameters: dict[str, str]) -> dict[str, Any]:
+        image = await self._transport.infer(self.options.image_model, IMAGE_INPUT, [_base.canary_png()], canary=True)
+        query = await self._transport.infer(self.options.query_model, TEXT_INPUT, [CANARY_QUERY.encode()], canary=True)
+        return _base.canary_info(parameters, image, query)
 
     async def health(self) -> dict[str, Any]:
-        """`{"status", "gpu_available", "model_loaded"}`; `model_loaded` only after real canary inferences."""
+        """`{"status", "gpu_available", "model_loaded", "execution_provider"}`; `model_loaded` only after real
+        canary inferences."""
+        parameters = None
         try:
-            info = await self.canary()
+            parameters = await self._transport.model_parameters(self.options.image_model)
+            info = await self._canary_inferences(parameters)
         except ColQwen2Error:
-            parameters = None
-            try:
-                parameters = await self._transport.model_parameters(self.options.image_model)
-            except ColQwen2Error:
-                pass
             return _base.health_verdict(False, parameters)
-        return _base.health_verdict(True, info["parameters"], info["execution_provider"])
+        return _base.health_verdict(True, parameters, info["execution_provider"])
 
     async def server_info(self) -> dict[str, str]:
         """The image ensemble's config parameters: precision, device, resolution, max_visual_tokens, checkpoint."""

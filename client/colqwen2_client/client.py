@@ -113,34 +113,26 @@ class ColQwen2Client:
         done = dict(zip(todo, self.embed_batch([images[i] for i in todo]), strict=True))
         return maxsim_scores(q, [done.get(i, image) for i, image in enumerate(images)])
 
-    def canary(self, timeout: float | None = None) -> dict[str, Any]:
+    def canary(self) -> dict[str, Any]:
         """Embed a small image and a query on the health lane (Triton priority 1: served before
         user traffic, never refused by a full queue). Raises the SDK error that stopped it; no retries."""
-        transport = self._transport if timeout is None else self._canary_transport(timeout)
-        try:
-            parameters = transport.model_parameters(self.options.image_model)
-            image = transport.infer(self.options.image_model, IMAGE_INPUT, [_base.canary_png()], canary=True)
-            query = transport.infer(self.options.query_model, TEXT_INPUT, [CANARY_QUERY.encode()], canary=True)
-            return _base.canary_info(parameters, image, query)
-        finally:
-            if transport is not self._transport:
-                transport.close()
+        return self._canary_inferences(self._transport.model_parameters(self.options.image_model))
 
-    def _canary_transport(self, timeout: float):
-        return SyncTransport(self.options.endpoint, timeout, 1)
+    def _canary_inferences(self, parameters: dict[str, str]) -> dict[str, Any]:
+        image = self._transport.infer(self.options.image_model, IMAGE_INPUT, [_base.canary_png()], canary=True)
+        query = self._transport.infer(self.options.query_model, TEXT_INPUT, [CANARY_QUERY.encode()], canary=True)
+        return _base.canary_info(parameters, image, query)
 
     def health(self) -> dict[str, Any]:
-        """`{"status", "gpu_available", "model_loaded"}`; `model_loaded` only after real canary inferences."""
+        """`{"status", "gpu_available", "model_loaded", "execution_provider"}`; `model_loaded` only after real
+        canary inferences."""
+        parameters = None
         try:
-            info = self.canary()
+            parameters = self._transport.model_parameters(self.options.image_model)
+            info = self._canary_inferences(parameters)
         except ColQwen2Error:
-            parameters = None
-            try:
-                parameters = self._transport.model_parameters(self.options.image_model)
-            except ColQwen2Error:
-                pass
             return _base.health_verdict(False, parameters)
-        return _base.health_verdict(True, info["parameters"], info["execution_provider"])
+        return _base.health_verdict(True, parameters, info["execution_provider"])
 
     def server_info(self) -> dict[str, str]:
         """The image ensemble's config parameters: precision, device, resolution, max_visual_tokens, checkpoint."""
