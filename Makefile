@@ -21,7 +21,7 @@ GATEWAY_PORT ?= 8080
 
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup checkpoint export serve gateway demo helm-lint test test-slow lint format bench bench-export bench-memory bench-pooling soak clean
+.PHONY: help setup checkpoint export serve gateway demo helm-lint test test-slow lint format bench bench-export bench-memory bench-pooling bench-catalog soak clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-14s\033[0m %s\n", $$1, $$2}'
@@ -88,6 +88,10 @@ bench-memory: $(STAMP) ## memory of the real-size checkpoint per precision: weig
 bench-pooling: $(STAMP) ## token pooling at index time: storage saved vs ranking changes (demo images, OUT's export)
 	@[ -f "$(OUT)/manifest.json" ] || $(MAKE) --no-print-directory export CHECKPOINT="$(CHECKPOINT)" OUT="$(OUT)"
 	$(PY) -m bench.token_pooling --artifacts "$(OUT)"
+
+bench-catalog: $(STAMP) ## catalog indexing: bulk speed vs raw embedding, first-stage recall@10 vs exact MaxSim (2000 images, OUT's export)
+	@[ -f "$(OUT)/manifest.json" ] || $(MAKE) --no-print-directory export CHECKPOINT="$(CHECKPOINT)" OUT="$(OUT)"
+	$(PY) -m bench.catalog --artifacts "$(OUT)" $(BENCH_ARGS)
 
 DURATION ?= 1800
 soak: $(STAMP) ## DURATION seconds of mixed traffic (SDK, gateway, 5 % bad input, health) against `make serve`: fails on any error for a good input or on growing memory

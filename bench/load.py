@@ -80,13 +80,25 @@ def process_tree(root: int) -> list[int]:
 
 
 def rss_bytes(pids: list[int]) -> int:
+    """Resident memory of processes, each page counted in every process that maps it."""
+    return _resident(pids, "Rss:")
+
+
+def pss_bytes(pids: list[int]) -> int:
+    """Proportional set size: a page shared by n of the processes counts 1/n in each, so the sum over a
+    process tree is its real footprint. Triton and its Python-backend stubs share the backend's
+    shared-memory pool, which RSS counts once per process that touched it."""
+    return _resident(pids, "Pss:")
+
+
+def _resident(pids: list[int], field: str) -> int:
     total = 0
     for pid in pids:
         try:
-            status = Path(f"/proc/{pid}/status").read_text()
+            rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
         except OSError:
             continue
-        total += 1024 * next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
+        total += 1024 * next((int(line.split()[1]) for line in rollup.splitlines() if line.startswith(field)), 0)
     return total
 
 

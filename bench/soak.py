@@ -8,12 +8,14 @@ supervisor) and `colqwen2-gateway` in front of it, then for `--duration` seconds
 clients busy with the traffic users send: images of the mixed Keepa/Amazon workload and thumbnails
 through the SDK (gRPC) and through the gateway (`/embed`, `/embed_batch`), text queries both ways,
 about 5 % bad inputs (truncated files, garbage, empty queries: each must be refused as bad input,
-4xx or InvalidInputError), and health calls. Every `--sample` seconds it reads the RSS of Triton,
-its stubs and the gateway.
+4xx or InvalidInputError), and health calls. Every `--sample` seconds it reads the memory of Triton,
+its stubs and the gateway as PSS (proportional set size: a page shared by n processes counts 1/n in
+each; Triton and its stubs share the Python backend's shared-memory pool, which a sum of RSS counts
+once per process), and the Triton tree's RSS for reference.
 
 Verdict:
 - any failure of a good input (an error, a wrong-shaped result) fails the soak;
-- memory: a least-squares line through the total RSS after the warm-up gives the growth rate. The
+- memory: a least-squares line through the total PSS after the warm-up gives the growth rate. The
   warm-up (`--warmup`, 60 s of the same traffic before the measured `--duration`, or 20 % of a long
   run if that is more) is when ONNX Runtime's arenas grow to the largest batch shapes the mixed
   sizes produce: on the tiny checkpoint with 8 clients the Triton tree goes from 215 MB to about
@@ -23,7 +25,7 @@ Verdict:
   shorter runs cannot tell a slope from such steps and fail only on a gross leak: fitted growth within
   the window over `--max-growth-mb` (256 MB: two such steps).
 
-Reports: JSON, markdown and a plot (RSS over time, the fitted line) at `--out` (a path prefix).
+Reports: JSON, markdown and a plot (PSS over time, the fitted line) at `--out` (a path prefix).
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from bench.load import payloads, process_tree, rss_bytes
+from bench.load import payloads, process_tree, pss_bytes, rss_bytes
 from model_repository.server import free_port, python_stubs
 
 WARMUP_FRACTION = 0.2  # of a long run, when that is longer than --warmup
@@ -218,11 +220,13 @@ def run(args: argparse.Namespace) -> dict:
         for thread in threads:
             thread.start()
         while time.monotonic() - started < args.warmup + args.duration:
-            parts = {part: rss_bytes(pids) / 2**20 for part, pids in triton_parts(serve.pid).items()}
-            triton_rss = sum(mb for part, mb in parts.items() if part != "supervisor")
-            gateway_rss = rss_bytes(process_tree(gateway.pid)) / 2**20
-            samples.append({"t": round(time.monotonic() - started, 2), "triton_mb": round(triton_rss, 1),
-                            "gateway_mb": round(gateway_rss, 1),
+            tree = triton_parts(serve.pid)
+            parts = {part: pss_bytes(pids) / 2**20 for part, pids in tree.items()}
+            triton_pss = sum(mb for part, mb in parts.items() if part != "supervisor")
+            triton_rss = rss_bytes([pid for part, pids in tree.items() if part != "supervisor" for pid in pids]) / 2**20
+            gateway_pss = pss_bytes(process_tree(gateway.pid)) / 2**20
+            samples.append({"t": round(time.monotonic() - started, 2), "triton_mb": round(triton_pss, 1),
+                            "gateway_mb": round(gateway_pss, 1), "triton_rss_mb": round(triton_rss, 1),
                             "parts_mb": {k: round(v, 1) for k, v in sorted(parts.items())}})  # fmt: skip
             time.sleep(args.sample)
         stop.set()
@@ -314,7 +318,7 @@ def write_reports(report: dict, out: Path) -> list[Path]:
         f"{report['machine']['cpu_threads']} CPU threads. `{report['command']}`, {report['date']}.",
         "",
         f"**{'PASSED' if report['passed'] else 'FAILED'}**: {report['requests']} requests "
-        f"({report['requests_per_s']}/s); memory (Triton, its stubs and the gateway) {m['start_mb']} MB at the "
+        f"({report['requests_per_s']}/s); memory (PSS of Triton, its stubs and the gateway) {m['start_mb']} MB at the "
         f"start, {m['end_mb']} MB at the end, peak {m['peak_mb']} MB; fitted after the {m['warmup_s']} s warm-up: "
         f"{m['slope_mb_per_hour']} MB/h, {m['fitted_growth_mb']} MB over the window (judged by {m['judged_by']}).",
         "",
@@ -359,7 +363,7 @@ def write_reports(report: dict, out: Path) -> list[Path]:
             t[settled], np.polyval(fit, t[settled]), "--", label=f"fit: {report['memory']['slope_mb_per_hour']} MB/h"
         )
     ax.set_xlabel("minutes")
-    ax.set_ylabel("RSS (MB)")
+    ax.set_ylabel("PSS (MB)")
     ax.set_title(f"Soak: {report['requests']} requests, {'passed' if report['passed'] else 'FAILED'}")
     ax.legend()
     fig.tight_layout()

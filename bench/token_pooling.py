@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 from colqwen2_client import ColQwen2Client
-from colqwen2_client.qdrant import IndexSettings, VisualIndex, open_qdrant, point_id
+from colqwen2_client.catalog import point_id, sha256_hex
+from colqwen2_client.qdrant import IndexSettings, VisualIndex, open_qdrant
 from PIL import Image
 from scipy.stats import spearmanr
 
@@ -74,11 +75,11 @@ def main(argv: list[str] | None = None) -> int:
                 Image.open(io.BytesIO(d)).convert("RGB").save(buffer, "JPEG", quality=50)
                 copies.append(buffer.getvalue())
             image_queries = client.embed_batch(copies)
-            ids = [point_id(d) for d in data]
+            ids = [point_id(f"sha256:{sha256_hex(d)}") for d in data]  # bytes without a key: content-addressed
             rows, base = [], {}
             for factor in factors:
                 index = VisualIndex(
-                    client, open_qdrant(":memory:"), IndexSettings(pool_factor=factor, oversampling=100)
+                    client, open_qdrant(":memory:"), IndexSettings(pool_factor=factor, prefetch_limit=1000)
                 )
                 report = index.index(data)
                 ranked = {"text": rankings(index, text_queries, ids), "image": rankings(index, image_queries, ids)}

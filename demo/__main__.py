@@ -3,10 +3,11 @@ Keepa charts and product photos, and a text query and an image query search them
 
     python -m demo --artifacts artifacts/tiny      # what `make demo` runs after exporting
 
-Steps: render the model repository and start Triton on free local ports; write the samples;
-index them into embedded Qdrant (twice: the second pass finds every image already there);
-search by text and by image (prefetch on the pooled vector, MaxSim rerank); write an HTML page;
-stop Triton.
+Steps: render the model repository and start Triton on free local ports; write the samples and a
+catalog manifest (one line per item, keyed by marketplace, ASIN and kind); index the catalog into
+embedded Qdrant (twice: the second pass embeds nothing); redraw one chart and index again (its
+point is replaced, not duplicated); search by text, by image, and by chart within charts only (a
+filter applied in both stages); write an HTML page with each query beside its results; stop Triton.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import time
 from pathlib import Path
 
 from colqwen2_client import ColQwen2Client
+from colqwen2_client.catalog import read_manifest
 from colqwen2_client.qdrant import VisualIndex, open_qdrant
 from colqwen2_client.report import table, write_html
 from PIL import Image
@@ -26,7 +28,7 @@ from model_repository.render import RenderOptions, render
 from model_repository.server import TritonServer, free_port
 from model_repository.supervisor import Supervisor, SupervisorSettings
 
-from .samples import write_samples
+from .samples import redraw_chart, write_catalog, write_samples
 
 RANDOM_WEIGHTS_NOTE = (
     "The offline default checkpoint has RANDOM weights (the real ColQwen2 architecture, built here without a "
@@ -50,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", choices=["fp16", "int8"], default="fp16")
     args = parser.parse_args(argv)
 
-    manifest = json.loads((args.artifacts / "manifest.json").read_text())
+    manifest_info = json.loads((args.artifacts / "manifest.json").read_text())
     work = args.workdir
     repository = render(RenderOptions(args.artifacts, work / "model_repository"))
     server = TritonServer(repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
@@ -64,20 +66,28 @@ def main(argv: list[str] | None = None) -> int:
         with ColQwen2Client(f"grpc://{server.grpc_url}", precision=args.precision) as client:
             info = client.server_info()
             print(
-                f"checkpoint {manifest['checkpoint']} ({manifest['parameters'] / 1e6:.1f} M parameters), "
+                f"checkpoint {manifest_info['checkpoint']} ({manifest_info['parameters'] / 1e6:.1f} M parameters), "
                 f"colqwen2 serving {info.get('precision')} on {info.get('device')}, health {client.health()['status']}"
             )
             samples = write_samples(work / "samples")
-            kinds = [{"kind": "keepa_chart" if p.name.startswith("keepa") else "product_image"} for p in samples]
+            manifest = write_catalog(work / "catalog.jsonl", samples)
             index = VisualIndex(client, open_qdrant(work / "qdrant"))
-            t = time.perf_counter()
-            report = index.index([str(p.resolve()) for p in samples], kinds)
+            report = index.index(read_manifest(manifest).items)
             print(
-                f"\nindexed {report.indexed} new images ({report.skipped} already there) in "
-                f"{time.perf_counter() - t:.1f} s into embedded Qdrant at {work / 'qdrant'}"
+                f"\nindexed {manifest.name}: {report.new} new, {report.replaced} replaced, {report.unchanged} "
+                f"unchanged in {report.seconds:.1f} s ({report.summary()['images_per_s']} images/s) into embedded "
+                f"Qdrant at {work / 'qdrant'}"
             )
-            again = index.index([str(p.resolve()) for p in samples], kinds)
-            print(f"indexing again: {again.indexed} new, {again.skipped} skipped; {index.count()} points in total")
+            again = index.index(read_manifest(manifest).items)
+            print(f"indexing again: {again.unchanged} unchanged, {again.embedded} embedded; {index.count()} points")
+
+            refreshed_key = read_manifest(manifest).items[0].key
+            redraw_chart(samples[0])
+            refresh = index.index(read_manifest(manifest).items)
+            print(
+                f"chart {refreshed_key} redrawn: {refresh.replaced} replaced, {refresh.unchanged} unchanged, "
+                f"{refresh.embedded} embedded; still {index.count()} points"
+            )
 
             text_hits = index.search(text=args.query, limit=5)
             print(f'\ntext query "{args.query}": top 5\n{table(text_hits)}')
@@ -85,22 +95,36 @@ def main(argv: list[str] | None = None) -> int:
             image_hits = index.search(image=str(probe), limit=3)
             print(f"\nimage query {probe} (a JPEG q50 copy of {samples[-3].name}): top 3")
             print(table(image_hits))
+            chart_probe = degraded_copy(samples[2], work / "query_chart.jpg")
+            chart_hits = index.search(image=str(chart_probe), limit=4, where={"kind": "keepa_chart"})
+            print(f"\nimage query {chart_probe.name} (a copy of {samples[2].name}) where kind=keepa_chart: top 4")
+            print(table(chart_hits))
 
-            note = RANDOM_WEIGHTS_NOTE if manifest.get("random_weights") else ""
+            note = RANDOM_WEIGHTS_NOTE if manifest_info.get("random_weights") else ""
             page = write_html(
                 work / "results.html",
-                [(f'text "{args.query}"', text_hits), (f"image {probe.name}", image_hits)],
+                [
+                    (f'text "{args.query}"', text_hits),
+                    (f"image {probe.name}", image_hits, probe),
+                    (f"chart {chart_probe.name}, charts only (where kind=keepa_chart)", chart_hits, chart_probe),
+                ],
                 note,
             )
             print(f"\nresults page: {page.resolve()}")
+            index_points = index.count()
     print("Triton stopped.")
     if note:
         print(f"\nNote: {note}")
-    found = image_hits and Path(image_hits[0].payload.get("source", "")).name == samples[-3].name
-    if not found:
-        print("error: the image query did not find its original first", file=sys.stderr)
-        return 1
-    return 0
+    problems = []
+    if not (image_hits and Path(image_hits[0].payload.get("source", "")).name == samples[-3].name):
+        problems.append("the image query did not find its original first")
+    if not chart_hits or any(h.payload.get("kind") != "keepa_chart" for h in chart_hits):
+        problems.append("the charts-only search returned something else")
+    if (refresh.replaced, refresh.embedded) != (1, 1) or index_points != len(samples):
+        problems.append("the redrawn chart did not replace its point")
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":

@@ -162,6 +162,10 @@ class TritonServer:
         if libdir:
             env["LD_LIBRARY_PATH"] = f"{libdir}{os.pathsep}{env.get('LD_LIBRARY_PATH', '')}".rstrip(os.pathsep)
         env.setdefault("OMP_NUM_THREADS", "1")  # ORT sets its own pools; stray OpenMP pools oversubscribe
+        # glibc gives every thread that allocates an arena of its own (up to 8 per core) and keeps what
+        # each one held at its peak; ORT's worker threads and the stubs' decode threads then grow memory
+        # for hours (see bench/results/soak-*). Two arenas keep the peak shared.
+        env.setdefault("MALLOC_ARENA_MAX", "2")
         return env
 
     def start(self, log: IO | None = None) -> TritonServer:

@@ -96,6 +96,7 @@ def gateway_url(triton_server, tmp_path_factory: pytest.TempPathFactory):
     command = [
         _console_script("colqwen2-gateway"), "--triton-url", f"grpc://{triton_server.grpc_url}",
         "--port", str(port), "--health-ttl", "0", "--max-body-mb", "4", "--max-batch", "8",
+        "--qdrant-path", str(tmp_path_factory.mktemp("gateway-qdrant") / "qdrant"),
     ]  # fmt: skip
     with open(log_file, "w") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)

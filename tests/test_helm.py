@@ -185,6 +185,20 @@ def test_existing_secrets_and_an_open_gateway_when_asked():
     assert [d["metadata"]["name"] for d in docs if d["kind"] == "Secret"] == ["colqwen2-triton-admin"]
 
 
+def test_gateway_points_at_a_qdrant_service():
+    gateway = by_kind(render(), "Deployment")["spec"]["template"]["spec"]["containers"][1]
+    assert not any(a.startswith("--qdrant") for a in gateway["args"]) and "env" not in gateway
+    docs = render(
+        extra=("--set", "gateway.qdrant.url=http://qdrant.search.svc:6333", "--set", "gateway.qdrant.apiKeySecret=qd")
+    )
+    gateway = by_kind(docs, "Deployment")["spec"]["template"]["spec"]["containers"][1]
+    assert "--qdrant-url=http://qdrant.search.svc:6333" in gateway["args"]
+    assert "--collection=visual_embeddings" in gateway["args"]
+    assert gateway["env"] == [
+        {"name": "QDRANT_API_KEY", "valueFrom": {"secretKeyRef": {"name": "qd", "key": "api-key"}}}
+    ]
+
+
 def test_everything_scenario():
     docs = render(CHART / "ci" / "everything-values.yaml")
     hpa = by_kind(docs, "HorizontalPodAutoscaler")

@@ -1,17 +1,23 @@
-"""Qdrant integration on embedded Qdrant, with embeddings from the real Triton server."""
+"""The catalog index on embedded Qdrant, with embeddings from the real Triton server."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import subprocess
 
 import numpy as np
 import pytest
 import torch
 from colqwen2_client import ColQwen2Client
-from colqwen2_client.qdrant import IndexSettings, VisualIndex, open_qdrant, point_id
-from colqwen2_client.token_pooling import pool_tokens
+from colqwen2_client.catalog import folder_items, point_id, read_manifest
+from colqwen2_client.errors import InvalidInputError
+from colqwen2_client.qdrant import MULTI, IndexSettings, VisualIndex, open_qdrant
+from colqwen2_client.scoring import maxsim
+from colqwen2_client.token_pooling import pool_tokens, rows_cols
 
 from demo.samples import write_samples
+from export.sample_images import keepa_chart
 
 
 @pytest.fixture(scope="module")
@@ -25,51 +31,268 @@ def client(triton_server):
         yield c
 
 
+def encode_chart(seed: int, width: int, height: int) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    keepa_chart(seed, width, height).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
 def kinds(paths):
     return [{"kind": "keepa_chart" if p.name.startswith("keepa") else "product_image"} for p in paths]
 
 
+def ids_of(paths):
+    """Point ids of files indexed from their folder: the key is the file name."""
+    return [point_id(p.name) for p in paths]
+
+
+def manifest(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return read_manifest(path)
+
+
 def test_index_then_search_round_trips(client, samples, tmp_path):
     index = VisualIndex(client, open_qdrant(tmp_path / "qdrant"))
-    report = index.index([str(p) for p in samples], kinds(samples))
-    assert (report.indexed, report.skipped, report.failed) == (10, 0, [])
+    report = index.index(folder_items([samples[0].parent]).items)
+    assert (report.new, report.unchanged, report.failed) == (10, 0, [])
     assert index.count() == 10
     hits = index.search(image=str(samples[7]), limit=3)
-    assert hits[0].payload["source"] == str(samples[7]) and hits[0].id == point_id(samples[7].read_bytes())
+    assert hits[0].payload["source"] == str(samples[7].resolve()) and hits[0].id == point_id(samples[7].name)
+    assert hits[0].payload["key"] == samples[7].name
+    assert hits[0].payload["sha256"] == hashlib.sha256(samples[7].read_bytes()).hexdigest()
     assert hits[0].payload["kind"] == "product_image" and hits[0].payload["size"] == [600, 600]
     # MaxSim of an image with itself: one per vector (a 600 x 600 photo: 21 x 21 visual tokens and 15 of the prompt)
     assert hits[0].score == pytest.approx(21 * 21 + 15, abs=1e-2)
     text = index.search(text="keepa price history", limit=4)
-    assert len(text) == 4 and all(set(h.payload) >= {"source", "kind", "size", "bytes"} for h in text)
+    assert len(text) == 4 and all(set(h.payload) >= {"source", "kind", "size", "bytes", "sha256"} for h in text)
 
 
-def test_reindexing_adds_nothing_and_an_interrupted_run_resumes(client, samples, tmp_path):
+def test_reindexing_embeds_nothing_and_an_interrupted_run_resumes(client, samples, tmp_path):
     index = VisualIndex(client, open_qdrant(tmp_path / "qdrant"))
-    index.index([str(p) for p in samples[:4]], kinds(samples[:4]))  # "interrupted" after 4
-    resumed = index.index([str(p) for p in samples], kinds(samples))
-    assert (resumed.indexed, resumed.skipped) == (6, 4) and index.count() == 10
-    again = index.index([p.read_bytes() for p in samples])  # same bytes, any form: same points
-    assert (again.indexed, again.skipped) == (0, 10) and index.count() == 10
+    items = folder_items([samples[0].parent]).items
+    index.index(items[:4])  # "interrupted" after 4
+    resumed = index.index(items)
+    assert (resumed.new, resumed.unchanged, resumed.embedded) == (6, 4, 6) and index.count() == 10
+    again = index.index(items)
+    assert (again.new, again.replaced, again.updated, again.unchanged, again.embedded) == (0, 0, 0, 10, 0)
+    # in-memory bytes without a key are content-addressed: the same bytes twice are one point
+    memory = VisualIndex(client, open_qdrant(":memory:"))
+    first = memory.index([p.read_bytes() for p in samples[:3]])
+    second = memory.index([p.read_bytes() for p in samples[:3]])
+    assert (first.new, second.unchanged, memory.count()) == (3, 3, 3)
+
+
+def test_a_refreshed_chart_replaces_its_point(client, tmp_path):
+    """The same key with new content: one point, the new vectors and payload; a payload-only change embeds nothing."""
+    charts = tmp_path / "charts"
+    charts.mkdir()
+    keepa_chart(1, 900, 360).save(charts / "monday.png")
+    keepa_chart(2, 900, 360).save(charts / "tuesday.png")
+    index = VisualIndex(client, open_qdrant(tmp_path / "qdrant"))
+    row = {"asin": "B0C1234567", "marketplace": "DE", "kind": "keepa_chart", "category": "toys"}
+    first = index.index(manifest(tmp_path / "m.jsonl", [row | {"path": "charts/monday.png"}]).items)
+    assert (first.new, index.count()) == (1, 1)
+    refreshed = index.index(manifest(tmp_path / "m.jsonl", [row | {"path": "charts/tuesday.png"}]).items)
+    assert (refreshed.new, refreshed.replaced, refreshed.embedded, index.count()) == (0, 1, 1, 1)
+    pid = point_id("DE:B0C1234567:keepa_chart")
+    (point,) = index.qdrant.retrieve(index.name, ids=[pid], with_vectors=True, with_payload=True)
+    assert point.payload["sha256"] == hashlib.sha256((charts / "tuesday.png").read_bytes()).hexdigest()
+    assert point.payload["source"] == str(charts / "tuesday.png")
+    tuesday = client.embed(charts / "tuesday.png")
+    assert np.allclose(np.asarray(point.vector[MULTI]), tuesday.vectors, atol=1e-6)
+    assert np.allclose(np.asarray(point.vector["pooled"]), tuesday.pooled, atol=1e-6)
+    # yesterday's chart no longer answers: searching with it finds the new one, scored as another image
+    hits = index.search(image=str(charts / "monday.png"), limit=5)
+    assert [h.id for h in hits] == [pid] and hits[0].score < tuesday.num_vectors - 1
+    recategorised = index.index(
+        manifest(tmp_path / "m.jsonl", [row | {"path": "charts/tuesday.png", "category": "games"}]).items
+    )
+    assert (recategorised.updated, recategorised.embedded) == (1, 0)
+    assert index.qdrant.retrieve(index.name, ids=[pid])[0].payload["category"] == "games"
+
+
+def test_delete_and_prune(client, samples, tmp_path):
+    index = VisualIndex(client, open_qdrant(tmp_path / "qdrant"))
+    index.index(folder_items([samples[0].parent]).items)
+    assert index.delete(keys=[samples[0].name, "never-indexed"]) == 1 and index.count() == 9
+    assert index.delete(where={"kind": "product_image"}) == 5 and index.count() == 4
+    assert index.count(where={"kind": "keepa_chart"}) == 4
+    kept = folder_items([samples[1], samples[2]]).items  # a full catalog of two charts
+    report = index.index(kept, prune=True)
+    assert (report.unchanged, report.pruned, index.count()) == (2, 2, 2)
+    with pytest.raises(InvalidInputError, match="delete needs keys or a filter"):
+        index.delete()
+
+
+@pytest.mark.parametrize("first_stage", ["mean", "rows_cols", "none"])
+def test_filters_restrict_both_stages_to_the_brute_force_answer(client, samples, tmp_path, first_stage):
+    """Filtered search = brute-force MaxSim over the filtered subset, with a first stage no wider than it."""
+    rows = [
+        {"key": p.name, "path": str(p), "kind": k["kind"], "marketplace": "DE" if i % 2 else "US"}
+        for i, (p, k) in enumerate(zip(samples, kinds(samples), strict=True))
+    ]
+    index = VisualIndex(client, open_qdrant(":memory:"), IndexSettings(first_stage=first_stage, prefetch_limit=3))
+    assert index.index(manifest(tmp_path / "m.jsonl", rows).items).new == 10
+    stored = index.stored_vectors([point_id(p.name) for p in samples])
+    for query, where in [
+        (client.embed(samples[6]), {"kind": "keepa_chart"}),  # a photo as the query, charts only
+        (client.embed_query("price history"), {"kind": "product_image", "marketplace": "DE"}),
+        (client.embed(samples[0]), {"key": [samples[1].name, samples[3].name, samples[8].name]}),
+    ]:
+        allowed = [r for r in rows if all(r[k] in (v if isinstance(v, list) else [v]) for k, v in where.items())]
+        brute = {point_id(r["key"]): maxsim(query.vectors, stored[point_id(r["key"])]) for r in allowed}
+        hits = index.search_embedding(query, limit=3, where=where)
+        expected = sorted(brute, key=lambda pid: -brute[pid])[:3]
+        assert [h.id for h in hits] == expected, (first_stage, where)
+        assert np.allclose([h.score for h in hits], [brute[pid] for pid in expected], rtol=1e-4)
+        assert index.count(where=where) == len(allowed)
+
+
+def test_rows_cols_vectors_follow_the_grid(client, samples, tmp_path):
+    index = VisualIndex(client, open_qdrant(":memory:"), IndexSettings(first_stage="rows_cols"))
+    index.index(folder_items([samples[0], samples[6]]).items)
+    offset = int(client.server_info()["visual_token_offset"])
+    for path in (samples[0], samples[6]):
+        embedding = client.embed(path)
+        rows, cols = rows_cols(embedding.vectors, embedding.grid, offset)
+        stored_rows = index.stored_vectors([point_id(path.name)], "rows")[point_id(path.name)]
+        stored_cols = index.stored_vectors([point_id(path.name)], "cols")[point_id(path.name)]
+        assert np.allclose(stored_rows, rows, atol=1e-6) and np.allclose(stored_cols, cols, atol=1e-6)
+        prompt = embedding.num_vectors - embedding.grid[0] * embedding.grid[1]
+        assert len(stored_rows) == embedding.grid[0] + prompt and len(stored_cols) == embedding.grid[1] + prompt
+    with pytest.raises(InvalidInputError, match="was created with first stage 'rows_cols', not 'mean'"):
+        _ = VisualIndex(client, index.qdrant, IndexSettings(first_stage="mean")).schema
+
+
+class Recording:
+    """The real embedded client, noting what `create_collection` was asked: the embedded mode drops most
+    cluster settings, so what a server would receive is checked here, and what it keeps is read back."""
+
+    def __init__(self, real) -> None:
+        self.real = real
+        self.created: list[dict] = []
+
+    def create_collection(self, *args, **kwargs):
+        self.created.append(kwargs)
+        return self.real.create_collection(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self.real, name)
+
+
+def test_cluster_settings_reach_the_collection(client, samples, tmp_path):
+    from qdrant_client import models
+
+    settings = IndexSettings(
+        shard_number=3, replication_factor=2, write_consistency_factor=2, on_disk=True, quantization="scalar",
+        filter_fields={"kind": "keyword", "rank": "integer"},
+    )  # fmt: skip
+    qdrant = Recording(open_qdrant(tmp_path / "qdrant"))
+    index = VisualIndex(client, qdrant, settings)
+    index.ensure_collection()
+    (sent,) = qdrant.created
+    assert (sent["shard_number"], sent["replication_factor"], sent["write_consistency_factor"]) == (3, 2, 2)
+    assert sent["on_disk_payload"] is True
+    assert sent["quantization_config"] == models.ScalarQuantization(
+        scalar=models.ScalarQuantizationConfig(type=models.ScalarType.INT8, always_ram=True)
+    )
+    info = index.qdrant.get_collection(index.name)
+    vectors = info.config.params.vectors
+    assert vectors[MULTI].on_disk is True and vectors[MULTI].hnsw_config.m == 0 and vectors["pooled"].on_disk is None
+    assert info.config.metadata["colqwen2"] == {
+        "first_stage": "mean",
+        "filter_fields": {"kind": "keyword", "rank": "integer"},
+        "quantization": "scalar",
+    }
+    # what the embedded mode drops (README: what it does not honour); a server keeps them all
+    params = info.config.params
+    assert (params.shard_number, params.replication_factor, params.on_disk_payload) == (None, None, None)
+    assert info.config.quantization_config is None and info.payload_schema == {}
+    # a client opening the collection later gets its fields, whatever its own settings say
+    reopened = VisualIndex(client, index.qdrant)
+    assert reopened.schema.filter_fields == {"kind": "keyword", "rank": "integer"}
+    assert reopened.schema.quantization == "scalar"
+    with pytest.raises(InvalidInputError, match="unknown filter field 'asin'"):
+        reopened.count(where={"asin": "B01"})
+
+
+def _edge_quantization(config):
+    """Our quantization config (as a Qdrant server receives it) in qdrant-edge's types."""
+    import qdrant_edge as edge
+    from qdrant_client import models
+
+    if isinstance(config, models.ScalarQuantization):
+        assert config.scalar.type == models.ScalarType.INT8
+        return edge.ScalarQuantizationConfig(type=edge.ScalarType.Int8, always_ram=config.scalar.always_ram)
+    assert isinstance(config, models.BinaryQuantization)
+    return edge.BinaryQuantizationConfig(always_ram=config.binary.always_ram)
+
+
+@pytest.mark.parametrize("kind", ["scalar", "binary"])
+def test_quantization_on_qdrants_own_engine(client, samples, tmp_path, kind):
+    """The embedded mode ignores quantization, so the setting is checked on qdrant-edge, Qdrant's own engine
+    in-process: our config quantizes the `colqwen2` multivectors for real (scores without rescoring differ
+    from exact MaxSim), and our search parameters (rescore 2x the candidates) give exact scores back."""
+    import qdrant_edge as edge
+    from colqwen2_client.qdrant import quantization_config, search_params
+
+    images = [*samples] + [encode_chart(seed, 400 + 60 * (seed % 7), 200 + 40 * (seed % 5)) for seed in range(30)]
+    docs = [e.vectors for e in client.embed_batch(images)]
+    vector = edge.EdgeVectorParams(
+        size=128, distance=edge.Distance.Cosine,
+        multivector_config=edge.MultiVectorConfig(edge.MultiVectorComparator.MaxSim),
+        hnsw_config=edge.HnswIndexConfig(m=0, ef_construct=100, full_scan_threshold=10000),
+    )  # fmt: skip
+    config = edge.EdgeConfig(
+        vectors={MULTI: vector},
+        quantization_config=_edge_quantization(quantization_config(kind)),
+        optimizers=edge.EdgeOptimizersConfig(indexing_threshold=1),  # build the quantized segment now
+    )
+    shard = edge.EdgeShard.create(str(tmp_path / "shard"), config)
+    shard.update(edge.UpdateOperation.upsert_points([edge.Point(i, {MULTI: d.tolist()}) for i, d in enumerate(docs)]))
+    assert shard.optimize()
+    ours = search_params(kind).quantization
+    rescored = edge.QuantizationSearchParams(rescore=ours.rescore, oversampling=ours.oversampling)
+    queries = [client.embed_query(q) for q in ("price history", "red shoe", "sales rank", "kettle")]
+    queries += [client.embed(samples[i]) for i in (0, 3, 6, 9)]
+    drift, recall = [], []
+    for query in queries:
+        exact = np.array([maxsim(query.vectors, d) for d in docs])
+        top = list(np.argsort(-exact)[:5])
+
+        nearest = edge.Query.Nearest(query.vectors.tolist(), using=MULTI)
+        raw = edge.SearchParams(quantization=edge.QuantizationSearchParams(rescore=False))
+        quantized = shard.query(edge.QueryRequest(limit=5, query=nearest, params=raw))
+        drift.append(max(abs(p.score - exact[p.id]) for p in quantized))
+        hits = shard.query(edge.QueryRequest(limit=5, query=nearest, params=edge.SearchParams(quantization=rescored)))
+        assert np.allclose([p.score for p in hits], exact[[p.id for p in hits]], rtol=1e-4)  # rescored: exact
+        recall.append(len({p.id for p in hits} & set(top)) / 5)
+    shard.close()
+    assert max(drift) > 1e-3, drift  # the quantized vectors, not the originals, scored the candidates
+    print(f"{kind}: recall@5 {np.mean(recall):.3f} (worst {min(recall)}), quantized score drift {max(drift):.4f}")
+    assert np.mean(recall) >= {"scalar": 0.95, "binary": 0.6}[kind], recall
 
 
 def test_rerank_order_equals_brute_force_maxsim(client, samples, tmp_path):
-    index = VisualIndex(client, open_qdrant(":memory:"), IndexSettings(oversampling=10))
+    index = VisualIndex(client, open_qdrant(":memory:"), IndexSettings(prefetch_limit=100))
     index.index([str(p) for p in samples], kinds(samples))
-    stored = index.stored_vectors([point_id(p.read_bytes()) for p in samples])
+    stored = index.stored_vectors([point_id(str(p.resolve())) for p in samples])
     for query in (client.embed_query("amazon price drop chart"), client.embed(samples[2])):
         hits = index.search_embedding(query, limit=10)  # prefetch 100 >= 10 points: every point is reranked
-        brute = {pid: float((query.vectors @ v.T).max(axis=1).sum()) for pid, v in stored.items()}
+        brute = {pid: maxsim(query.vectors, v) for pid, v in stored.items()}
         expected = sorted(brute, key=lambda pid: -brute[pid])
         assert [h.id for h in hits] == expected
         assert np.allclose([h.score for h in hits], [brute[pid] for pid in expected], rtol=1e-4)
 
 
 def test_prefetch_limits_the_rerank_to_the_first_stage(client, samples, tmp_path):
-    index = VisualIndex(client, open_qdrant(":memory:"), IndexSettings(oversampling=1))
-    index.index([str(p) for p in samples], kinds(samples))
+    index = VisualIndex(client, open_qdrant(":memory:"), IndexSettings(prefetch_limit=3))
+    index.index(folder_items([samples[0].parent]).items)
     query = client.embed(samples[0])
     hits = index.search_embedding(query, limit=3)
-    stored = index.stored_vectors([point_id(p.read_bytes()) for p in samples])
+    stored = index.stored_vectors(ids_of(samples))
     pooled = {pid: v.mean(0) / np.linalg.norm(v.mean(0)) for pid, v in stored.items()}
     first_stage = sorted(pooled, key=lambda pid: -float(pooled[pid] @ query.pooled))[:3]
     assert {h.id for h in hits} == set(first_stage)
@@ -83,38 +306,94 @@ def test_token_pooling_matches_colpali_engine_and_shrinks_storage(client, sample
     theirs = HierarchicalTokenPooler().pool_embeddings([torch.from_numpy(vectors.copy())], pool_factor=3)[0].numpy()
     assert ours.shape == theirs.shape and len(ours) <= len(vectors) // 3
     assert np.abs(ours - theirs).max() < 1e-5
-    index = VisualIndex(client, open_qdrant(":memory:"), IndexSettings(pool_factor=3, quantization="scalar"))
-    report = index.index([str(p) for p in samples], kinds(samples))
+    index = VisualIndex(client, open_qdrant(":memory:"), IndexSettings(pool_factor=3))
+    report = index.index(folder_items([samples[0].parent]).items)
     assert report.stored_vectors <= report.raw_vectors // 3 + len(samples)
-    assert index.search(image=str(samples[3]), limit=1)[0].id == point_id(samples[3].read_bytes())
+    assert index.search(image=str(samples[3]), limit=1)[0].id == point_id(samples[3].name)
 
 
 def test_cli_index_and_search(triton_server, samples, tmp_path):
-    import json
-    import subprocess
-
     from tests.conftest import _console_script
 
     base = [_console_script("colqwen2"), "--url", f"http://{triton_server.http_url}"]
     store = ["--qdrant-path", str(tmp_path / "qdrant")]
     folder = str(samples[0].parent)
     first = subprocess.run([*base, "index", folder, *store], capture_output=True, text=True, check=True)
-    assert json.loads(first.stdout)["indexed"] == 10
-    again = subprocess.run([*base, "index", folder, *store], capture_output=True, text=True, check=True)
-    assert json.loads(again.stdout) | {} == json.loads(again.stdout) and json.loads(again.stdout)["points"] == 10
+    assert json.loads(first.stdout)["new"] == 10
+    again = json.loads(
+        subprocess.run([*base, "index", folder, *store], capture_output=True, text=True, check=True).stdout
+    )
+    assert {k: again[k] for k in ("new", "replaced", "updated", "unchanged", "failed", "points")} == {
+        "new": 0, "replaced": 0, "updated": 0, "unchanged": 10, "failed": 0, "points": 10,
+    }  # fmt: skip
     page = tmp_path / "results.html"
     found = subprocess.run(
         [*base, "search", "--image", str(samples[1]), "--limit", "3", "--html", str(page), *store],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     assert found.stdout.splitlines()[2].split()[-1].endswith(samples[1].name)  # rank 1 is the image itself
-    assert page.exists() and "data:image/jpeg;base64," in page.read_text()
+    html = page.read_text()
+    assert html.count("data:image/jpeg;base64,") == 4 and "<b>query</b>" in html  # the query beside its hits
+    charts = subprocess.run(
+        [*base, "search", "--image", str(samples[1]), "--where", "kind=keepa_chart", "--limit", "10", *store],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert "top 5 by MaxSim" in charts.stdout and "product_image" not in charts.stdout.split("\n", 1)[1]
     text = subprocess.run([*base, "search", "sales rank spike", *store], capture_output=True, text=True, check=True)
     assert "top 10 by MaxSim" in text.stdout
     empty = subprocess.run(
         [*base, "search", "x", "--qdrant-path", str(tmp_path / "none")], capture_output=True, text=True
     )
     assert empty.returncode == 2 and "collection is empty" in empty.stderr
+    deleted = subprocess.run([*base, "delete", "--where", "kind=product_image", *store], capture_output=True, text=True)
+    assert json.loads(deleted.stdout) == {"deleted": 5, "points": 5}
+
+
+def test_cli_bad_manifest_lines_and_filters_are_named(triton_server, samples, tmp_path):
+    """A missing path, an unreachable URL, a duplicate key, a malformed line: each named; the good rows indexed."""
+    import http.server
+    import threading
+    from functools import partial
+
+    from tests.conftest import _console_script
+
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(samples[0].parent))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    web = f"http://127.0.0.1:{httpd.server_address[1]}"
+    lines = [
+        json.dumps({"asin": "B01", "marketplace": "DE", "kind": "keepa_chart", "path": str(samples[0])}),
+        json.dumps({"asin": "B02", "marketplace": "DE", "kind": "keepa_chart", "path": "missing.png"}),
+        json.dumps({"key": "web", "url": f"{web}/{samples[6].name}", "kind": "product_image"}),
+        json.dumps({"key": "gone", "url": f"{web}/nothing-here.jpg"}),
+        json.dumps({"asin": "B01", "marketplace": "DE", "kind": "keepa_chart", "path": str(samples[1])}),
+        '{"key": "half", "path": ',
+    ]
+    (tmp_path / "catalog.jsonl").write_text("\n".join(lines) + "\n")
+    base = [_console_script("colqwen2"), "--url", f"grpc://{triton_server.grpc_url}"]
+    store = ["--qdrant-path", str(tmp_path / "qdrant")]
+    try:
+        run = subprocess.run(
+            [*base, "index", "--manifest", str(tmp_path / "catalog.jsonl"), "--prune", *store],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+    finally:
+        httpd.shutdown()
+    assert run.returncode == 1, run.stderr
+    summary = json.loads(run.stdout)
+    assert (summary["new"], summary["failed"], summary["points"], summary["pruned"]) == (2, 2, 2, 0)
+    errors = run.stderr
+    assert "line 2 (key DE:B02:keepa_chart): no such file: " in errors and "missing.png" in errors
+    assert f"line 4 (key gone): cannot fetch {web}/nothing-here.jpg: HTTP 404" in errors
+    assert "line 5 (key DE:B01:keepa_chart): duplicate key: line 1 has it too (the first is kept)" in errors
+    assert "line 6: not valid JSON" in errors
+    assert "not pruning: some lines have no key" in errors and "Traceback" not in errors
+    for where, message in [
+        ("colour=red", "unknown filter field 'colour': this collection filters on asin, category, key, kind, "),
+        ("kind", "--where 'kind': use FIELD=VALUE or FIELD=A,B"),
+    ]:  # fmt: skip
+        bad = subprocess.run([*base, "search", "x", "--where", where, *store], capture_output=True, text=True)
+        assert bad.returncode == 2 and message in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_cli_index_killed_mid_run_then_rerun_is_exact(triton_server, tmp_path):
@@ -122,7 +401,6 @@ def test_cli_index_killed_mid_run_then_rerun_is_exact(triton_server, tmp_path):
     import io
     import os
     import signal
-    import subprocess
     import time
 
     from PIL import Image
@@ -132,7 +410,7 @@ def test_cli_index_killed_mid_run_then_rerun_is_exact(triton_server, tmp_path):
     folder = tmp_path / "images"
     folder.mkdir()
     rng = np.random.default_rng(7)
-    for i in range(150):  # distinct content: the point id is the content's hash
+    for i in range(150):
         pixels = rng.integers(0, 255, (24 + i % 5 * 8, 40 + i % 7 * 8, 3), dtype=np.uint8)
         buffer = io.BytesIO()
         Image.fromarray(pixels).save(buffer, "PNG")
@@ -145,7 +423,7 @@ def test_cli_index_killed_mid_run_then_rerun_is_exact(triton_server, tmp_path):
     first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     seen, deadline = b"", time.monotonic() + 120
     os.set_blocking(first.stderr.fileno(), False)
-    while b"64/150" not in seen:  # the first chunk of 64 is upserted before the bar moves
+    while b"64/150" not in seen:  # the bar counts written items: the first chunk of 64 is stored
         assert time.monotonic() < deadline and first.poll() is None, seen[-300:]
         seen += first.stderr.read() or b""
         time.sleep(0.05)
@@ -156,8 +434,8 @@ def test_cli_index_killed_mid_run_then_rerun_is_exact(triton_server, tmp_path):
     second = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr[-2000:]
     summary = json.loads(second.stdout.strip().splitlines()[-1])
-    assert summary["points"] == 150 and summary["indexed"] + summary["skipped"] == 150
-    assert summary["skipped"] >= 64  # what the killed run stored is kept, not embedded again
+    assert summary["points"] == 150 and summary["new"] + summary["unchanged"] == 150
+    assert summary["unchanged"] >= 64  # what the killed run stored is kept, not embedded again
 
     from qdrant_client import QdrantClient
 
@@ -166,5 +444,6 @@ def test_cli_index_killed_mid_run_then_rerun_is_exact(triton_server, tmp_path):
     qdrant.close()
     assert len(points) == 150 and len({p.id for p in points}) == 150  # no duplicates
     assert {p.payload["source"] for p in points} == {str(f.resolve()) for f in folder.iterdir()}
+    assert {str(p.id) for p in points} == {point_id(f.name) for f in folder.iterdir()}
     for point in points:  # no point without its vectors
         assert len(point.vector["pooled"]) == 128 and len(point.vector["colqwen2"]) >= 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -99,18 +100,31 @@ def collect(results: Sequence[Any], return_exceptions: bool, what: str = "image"
 
 def progress_callback(progress: bool | Progress | None, skipped: int = 0) -> Progress | None:
     """The caller's progress callable (or a stderr bar for True), counting inputs refused locally as done."""
-    callback = stderr_bar if progress is True else (progress or None)
+    callback = StderrBar() if progress is True else (progress or None)
     if callback is None or not skipped:
         return callback
     return lambda done, total: callback(done + skipped, total + skipped)
 
 
-def stderr_bar(done: int, total: int) -> None:
-    width = 30
-    filled = width * done // max(total, 1)
-    end = "\n" if done >= total else ""
-    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total}{end}")
-    sys.stderr.flush()
+class StderrBar:
+    """`[#####.....] 640/2000  21.3/s  ETA 1m04s` on stderr, redrawn in place."""
+
+    def __init__(self, width: int = 30) -> None:
+        self.width, self.started = width, time.monotonic()
+
+    def __call__(self, done: int, total: int) -> None:
+        filled = self.width * done // max(total, 1)
+        elapsed = time.monotonic() - self.started
+        rate = done / elapsed if elapsed > 0 else 0.0
+        eta = f"ETA {_duration((total - done) / rate)}" if rate > 0 and done < total else f"in {_duration(elapsed)}"
+        end = "\n" if done >= total else ""
+        sys.stderr.write(f"\r[{'#' * filled}{'.' * (self.width - filled)}] {done}/{total}  {rate:.1f}/s  {eta}{end}")
+        sys.stderr.flush()
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds + 0.5)
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
 def chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:

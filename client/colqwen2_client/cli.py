@@ -4,8 +4,10 @@
     colqwen2 query "lego price drop"
     colqwen2 health
     colqwen2 index samples/ --kind auto           into embedded Qdrant (./qdrant_data)
+    colqwen2 index --manifest catalog.jsonl --prune   keyed items: refreshes replace, missing keys go
     colqwen2 search "lego price drop" --html results.html
-    colqwen2 search --image photo.jpg
+    colqwen2 search --image chart.png --where kind=keepa_chart --where marketplace=DE
+    colqwen2 delete --where asin=B0C1234567
 
 Exit codes: 0 all done; 1 some inputs failed (their lines carry "error"); 2 usage;
 3 service unreachable or unhealthy; 4 any other service error.
@@ -18,7 +20,6 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from ._constants import DEFAULT_BATCH_SIZE, DEFAULT_TIMEOUT, DEFAULT_URL, MODELS
@@ -66,41 +67,37 @@ def _health(client: ColQwen2Client, _args: argparse.Namespace) -> int:
     return EXIT_OK if verdict["status"] == "healthy" else EXIT_UNAVAILABLE
 
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
-
-
-def guess_kind(path: Path) -> str:
-    name = path.name.lower()
-    return "keepa_chart" if "keepa" in name or "chart" in name else "product_image"
-
-
 def _index(client: ColQwen2Client, args: argparse.Namespace) -> int:
+    from .catalog import Manifest, folder_items, read_manifest
     from .qdrant import VisualIndex
 
-    files = sorted(
-        p for d in args.paths for p in (Path(d).rglob("*") if Path(d).is_dir() else [Path(d)])
-        if p.suffix.lower() in IMAGE_SUFFIXES
-    )  # fmt: skip
-    if not files:
-        print("colqwen2: no image files found", file=sys.stderr)
+    if bool(args.paths) == bool(args.manifest):
+        print("colqwen2: index needs folders/files or --manifest FILE (one of them)", file=sys.stderr)
         return EXIT_USAGE
-    payloads = [{"kind": guess_kind(f) if args.kind == "auto" else args.kind} for f in files]
+    catalog: Manifest = read_manifest(args.manifest) if args.manifest else folder_items(args.paths, args.kind)
+    for problem in catalog.problems:
+        print(f"colqwen2: {args.manifest or 'index'}: {problem}", file=sys.stderr)
+    if not catalog.items:
+        print("colqwen2: nothing to index", file=sys.stderr)
+        return EXIT_USAGE if not catalog.problems else EXIT_PARTIAL
+    prune = args.prune
+    if prune and not catalog.complete:
+        print("colqwen2: not pruning: some lines have no key, so their points cannot be told from stale ones",
+              file=sys.stderr)  # fmt: skip
+        prune = False
     index = VisualIndex(client, _qdrant(args), _settings(args))
     show = args.progress if args.progress is not None else sys.stderr.isatty()
-    report = index.index([str(f.resolve()) for f in files], payloads, progress=show or None)
-    _line(
-        {
-            "indexed": report.indexed,
-            "skipped": report.skipped,
-            "failed": len(report.failed),
-            "points": index.count(),
-            "stored_vectors": report.stored_vectors,
-            "raw_vectors": report.raw_vectors,
-        }
-    )
-    for source, error in report.failed:
-        print(f"colqwen2: {source}: {error}", file=sys.stderr)
-    return EXIT_PARTIAL if report.failed else EXIT_OK
+    report = index.index(catalog.items, progress=show or None, prune=prune)
+    _line(report.summary() | {"points": index.count()})
+    for where, error in report.failed:
+        print(f"colqwen2: {where}: {error}", file=sys.stderr)
+    return EXIT_PARTIAL if report.failed or catalog.problems else EXIT_OK
+
+
+def _where(index, args: argparse.Namespace) -> dict[str, Any]:
+    from .qdrant import parse_where
+
+    return parse_where(args.where or [], index.schema.filter_fields)
 
 
 def _search(client: ColQwen2Client, args: argparse.Namespace) -> int:
@@ -114,34 +111,71 @@ def _search(client: ColQwen2Client, args: argparse.Namespace) -> int:
     if index.count() == 0:
         print("colqwen2: the collection is empty: run `colqwen2 index DIR` first", file=sys.stderr)
         return EXIT_USAGE
-    hits = index.search(text=args.text, image=args.image, limit=args.limit)
+    try:
+        where = _where(index, args)
+    except InvalidInputError as exc:
+        print(f"colqwen2: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    hits = index.search(text=args.text, image=args.image, limit=args.limit, where=where)
     title = f'text "{args.text}"' if args.text is not None else f"image {args.image}"
+    if where:
+        title += " where " + ", ".join(f"{k}={v}" for k, v in where.items())
     print(f"{title}: top {len(hits)} by MaxSim\n{table(hits)}")
     if args.html:
-        print(f"results page: {write_html(args.html, [(title, hits)])}")
+        print(f"results page: {write_html(args.html, [(title, hits, args.image)])}")
+    return EXIT_OK
+
+
+def _delete(client: ColQwen2Client, args: argparse.Namespace) -> int:
+    from .qdrant import VisualIndex
+
+    index = VisualIndex(client, _qdrant(args), _settings(args))
+    try:
+        where = _where(index, args)
+        if not args.key and not where:
+            raise InvalidInputError("delete needs --key KEY or --where FIELD=VALUE")
+    except InvalidInputError as exc:
+        print(f"colqwen2: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    deleted = index.delete(args.key or [], where)
+    _line({"deleted": deleted, "points": index.count()})
     return EXIT_OK
 
 
 def _qdrant(args: argparse.Namespace):
     from .qdrant import open_qdrant
 
-    return open_qdrant(args.qdrant_path, args.qdrant_url)
+    return open_qdrant(args.qdrant_path, args.qdrant_url, args.qdrant_api_key)
 
 
 def _settings(args: argparse.Namespace):
     from .qdrant import IndexSettings
 
     return IndexSettings(
-        collection=args.collection, pool_factor=getattr(args, "pool_factor", 1), quantization=args.quantization
+        collection=args.collection,
+        first_stage=getattr(args, "first_stage", None),
+        pool_factor=getattr(args, "pool_factor", 1),
+        quantization=getattr(args, "quantization", "none"),
+        shard_number=getattr(args, "shards", None),
+        replication_factor=getattr(args, "replication_factor", None),
+        write_consistency_factor=getattr(args, "write_consistency_factor", None),
+        on_disk=getattr(args, "on_disk", False),
     )
 
 
 def _qdrant_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--qdrant-path", default=os.environ.get("COLQWEN2_QDRANT_PATH", "qdrant_data"),
-                        help="embedded Qdrant folder (default %(default)s)")  # fmt: skip
-    parser.add_argument("--qdrant-url", default=os.environ.get("QDRANT_URL"), help="a Qdrant server instead")
+                        help="embedded Qdrant folder (env COLQWEN2_QDRANT_PATH; default %(default)s)")  # fmt: skip
+    parser.add_argument("--qdrant-url", default=os.environ.get("QDRANT_URL"),
+                        help="a Qdrant server instead, e.g. http://qdrant:6333 (env QDRANT_URL)")  # fmt: skip
+    parser.add_argument("--qdrant-api-key", default=os.environ.get("QDRANT_API_KEY"),
+                        help="the server's API key (env QDRANT_API_KEY)")  # fmt: skip
     parser.add_argument("--collection", default="visual_embeddings")
-    parser.add_argument("--quantization", choices=["none", "scalar", "binary"], default="none")
+
+
+def _where_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--where", action="append", metavar="FIELD=VALUE",
+                        help="only points whose FIELD is VALUE (A,B: any of them); repeat to combine")  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -172,10 +206,20 @@ def build_parser() -> argparse.ArgumentParser:
     health = sub.add_parser("health", help="canary inference; exit 0 when healthy, 3 when not")
     health.set_defaults(run=_health)
 
-    index = sub.add_parser("index", help="embed image files (folders are searched) into Qdrant")
-    index.add_argument("paths", nargs="+")
-    index.add_argument("--kind", default="auto", help="payload kind: keepa_chart, product_image or auto (by name)")
+    index = sub.add_parser("index", help="index image files (folders are searched) or a manifest into Qdrant")
+    index.add_argument("paths", nargs="*", help="folders and files: the key is the path relative to the folder")
+    index.add_argument("--manifest", help="JSONL or CSV: key (or asin, marketplace, kind), path or url, payload")
+    index.add_argument("--prune", action="store_true", help="delete points whose key is not in this full catalog")
+    index.add_argument("--kind", default="auto", help="payload kind for folders: keepa_chart, product_image or auto")
+    index.add_argument("--first-stage", choices=["mean", "rows_cols", "none"],
+                       help="a new collection's first stage (default mean; an existing one keeps its own)")  # fmt: skip
     index.add_argument("--pool-factor", type=int, default=1, help="hierarchical token pooling (1: off)")
+    index.add_argument("--quantization", choices=["none", "scalar", "binary"], default="none",
+                       help="a new collection's quantization (a Qdrant server only)")  # fmt: skip
+    index.add_argument("--shards", type=int, help="a new collection's shard number (a Qdrant cluster)")
+    index.add_argument("--replication-factor", type=int, help="a new collection's replication factor")
+    index.add_argument("--write-consistency-factor", type=int, help="replicas that must confirm a write")
+    index.add_argument("--on-disk", action="store_true", help="keep the multivectors and payload on disk")
     index.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
     _qdrant_options(index)
     index.set_defaults(run=_index)
@@ -185,8 +229,15 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--image", help="an image file to search with instead of text")
     search.add_argument("--limit", type=int, default=10)
     search.add_argument("--html", help="also write an HTML page of the results with thumbnails")
+    _where_option(search)
     _qdrant_options(search)
     search.set_defaults(run=_search)
+
+    delete = sub.add_parser("delete", help="delete indexed items by key or by filter")
+    delete.add_argument("--key", action="append", help="an item's key; repeat for more")
+    _where_option(delete)
+    _qdrant_options(delete)
+    delete.set_defaults(run=_delete)
     return parser
 
 

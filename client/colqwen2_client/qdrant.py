@@ -1,50 +1,150 @@
-"""Index images into Qdrant and search them by text or image (`pip install colqwen2-client[qdrant]`).
+"""A catalog index in Qdrant: keyed items that refresh, filtered two-stage search (the `[qdrant]` extra).
 
-The collection `visual_embeddings` holds, per image, the original service's single vector
-(`pooled`, HNSW-indexed, for a fast first stage) and all of ColQwen2's vectors (`colqwen2`, a
-MAX_SIM multivector without HNSW, used only to rerank): the pattern Qdrant recommends for
-ColPali-style models. Point ids derive from the image's bytes, so re-indexing adds nothing and
-an interrupted run resumes where it stopped. Qdrant runs embedded (a local folder) by default.
+Each item (see `catalog`) is one point: id = UUID5 of its key, payload = its columns plus `key`,
+`sha256` of the content, `source`, `kind`, `size`, `bytes` and `indexed_at`. Vectors per point:
+
+- `colqwen2`: all of ColQwen2's vectors, a MAX_SIM multivector without HNSW: the exact rerank.
+- `pooled`: the mean of them (the original service's single vector), HNSW-indexed.
+- `rows` and `cols` (first stage `rows_cols` only): the row and column means of the visual
+  tokens, with the prompt's other tokens, HNSW-indexed multivectors (Qdrant's ColPali guide).
+
+Search: a first stage over `pooled` (`mean`), over `rows` and `cols` (`rows_cols`), or none
+(exact MaxSim over every point that passes the filter), then MaxSim on `colqwen2`. A `where`
+filter applies to both stages. The collection remembers its first stage and filterable fields in
+its metadata, so every client searching it agrees.
+
+Qdrant runs embedded (a local folder) by default, or as a server (`url`). The embedded mode keeps
+the data, the vectors' config and the cluster settings, but ignores quantization and payload
+indexes and searches by brute force; see the README.
 """
 
 from __future__ import annotations
 
-import hashlib
-import uuid
-from collections.abc import Callable, Sequence
+import time
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
 from ._base import progress_callback
+from .catalog import CatalogItem, memory_items, point_id, sha256_hex
 from .client import ColQwen2Client
-from .errors import ColQwen2Error
-from .inputs import ImageInput, image_bytes
-from .token_pooling import pool_tokens
+from .errors import ColQwen2Error, InvalidInputError
+from .inputs import ImageInput
+from .token_pooling import pool_tokens, rows_cols
 from .types import Embedding
 
 COLLECTION = "visual_embeddings"
-POOLED, MULTI = "pooled", "colqwen2"
+POOLED, MULTI, ROWS, COLS = "pooled", "colqwen2", "rows", "cols"
+FirstStage = Literal["mean", "rows_cols", "none"]
+FIRST_STAGES: tuple[str, ...] = ("mean", "rows_cols", "none")
+DEFAULT_FIRST_STAGE: FirstStage = "mean"
+FILTER_TYPES: dict[str, tuple[type, ...]] = {"keyword": (str,), "integer": (int,), "bool": (bool,)}
+DEFAULT_FILTER_FIELDS: dict[str, str] = {
+    "key": "keyword",
+    "kind": "keyword",
+    "marketplace": "keyword",
+    "asin": "keyword",
+    "category": "keyword",
+}
+METADATA = "colqwen2"  # the collection metadata entry that holds its schema
+VOLATILE = ("indexed_at",)  # payload that changes on every write, not a change of the item
 
 
 @dataclass(frozen=True)
 class IndexSettings:
     collection: str = COLLECTION
+    # None: the collection's own (from its metadata), or DEFAULT_FIRST_STAGE for a new one.
+    first_stage: FirstStage | None = None
+    prefetch_limit: int = 100  # candidates each first-stage vector passes to the rerank
     quantization: Literal["none", "scalar", "binary"] = "none"  # on the stored vectors, rescored on search
     pool_factor: int = 1  # hierarchical token pooling of image vectors at index time; 1 = off
-    oversampling: int = 10  # first stage keeps limit x oversampling candidates by `pooled`
-    upsert_batch: int = 32
+    filter_fields: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_FILTER_FIELDS))
+    chunk: int = 64  # items read, embedded and written together
+    upsert_batch: int = 64
+    checkpoint_every: int = 8  # chunks between writes that wait for Qdrant to apply them
+    # Cluster settings, used when the collection is created (a server honours them all).
+    shard_number: int | None = None
+    replication_factor: int | None = None
+    write_consistency_factor: int | None = None
+    on_disk: bool = False  # the `colqwen2` multivectors and the payload on disk, not in RAM
+
+
+@dataclass(frozen=True)
+class Schema:
+    """What a collection was created with, from its metadata."""
+
+    first_stage: str
+    filter_fields: dict[str, str]
+    quantization: str = "none"
+
+
+QUANTIZED_OVERSAMPLING = 2.0  # quantized candidates per result, rescored with the original vectors
+
+
+def quantization_config(kind: str):
+    """The collection's quantization (None, int8 scalar or binary), the quantized vectors kept in RAM.
+    Searches of a quantized collection rescore `QUANTIZED_OVERSAMPLING` x the candidates with the
+    original float32 vectors (`search_params`)."""
+    from qdrant_client import models
+
+    if kind == "none":
+        return None
+    if kind == "scalar":
+        return models.ScalarQuantization(
+            scalar=models.ScalarQuantizationConfig(type=models.ScalarType.INT8, always_ram=True)
+        )
+    if kind == "binary":
+        return models.BinaryQuantization(binary=models.BinaryQuantizationConfig(always_ram=True))
+    raise InvalidInputError(f"quantization must be none, scalar or binary, not {kind!r}")
+
+
+def search_params(kind: str):
+    from qdrant_client import models
+
+    if kind == "none":
+        return None
+    return models.SearchParams(
+        quantization=models.QuantizationSearchParams(rescore=True, oversampling=QUANTIZED_OVERSAMPLING)
+    )
 
 
 @dataclass
 class IndexReport:
-    indexed: int = 0
-    skipped: int = 0  # already in the collection (same bytes)
-    failed: list[tuple[str, str]] = field(default_factory=list)  # (source, error)
+    new: int = 0
+    replaced: int = 0  # the key was there with other content: vectors and payload replaced
+    updated: int = 0  # same content, other payload: payload replaced, nothing embedded
+    unchanged: int = 0  # same content and payload: nothing done
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (item, reason)
+    pruned: int = 0
     stored_vectors: int = 0
     raw_vectors: int = 0  # before token pooling
+    embedded: int = 0
+    seconds: float = 0.0
+
+    @property
+    def indexed(self) -> int:
+        """Points written with new vectors."""
+        return self.new + self.replaced
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "new": self.new,
+            "replaced": self.replaced,
+            "updated": self.updated,
+            "unchanged": self.unchanged,
+            "failed": len(self.failed),
+            "pruned": self.pruned,
+            "stored_vectors": self.stored_vectors,
+            "raw_vectors": self.raw_vectors,
+            "seconds": round(self.seconds, 2),
+            "images_per_s": round(self.embedded / self.seconds, 2) if self.seconds else None,
+        }
 
 
 @dataclass(frozen=True)
@@ -52,11 +152,6 @@ class Hit:
     id: str
     score: float
     payload: dict[str, Any]
-
-
-def point_id(data: bytes) -> str:
-    """A UUID from the content hash: the same image always lands on the same point."""
-    return str(uuid.UUID(bytes=hashlib.sha256(data).digest()[:16]))
 
 
 def open_qdrant(path: str | Path | None = "qdrant_data", url: str | None = None, api_key: str | None = None):
@@ -72,133 +167,442 @@ def open_qdrant(path: str | Path | None = "qdrant_data", url: str | None = None,
     return QdrantClient(path=str(path))
 
 
+def check_where(where: Mapping[str, Any] | None, fields: Mapping[str, str]) -> dict[str, Any]:
+    """`where` checked against the collection's filterable fields: InvalidInputError naming the field."""
+    out: dict[str, Any] = {}
+    for name, value in (where or {}).items():
+        if name not in fields:
+            known = ", ".join(sorted(fields))
+            raise InvalidInputError(f"unknown filter field {name!r}: this collection filters on {known}")
+        kind = fields[name]
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if not values:
+            raise InvalidInputError(f"filter {name!r}: an empty list matches nothing")
+        for v in values:
+            ok = isinstance(v, FILTER_TYPES[kind]) and not (kind != "bool" and isinstance(v, bool))
+            if not ok:
+                raise InvalidInputError(f"filter {name!r} is a {kind} field: {v!r} is a {type(v).__name__}")
+        out[name] = list(values) if isinstance(value, (list, tuple)) else value
+    return out
+
+
+def parse_where(terms: Sequence[str], fields: Mapping[str, str]) -> dict[str, Any]:
+    """CLI terms `field=value` or `field=a,b` (any of) -> a checked `where`."""
+    where: dict[str, Any] = {}
+    for term in terms:
+        name, sep, raw = term.partition("=")
+        if not sep or not name:
+            raise InvalidInputError(f"--where {term!r}: use FIELD=VALUE or FIELD=A,B")
+        kind = fields.get(name)
+        values: list[Any] = raw.split(",")
+        try:
+            if kind == "integer":
+                values = [int(v) for v in values]
+            elif kind == "bool":
+                values = [{"true": True, "false": False}[v.lower()] for v in values]
+        except (ValueError, KeyError):
+            raise InvalidInputError(f"--where {term!r}: {name} is a {kind} field") from None
+        where[name] = values if len(values) > 1 else values[0]
+    return check_where(where, fields)
+
+
+def _filter(where: Mapping[str, Any]):
+    from qdrant_client import models
+
+    if not where:
+        return None
+    conditions = []
+    for name, value in where.items():
+        match = models.MatchAny(any=value) if isinstance(value, list) else models.MatchValue(value=value)
+        conditions.append(models.FieldCondition(key=name, match=match))
+    return models.Filter(must=conditions)
+
+
 class VisualIndex:
-    def __init__(self, embedder: ColQwen2Client, qdrant: Any, settings: IndexSettings | None = None) -> None:
+    """Index catalog items into a collection and search them. `embedder` may be None for a caller that
+    embeds itself (the gateway): then pass `visual_token_offset` for a `rows_cols` collection."""
+
+    def __init__(
+        self,
+        embedder: ColQwen2Client | None,
+        qdrant: Any,
+        settings: IndexSettings | None = None,
+        visual_token_offset: int | None = None,
+    ) -> None:
         self.embedder, self.qdrant = embedder, qdrant
         self.settings = settings or IndexSettings()
+        self._offset = visual_token_offset
+        self._schema: Schema | None = None
+
+    # -- the collection ------------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self.settings.collection
+
+    def exists(self) -> bool:
+        return self.qdrant.collection_exists(self.name)
+
+    @property
+    def schema(self) -> Schema:
+        """The collection's first stage and filterable fields (what these settings would create if none)."""
+        if self._schema is None:
+            wanted = self.settings.first_stage
+            if self.exists():
+                stored = (self.qdrant.get_collection(self.name).config.metadata or {}).get(METADATA)
+                # A collection from before the schema was stored: mean first stage, the default fields.
+                stored = stored or {"first_stage": "mean", "filter_fields": dict(DEFAULT_FILTER_FIELDS)}
+                schema = Schema(
+                    stored["first_stage"], dict(stored["filter_fields"]), stored.get("quantization", "none")
+                )
+                if wanted and wanted != schema.first_stage:
+                    raise InvalidInputError(
+                        f"collection {self.name!r} was created with first stage {schema.first_stage!r}, not "
+                        f"{wanted!r}: index into a new collection to change it"
+                    )
+            else:
+                schema = Schema(
+                    wanted or DEFAULT_FIRST_STAGE, dict(self.settings.filter_fields), self.settings.quantization
+                )
+            if schema.first_stage not in FIRST_STAGES:
+                raise InvalidInputError(f"first stage must be one of {', '.join(FIRST_STAGES)}")
+            self._schema = schema
+        return self._schema
 
     def ensure_collection(self) -> None:
         from qdrant_client import models
 
-        if self.qdrant.collection_exists(self.settings.collection):
+        schema = self.schema
+        if self.exists():
             return
-        quantization = {
-            "none": None,
-            "scalar": models.ScalarQuantization(
-                scalar=models.ScalarQuantizationConfig(type=models.ScalarType.INT8, always_ram=True)
+        unknown = {k: v for k, v in schema.filter_fields.items() if v not in FILTER_TYPES}
+        if unknown:
+            raise InvalidInputError(f"filter field types must be one of {', '.join(FILTER_TYPES)}: {unknown}")
+        s = self.settings
+        quantization = quantization_config(schema.quantization)
+        multi = models.MultiVectorConfig(comparator=models.MultiVectorComparator.MAX_SIM)
+        vectors = {
+            POOLED: models.VectorParams(size=128, distance=models.Distance.COSINE),
+            MULTI: models.VectorParams(
+                size=128,
+                distance=models.Distance.COSINE,
+                multivector_config=multi,
+                hnsw_config=models.HnswConfigDiff(m=0),  # rerank only: no graph to build
+                on_disk=s.on_disk or None,
             ),
-            "binary": models.BinaryQuantization(binary=models.BinaryQuantizationConfig(always_ram=True)),
-        }[self.settings.quantization]
+        }
+        if schema.first_stage == "rows_cols":
+            for name in (ROWS, COLS):
+                vectors[name] = models.VectorParams(size=128, distance=models.Distance.COSINE, multivector_config=multi)
         self.qdrant.create_collection(
-            self.settings.collection,
-            vectors_config={
-                POOLED: models.VectorParams(size=128, distance=models.Distance.COSINE),
-                MULTI: models.VectorParams(
-                    size=128,
-                    distance=models.Distance.COSINE,
-                    multivector_config=models.MultiVectorConfig(comparator=models.MultiVectorComparator.MAX_SIM),
-                    hnsw_config=models.HnswConfigDiff(m=0),  # rerank only: no graph to build
-                ),
-            },
+            self.name,
+            vectors_config=vectors,
             quantization_config=quantization,
+            shard_number=s.shard_number,
+            replication_factor=s.replication_factor,
+            write_consistency_factor=s.write_consistency_factor,
+            on_disk_payload=s.on_disk or None,
+            metadata={
+                METADATA: {
+                    "first_stage": schema.first_stage,
+                    "filter_fields": schema.filter_fields,
+                    "quantization": schema.quantization,
+                }
+            },
         )
+        kinds = {"keyword": models.PayloadSchemaType.KEYWORD, "integer": models.PayloadSchemaType.INTEGER,
+                 "bool": models.PayloadSchemaType.BOOL}  # fmt: skip
+        with warnings.catch_warnings():  # the embedded mode warns that it has no payload indexes (README)
+            warnings.simplefilter("ignore", UserWarning)
+            for name, kind in schema.filter_fields.items():
+                self.qdrant.create_payload_index(self.name, name, field_schema=kinds[kind])
+            self.qdrant.create_payload_index(self.name, "sha256", field_schema=models.PayloadSchemaType.KEYWORD)
 
-    def count(self) -> int:
-        if not self.qdrant.collection_exists(self.settings.collection):
+    def count(self, where: Mapping[str, Any] | None = None) -> int:
+        if not self.exists():
             return 0
-        return self.qdrant.count(self.settings.collection, exact=True).count
+        flt = _filter(check_where(where, self.schema.filter_fields))
+        return self.qdrant.count(self.name, count_filter=flt, exact=True).count
 
-    def _existing(self, ids: list[str]) -> set[str]:
-        if not ids:
-            return set()
-        found = self.qdrant.retrieve(self.settings.collection, ids=ids, with_payload=False, with_vectors=False)
-        return {str(p.id) for p in found}
+    def visual_token_offset(self) -> int:
+        if self._offset is None:
+            if self.embedder is None:
+                raise ValueError("a rows_cols collection needs visual_token_offset when there is no embedder")
+            self._offset = int(self.embedder.server_info()["visual_token_offset"])
+        return self._offset
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def _stored(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Payload of the points that exist among `ids`."""
+        found: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(ids), 256):
+            points = self.qdrant.retrieve(self.name, ids=list(ids[start : start + 256]), with_payload=True)
+            found |= {str(p.id): dict(p.payload or {}) for p in points}
+        return found
+
+    def payload(self, item: CatalogItem, data: bytes, sha: str) -> dict[str, Any]:
+        payload = {**item.payload, "key": item.key, "sha256": sha, "source": item.source, "bytes": len(data)}
+        payload.setdefault("kind", "image")
+        payload["size"] = _size(data)
+        payload["indexed_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+        return payload
+
+    def point(self, item: CatalogItem, payload: dict[str, Any], embedding: Embedding):
+        """The point for an item: all its vectors and its payload, written in one upsert."""
+        from qdrant_client import models
+
+        stored = pool_tokens(embedding.vectors, self.settings.pool_factor)
+        vectors: dict[str, Any] = {POOLED: embedding.pooled.tolist(), MULTI: stored.tolist()}
+        if self.schema.first_stage == "rows_cols":
+            if embedding.grid is None:
+                raise InvalidInputError(f"{item.where}: the server returned no grid: rows_cols needs it")
+            rows, cols = rows_cols(embedding.vectors, embedding.grid, self.visual_token_offset())
+            vectors |= {ROWS: rows.tolist(), COLS: cols.tolist()}
+        return models.PointStruct(id=item.id, vector=vectors, payload=payload), len(stored)
 
     def index(
         self,
-        images: Sequence[ImageInput],
+        items: Sequence[CatalogItem] | Sequence[ImageInput],
         payloads: Sequence[dict[str, Any]] | None = None,
         progress: bool | Callable[[int, int], None] | None = None,
-        chunk: int = 64,
+        prune: bool = False,
     ) -> IndexReport:
-        """Embed and upsert images not yet in the collection; payloads get source, kind, size, bytes."""
-        from qdrant_client import models
+        """Embed and write the items whose content is new or changed; update payload-only changes.
 
+        Reading, embedding and writing overlap: the next chunk's files are read while this one is
+        embedded, and a writer thread upserts the previous chunk (waiting for Qdrant to apply the
+        writes every `checkpoint_every` chunks and at the end). Progress counts items written.
+        Each point's vectors and payload go in one upsert, so a killed run leaves whole points; run
+        it again to finish.
+        `prune`: afterwards delete every point whose key is not among `items` (a full catalog).
+        """
+        started = time.monotonic()
+        catalog = list(items) if all(isinstance(i, CatalogItem) for i in items) else memory_items(items, payloads)  # type: ignore[arg-type]
+        if self.embedder is None:
+            raise ValueError("indexing needs an embedder")
         self.ensure_collection()
         report = IndexReport()
+        catalog = _unique(catalog, report)
+        stored = self._stored([i.id for i in catalog])
         bar = progress_callback(progress)
-        payloads = list(payloads) if payloads is not None else [{} for _ in images]
-        for start in range(0, len(images), chunk):
-            part = list(range(start, min(start + chunk, len(images))))
-            data: dict[int, bytes] = {}
-            for i in part:
-                try:
-                    data[i] = image_bytes(images[i])
-                except ColQwen2Error as exc:
-                    report.failed.append((_source(images[i], payloads[i]), str(exc)))
-            ids = {i: point_id(d) for i, d in data.items()}
-            existing = self._existing(list(ids.values()))
-            todo = [i for i in data if ids[i] not in existing]
-            report.skipped += len(data) - len(todo)
-            embedded = self.embedder.embed_batch([data[i] for i in todo], return_exceptions=True)
-            points = []
-            for i, result in zip(todo, embedded, strict=True):
-                if isinstance(result, Exception):
-                    report.failed.append((_source(images[i], payloads[i]), str(result)))
-                    continue
-                stored = pool_tokens(result.vectors, self.settings.pool_factor)
-                report.raw_vectors += result.num_vectors
-                report.stored_vectors += len(stored)
-                payload = {"source": _source(images[i], payloads[i]), "bytes": len(data[i]), **payloads[i]}
-                payload.setdefault("kind", "image")
-                if "size" not in payload:
-                    payload["size"] = _size(data[i])
-                points.append(
-                    models.PointStruct(
-                        id=ids[i], vector={POOLED: result.pooled.tolist(), MULTI: stored.tolist()}, payload=payload
-                    )
-                )
-            for b in range(0, len(points), self.settings.upsert_batch):
-                self.qdrant.upsert(self.settings.collection, points=points[b : b + self.settings.upsert_batch])
-            report.indexed += len(points)
-            if bar:
-                bar(min(start + chunk, len(images)), len(images))
+        size = max(self.settings.chunk, 1)
+        chunks = [catalog[i : i + size] for i in range(0, len(catalog), size)]
+        with ThreadPoolExecutor(8, "colqwen2-read") as reader, ThreadPoolExecutor(1, "colqwen2-write") as writer:
+            writes: list[tuple[Future, int]] = []  # a chunk being written, and its size
+            finished = 0
+            loads = [reader.submit(item.read) for item in chunks[0]] if chunks else []
+            for n, chunk in enumerate(chunks):
+                current = loads
+                if n + 1 < len(chunks):
+                    loads = [reader.submit(item.read) for item in chunks[n + 1]]
+                todo, payload_only = self._sort(chunk, current, stored, report)
+                embedded = self.embedder.embed_batch([data for _, data, _ in todo], return_exceptions=True)
+                report.embedded += len(todo)
+                points = []
+                for (item, _data, payload), result in zip(todo, embedded, strict=True):
+                    if isinstance(result, Exception):
+                        report.failed.append((item.where, str(result)))
+                        continue
+                    try:
+                        point, kept = self.point(item, payload, result)
+                    except (ColQwen2Error, ValueError) as exc:
+                        report.failed.append((item.where, str(exc)))
+                        continue
+                    report.raw_vectors += result.num_vectors
+                    report.stored_vectors += kept
+                    points.append((point, item, item.id in stored))
+                last = n + 1 == len(chunks)
+                wait = last or (n + 1) % self.settings.checkpoint_every == 0
+                writes.append((writer.submit(self._write, points, payload_only, wait), len(chunk)))
+                while len(writes) > 1 or (last and writes):  # one chunk written while the next is embedded
+                    write, count = writes.pop(0)
+                    self._collect(write, report)
+                    finished += count
+                    if bar:
+                        bar(finished, len(catalog))
+        if prune:
+            report.pruned = self.prune({item.key for item in catalog})
+        report.seconds = time.monotonic() - started
         return report
 
-    def search(self, text: str | None = None, image: ImageInput | None = None, limit: int = 10) -> list[Hit]:
-        """Text or image query: first stage on `pooled` (limit x oversampling), rerank by MaxSim on `colqwen2`."""
-        if (text is None) == (image is None):
-            raise ValueError("search needs exactly one of text= or image=")
-        query = self.embedder.embed_query(text) if text is not None else self.embedder.embed(image)
-        return self.search_embedding(query, limit)
+    def decide(self, item: CatalogItem, data: bytes, stored: dict[str, Any] | None) -> tuple[str, dict[str, Any]]:
+        """What writing `item` takes, given its stored payload (None: no point yet), and its new payload:
+        "embed" (new or changed content), "update" (same content, other payload) or "unchanged"."""
+        sha = sha256_hex(data)
+        payload = self.payload(item, data, sha)
+        if stored is None or stored.get("sha256") != sha:
+            return "embed", payload
+        return ("unchanged" if _same(stored, payload) else "update"), payload
 
-    def search_embedding(self, query: Embedding, limit: int = 10) -> list[Hit]:
+    def stored_payload(self, item: CatalogItem) -> dict[str, Any] | None:
+        return self._stored([item.id]).get(item.id)
+
+    def write(self, item: CatalogItem, payload: dict[str, Any], embedding: Embedding | None = None) -> None:
+        """Write one item now, waiting for Qdrant: its whole point from `embedding`, or only its payload."""
+        if embedding is None:
+            self.qdrant.overwrite_payload(self.name, payload=payload, points=[item.id], wait=True)
+        else:
+            point, _ = self.point(item, payload, embedding)
+            self.qdrant.upsert(self.name, points=[point], wait=True)
+
+    def _sort(self, chunk, loads, stored, report):
+        """Split a chunk into (item, data, payload) to embed and (item, payload) to update in place."""
+        todo, payload_only = [], []
+        for item, load in zip(chunk, loads, strict=True):
+            try:
+                data = load.result()
+            except ColQwen2Error as exc:
+                report.failed.append((item.where, str(exc)))
+                continue
+            except Exception as exc:  # an unexpected read failure is this item's alone
+                report.failed.append((item.where, f"{type(exc).__name__}: {exc}"))
+                continue
+            action, payload = self.decide(item, data, stored.get(item.id))
+            if action == "embed":
+                todo.append((item, data, payload))
+            elif action == "update":
+                payload_only.append((item, payload))
+            else:
+                report.unchanged += 1
+        return todo, payload_only
+
+    def _write(self, points, payload_only, wait: bool) -> tuple[list, list, int, Exception | None]:
+        """Upsert whole points, then the payload-only updates: (written, not written, payloads updated, error)."""
+        batch = self.settings.upsert_batch
+        done: list = []
+        updated = 0
+        try:
+            for start in range(0, len(points), batch):
+                part = points[start : start + batch]
+                self.qdrant.upsert(self.name, points=[p for p, _, _ in part], wait=wait)
+                done.extend(part)
+            for item, payload in payload_only:
+                self.qdrant.overwrite_payload(self.name, payload=payload, points=[item.id], wait=wait)
+                updated += 1
+        except Exception as exc:  # Qdrant refused or went away: what was not written is reported failed
+            return done, points[len(done) :], updated, exc
+        return done, [], updated, None
+
+    def _collect(self, write: Future, report: IndexReport) -> None:
+        done, lost, updated, error = write.result()
+        for _point, _item, existed in done:
+            if existed:
+                report.replaced += 1
+            else:
+                report.new += 1
+        report.updated += updated
+        for _point, item, _existed in lost:
+            report.failed.append((item.where, f"Qdrant: {error}"))
+        if error is not None and not lost:  # the payload-only updates failed; the next run finds them again
+            report.failed.append(("payload updates", f"Qdrant: {error}"))
+
+    def prune(self, keep: Iterable[str]) -> int:
+        """Delete every point whose key is not in `keep`; how many."""
         from qdrant_client import models
 
+        keep_ids = {point_id(key) for key in keep}
+        stale: list[str] = []
+        offset = None
+        while True:
+            points, offset = self.qdrant.scroll(self.name, limit=1024, offset=offset, with_payload=False)
+            stale.extend(str(p.id) for p in points if str(p.id) not in keep_ids)
+            if offset is None:
+                break
+        for start in range(0, len(stale), 1024):
+            self.qdrant.delete(self.name, points_selector=models.PointIdsList(points=stale[start : start + 1024]))
+        return len(stale)
+
+    def delete(self, keys: Sequence[str] = (), where: Mapping[str, Any] | None = None) -> int:
+        """Delete points by key and/or by filter; how many were deleted."""
+        from qdrant_client import models
+
+        if not keys and not where:
+            raise InvalidInputError("delete needs keys or a filter (deleting everything is `drop the collection`)")
+        if not self.exists():
+            return 0
+        deleted = 0
+        if keys:
+            ids = [point_id(k) for k in keys]
+            deleted += len(self._stored(ids))
+            self.qdrant.delete(self.name, points_selector=models.PointIdsList(points=ids), wait=True)
+        if where:
+            flt = _filter(check_where(where, self.schema.filter_fields))
+            deleted += self.qdrant.count(self.name, count_filter=flt, exact=True).count
+            self.qdrant.delete(self.name, points_selector=models.FilterSelector(filter=flt), wait=True)
+        return deleted
+
+    # -- searching -----------------------------------------------------------------------------
+
+    def search(
+        self,
+        text: str | None = None,
+        image: ImageInput | None = None,
+        limit: int = 10,
+        where: Mapping[str, Any] | None = None,
+    ) -> list[Hit]:
+        """Text or image query, restricted to the points matching `where` in both stages."""
+        if (text is None) == (image is None):
+            raise ValueError("search needs exactly one of text= or image=")
+        if self.embedder is None:
+            raise ValueError("search by text or image needs an embedder; use search_embedding")
+        checked = check_where(where, self.schema.filter_fields)  # before embedding: a bad filter costs nothing
+        query = self.embedder.embed_query(text) if text is not None else self.embedder.embed(image)
+        return self.search_embedding(query, limit, checked)
+
+    def search_embedding(
+        self,
+        query: Embedding,
+        limit: int = 10,
+        where: Mapping[str, Any] | None = None,
+        prefetch_limit: int | None = None,
+        first_stage: str | None = None,
+    ) -> list[Hit]:
+        """First stage (the collection's, or `first_stage`), then MaxSim over its candidates."""
+        from qdrant_client import models
+
+        flt = _filter(check_where(where, self.schema.filter_fields))
+        stage = first_stage or self.schema.first_stage
+        candidates = max(prefetch_limit or self.settings.prefetch_limit, limit)
+        vectors = query.vectors.tolist()
+        params = search_params(self.schema.quantization)
+        if stage == "none":
+            prefetch = None
+        elif stage == "mean":
+            prefetch = models.Prefetch(
+                query=query.pooled.tolist(), using=POOLED, limit=candidates, filter=flt, params=params
+            )
+        elif stage == "rows_cols" and self.schema.first_stage == "rows_cols":
+            prefetch = [
+                models.Prefetch(query=vectors, using=name, limit=candidates, filter=flt, params=params)
+                for name in (ROWS, COLS)
+            ]
+        else:
+            raise InvalidInputError(f"collection {self.name!r} has no {stage!r} first stage")
         result = self.qdrant.query_points(
-            self.settings.collection,
-            prefetch=models.Prefetch(
-                query=query.pooled.tolist(), using=POOLED, limit=limit * self.settings.oversampling
-            ),
-            query=query.vectors.tolist(),
-            using=MULTI,
-            limit=limit,
-            with_payload=True,
-        )
+            self.name, prefetch=prefetch, query=vectors, using=MULTI, limit=limit, query_filter=flt,
+            search_params=params, with_payload=True,
+        )  # fmt: skip
         return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in result.points]
 
-    def stored_vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
-        """The `colqwen2` multivectors as stored (after any token pooling), by point id."""
-        points = self.qdrant.retrieve(self.settings.collection, ids=list(ids), with_vectors=[MULTI])
-        return {str(p.id): np.asarray(p.vector[MULTI], dtype=np.float32) for p in points}
+    def stored_vectors(self, ids: Sequence[str], name: str = MULTI) -> dict[str, np.ndarray]:
+        """A named vector as stored (`colqwen2`: after any token pooling), by point id."""
+        points = self.qdrant.retrieve(self.name, ids=list(ids), with_vectors=[name])
+        return {str(p.id): np.asarray(p.vector[name], dtype=np.float32) for p in points}
 
 
-def _source(image: ImageInput, payload: dict[str, Any]) -> str:
-    if "source" in payload:
-        return str(payload["source"])
-    if isinstance(image, (str, Path)) and len(str(image)) < 4096 and Path(image).exists():
-        return str(image)
-    return "<in-memory image>"
+def _unique(items: list[CatalogItem], report: IndexReport) -> list[CatalogItem]:
+    seen: dict[str, CatalogItem] = {}
+    for item in items:
+        if item.key in seen:
+            report.failed.append((item.where, f"duplicate key: {seen[item.key].where} has it too (the first is kept)"))
+        else:
+            seen[item.key] = item
+    return list(seen.values())
+
+
+def _same(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    return {k: v for k, v in old.items() if k not in VOLATILE} == {k: v for k, v in new.items() if k not in VOLATILE}
 
 
 def _size(data: bytes) -> list[int] | None:

@@ -35,26 +35,32 @@ def _thumbnail(source: str) -> str:
         return ""
 
 
-def write_html(path: str | Path, sections: Sequence[tuple[str, Sequence[Hit]]], note: str = "") -> Path:
-    """One section per query: its title and its hits as thumbnail cards. Images are inlined."""
+def write_html(path: str | Path, sections: Sequence[tuple], note: str = "") -> Path:
+    """One section per query: (title, hits) or (title, hits, query image path): the query image, if any,
+    then the hits as thumbnail cards. Images are inlined."""
     parts = [
         "<!doctype html><meta charset='utf-8'><title>ColQwen2 search</title>",
         "<style>body{font-family:sans-serif;margin:2em}.hits{display:flex;flex-wrap:wrap;gap:12px}"
         ".hit{width:230px;border:1px solid #ddd;padding:6px;font-size:12px}.hit img{max-width:220px}"
-        ".note{background:#fff4e0;padding:8px}</style>",
+        ".note{background:#fff4e0;padding:8px}.query{border:2px solid #2a6fdb;background:#eef4ff}</style>",
         "<h1>ColQwen2 search</h1>",
     ]
     if note:
         parts.append(f"<p class='note'>{html.escape(note)}</p>")
-    for title, hits in sections:
+    for title, hits, *query in sections:
         parts.append(f"<h2>{html.escape(title)}</h2><div class='hits'>")
+        if query and query[0]:
+            thumb = _thumbnail(str(query[0]))
+            image = f"<img src='{thumb}' alt=''>" if thumb else ""
+            parts.append(f"<div class='hit query'>{image}<br><b>query</b><br>{html.escape(Path(query[0]).name)}</div>")
         for rank, hit in enumerate(hits, 1):
             source = str(hit.payload.get("source", hit.id))
             thumb = _thumbnail(source)
             image = f"<img src='{thumb}' alt=''>" if thumb else ""
             parts.append(
                 f"<div class='hit'>{image}<br><b>#{rank}</b> MaxSim {hit.score:.3f}<br>"
-                f"{html.escape(str(hit.payload.get('kind', '')))}<br>{html.escape(Path(source).name)}</div>"
+                f"{html.escape(str(hit.payload.get('kind', '')))}<br>{html.escape(str(hit.payload.get('key', '')))}"
+                f"<br>{html.escape(Path(source).name)}</div>"
             )
         parts.append("</div>")
     path = Path(path)

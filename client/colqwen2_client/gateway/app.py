@@ -1,7 +1,8 @@
-"""FastAPI app with the original API: `POST /embed`, `POST /embed_batch`, `GET /health`, plus `POST /embed_query`.
+"""FastAPI app with the original API: `POST /embed`, `POST /embed_batch`, `GET /health`, plus `POST /embed_query`,
+and, with a Qdrant index configured, `POST /search` and `POST /index`.
 
-The app is a thin layer over `AsyncColQwen2Client`: JSON and base64 in, the SDK's `Embedding`
-as the original JSON out, the SDK's exceptions mapped to HTTP status codes.
+The app is a thin layer over `AsyncColQwen2Client` and `VisualIndex`: JSON and base64 in, the
+SDK's `Embedding` as the original JSON out, the SDK's exceptions mapped to HTTP status codes.
 """
 
 # No `from __future__ import annotations`: FastAPI must resolve the request model defined in create_app.
@@ -9,12 +10,14 @@ as the original JSON out, the SDK's exceptions mapped to HTTP status codes.
 import asyncio
 import json
 import os
+import threading
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
@@ -48,6 +51,11 @@ class GatewaySettings:
     # 128 waiting per model, so more in flight here would only wait to be refused.
     max_concurrency: int = 64
     request_timeout: float = 30.0  # seconds for a whole request: 408 for a body still arriving, 504 for Triton
+    # The catalog index behind /search and /index: a Qdrant server, or an embedded folder; neither: no index.
+    qdrant_url: str = field(default_factory=lambda: os.environ.get("QDRANT_URL", ""))
+    qdrant_path: str = field(default_factory=lambda: os.environ.get("COLQWEN2_QDRANT_PATH", ""))
+    qdrant_api_key: str = field(default_factory=lambda: os.environ.get("QDRANT_API_KEY", ""), repr=False)
+    collection: str = "visual_embeddings"
 
 
 class ErrorResponse(BaseModel):
@@ -100,6 +108,49 @@ class HealthResponse(BaseModel):
     )
 
 
+FilterValue = str | int | bool | list[str] | list[int]
+
+
+class SearchRequest(BaseModel):
+    text: str | None = Field(default=None, description="a text query (give this or `image`)")
+    image: str | None = Field(default=None, description="a base64-encoded image to search with")
+    where: dict[str, FilterValue] = Field(
+        default_factory=dict,
+        description="payload filter applied in both stages: field -> value, or a list (any of); the fields are the "
+        "collection's filterable ones (default: key, kind, marketplace, asin, category)",
+    )
+    limit: int = Field(default=10, ge=1, le=100)
+    precision: Precision | None = None
+
+
+class SearchHit(BaseModel):
+    id: str
+    key: str | None = None
+    score: float = Field(description="MaxSim of the query against the item's vectors")
+    payload: dict[str, Any]
+
+
+class SearchResponse(BaseModel):
+    hits: list[SearchHit]
+
+
+class IndexRequest(BaseModel):
+    key: str = Field(min_length=1, max_length=1024, description="the item's key: the same key replaces its point")
+    image: str = Field(description="the image file's bytes, base64-encoded")
+    payload: dict[str, Any] = Field(default_factory=dict, description="any other fields, e.g. asin, kind, marketplace")
+    source: str | None = Field(default=None, description="where the image lives (kept in the payload)")
+    precision: Precision | None = None
+
+
+class IndexResponse(BaseModel):
+    id: str = Field(description="the point id: UUID5 of the key")
+    key: str
+    status: Literal["new", "replaced", "updated", "unchanged"] = Field(
+        description="new point; new content replaced the vectors and payload; payload-only change; nothing to do"
+    )
+    sha256: str
+
+
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "bad base64, a bad image or a bad query; the detail says which"},
     401: {"model": ErrorResponse, "description": "missing or invalid bearer token (when the gateway requires one)"},
@@ -131,6 +182,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     if settings.precision not in MODELS:
         raise ValueError(f"precision must be one of {', '.join(MODELS)}")
     clients: dict[str, AsyncColQwen2Client] = {}
+    catalog: dict[str, Any] = {}  # the VisualIndex, opened on first use
+    catalog_lock = threading.Lock()  # embedded Qdrant is not thread-safe; a server client is, and the lock is cheap
+    opening = asyncio.Lock()
     health_cache: dict[str, Any] = {"at": -1e9, "verdict": None}
     health_lock = asyncio.Lock()
 
@@ -147,6 +201,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         yield
         for client in clients.values():
             await client.close()
+        if "index" in catalog:
+            catalog["index"].qdrant.close()
 
     class EmbedBatchRequest(BaseModel):
         images: list[str] = Field(max_length=settings.max_batch, description="base64-encoded image files")
@@ -208,6 +264,71 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     async def embed_query(body: QueryRequest) -> Response:
         """Embed a text query (one vector per token) for MaxSim search."""
         return _json((await client_for(body.precision).embed_query(body.text)).to_dict())
+
+    async def visual_index():
+        from ..qdrant import IndexSettings, VisualIndex, open_qdrant
+
+        if not (settings.qdrant_url or settings.qdrant_path):
+            raise ServerUnavailableError("no index here: start the gateway with --qdrant-url or --qdrant-path")
+        async with opening:  # one open: embedded Qdrant locks its folder
+            if "index" not in catalog:
+                offset = int((await client_for(None).server_info())["visual_token_offset"])
+                path, url, key = settings.qdrant_path or None, settings.qdrant_url or None, settings.qdrant_api_key
+                qdrant = await run_in_threadpool(open_qdrant, path, url, key or None)
+                catalog["index"] = VisualIndex(None, qdrant, IndexSettings(collection=settings.collection), offset)
+        return catalog["index"]
+
+    async def on_index(fn, *args):
+        def locked():
+            with catalog_lock:
+                return fn(*args)
+
+        return await run_in_threadpool(locked)
+
+    @app.post("/search", response_model=SearchResponse, responses=ERRORS)
+    async def search(body: SearchRequest) -> Response:
+        """Search the catalog by text or by image: first stage, then MaxSim, both within `where`."""
+        from ..qdrant import check_where
+
+        if (body.text is None) == (body.image is None):
+            raise InvalidInputError("search needs exactly one of `text` or `image`")
+        index = await visual_index()
+        if not await on_index(index.exists):
+            raise InvalidInputError(f"the collection {index.name!r} does not exist yet: index something first")
+        where = await on_index(check_where, body.where, (await on_index(lambda: index.schema)).filter_fields)
+        client = client_for(body.precision)
+        if body.text is not None:
+            query = await client.embed_query(body.text)
+        else:
+            query = await client.embed(decode_base64(body.image, "image"))
+        hits = await on_index(index.search_embedding, query, body.limit, where)
+        return _json({"hits": [{"id": h.id, "key": h.payload.get("key"), "score": h.score, "payload": h.payload}
+                               for h in hits]})  # fmt: skip
+
+    @app.post("/index", response_model=IndexResponse, responses=ERRORS)
+    async def index_item(body: IndexRequest) -> Response:
+        """Index one item under its key: new or changed content is embedded, the same content is not."""
+        from ..catalog import WRITTEN, CatalogItem
+
+        clash = sorted(set(body.payload) & set(WRITTEN))
+        if clash:
+            raise InvalidInputError(f"payload field {clash[0]!r} is written by the index; rename it")
+        data = decode_base64(body.image, "image")
+        index = await visual_index()
+        await on_index(index.ensure_collection)
+        item = CatalogItem(body.key, body.source or "gateway", body.payload | {"key": body.key}, data=data)
+        stored = await on_index(index.stored_payload, item)
+        action, payload = index.decide(item, data, stored)
+        if action == "embed":
+            embedding = await client_for(body.precision).embed(data)
+            await on_index(index.write, item, payload, embedding)
+            status = "replaced" if stored is not None else "new"
+        elif action == "update":
+            await on_index(index.write, item, payload)
+            status = "updated"
+        else:
+            status = "unchanged"
+        return _json({"id": item.id, "key": item.key, "status": status, "sha256": payload["sha256"]})
 
     @app.get("/health", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
     async def health() -> Response:

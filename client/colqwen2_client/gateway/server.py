@@ -57,6 +57,13 @@ def main(argv: list[str] | None = None) -> int:
         default=defaults.request_timeout,
         help="seconds per request: 408 for a slow body, 504 for a slow answer (default: %(default)s; 0: none)",
     )
+    parser.add_argument("--qdrant-url", default=defaults.qdrant_url,
+                        help="the catalog index behind /search and /index: a Qdrant server (env QDRANT_URL; its key "
+                        "in QDRANT_API_KEY)")  # fmt: skip
+    parser.add_argument("--qdrant-path", default=defaults.qdrant_path,
+                        help="or an embedded Qdrant folder (env COLQWEN2_QDRANT_PATH); neither: /search and /index "
+                        "answer 503")  # fmt: skip
+    parser.add_argument("--collection", default=defaults.collection, help="(default: %(default)s)")
     args = parser.parse_args(argv)
     try:
         token = read_token(args.token_file)
@@ -78,6 +85,10 @@ def main(argv: list[str] | None = None) -> int:
         token=token,
         max_concurrency=args.max_concurrency,
         request_timeout=args.request_timeout,
+        qdrant_url=args.qdrant_url,
+        qdrant_path=args.qdrant_path,
+        qdrant_api_key=defaults.qdrant_api_key,
+        collection=args.collection,
     )
     if not token and args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"colqwen2-gateway: no token on {args.host}: anyone who reaches it can embed", file=sys.stderr)
