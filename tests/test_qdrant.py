@@ -202,7 +202,7 @@ def test_cluster_settings_reach_the_collection(client, samples, tmp_path):
     vectors = info.config.params.vectors
     assert vectors[MULTI].on_disk is True and vectors[MULTI].hnsw_config.m == 0 and vectors["pooled"].on_disk is None
     assert info.config.metadata["colqwen2"] == {
-        "first_stage": "mean",
+        "first_stage": "rows_cols",
         "filter_fields": {"kind": "keyword", "rank": "integer"},
         "quantization": "scalar",
     }
@@ -288,7 +288,7 @@ def test_rerank_order_equals_brute_force_maxsim(client, samples, tmp_path):
 
 
 def test_prefetch_limits_the_rerank_to_the_first_stage(client, samples, tmp_path):
-    index = VisualIndex(client, open_qdrant(":memory:"), IndexSettings(prefetch_limit=3))
+    index = VisualIndex(client, open_qdrant(":memory:"), IndexSettings(first_stage="mean", prefetch_limit=3))
     index.index(folder_items([samples[0].parent]).items)
     query = client.embed(samples[0])
     hits = index.search_embedding(query, limit=3)

@@ -212,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--prune", action="store_true", help="delete points whose key is not in this full catalog")
     index.add_argument("--kind", default="auto", help="payload kind for folders: keepa_chart, product_image or auto")
     index.add_argument("--first-stage", choices=["mean", "rows_cols", "none"],
-                       help="a new collection's first stage (default mean; an existing one keeps its own)")  # fmt: skip
+                       help="a new collection's first stage (default rows_cols; an existing one keeps it)")  # fmt: skip
     index.add_argument("--pool-factor", type=int, default=1, help="hierarchical token pooling (1: off)")
     index.add_argument("--quantization", choices=["none", "scalar", "binary"], default="none",
                        help="a new collection's quantization (a Qdrant server only)")  # fmt: skip
