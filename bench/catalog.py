@@ -40,7 +40,7 @@ from PIL import Image
 
 from export.sample_images import QUERIES, keepa_chart, product_image
 from model_repository.render import RenderOptions, render
-from model_repository.server import TritonServer, free_port
+from model_repository.server import TritonServer
 
 # (kind, width, height, share of the catalog): charts at Keepa's sizes, photos, banners, thumbnails
 MIX = (
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     items = read_manifest(manifest).items
     data = [item.read() for item in items]
     repository = render(RenderOptions(args.artifacts, args.workdir / f"repo-{args.artifacts.name}"))
-    server = TritonServer(repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
+    server = TritonServer.on_free_ports(repository)
     store = args.workdir / f"qdrant-{args.artifacts.name}-{args.images}"
     with open(args.workdir / "tritonserver.log", "w") as log, server:
         server.start(log)

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from model_repository.render import PREPROCESS, RenderOptions, detect_device, encoder_name, render
-from model_repository.server import TritonServer, free_port
+from model_repository.server import TritonServer
 
 from .load import ModelStats, PeakMemory, drive, payloads, workload_summary
 from .references import averaged, in_process, int8_breakdown, paired_overhead, speedup_ceiling
@@ -124,7 +124,7 @@ def run_config(name: str, args, data: list[bytes], levels: list[int]) -> tuple[l
     repository = render(options)
     variant = json.loads((repository / "render.json").read_text())["ensembles"][MODEL]
     encoder = encoder_name(variant)
-    server = TritonServer(repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
+    server = TritonServer.on_free_ports(repository)
     results, paired = [], None
     with open(args.workdir / f"triton-{name}.log", "w") as log, server:
         server.start(log)

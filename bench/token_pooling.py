@@ -29,7 +29,7 @@ from scipy.stats import spearmanr
 from demo.samples import write_samples
 from export.sample_images import QUERIES
 from model_repository.render import RenderOptions, render
-from model_repository.server import TritonServer, free_port
+from model_repository.server import TritonServer
 
 from .timing import cpu_name
 
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     manifest = json.loads((args.artifacts / "manifest.json").read_text())
     samples = write_samples(args.workdir / "samples")
     repository = render(RenderOptions(args.artifacts, args.workdir / "model_repository"))
-    server = TritonServer(repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
+    server = TritonServer.on_free_ports(repository)
     with open(args.workdir / "tritonserver.log", "w") as log, server:
         server.start(log)
         server.wait_ready(300)

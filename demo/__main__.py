@@ -25,7 +25,7 @@ from colqwen2_client.report import table, write_html
 from PIL import Image
 
 from model_repository.render import RenderOptions, render
-from model_repository.server import TritonServer, free_port
+from model_repository.server import TritonServer
 from model_repository.supervisor import Supervisor, SupervisorSettings
 
 from .samples import redraw_chart, write_catalog, write_samples
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     manifest_info = json.loads((args.artifacts / "manifest.json").read_text())
     work = args.workdir
     repository = render(RenderOptions(args.artifacts, work / "model_repository"))
-    server = TritonServer(repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
+    server = TritonServer.on_free_ports(repository)
     log_path = work / "tritonserver.log"
     started = time.perf_counter()
     with open(log_path, "w") as log, Supervisor(server, SupervisorSettings(ready_timeout=300), server_log=log):
@@ -71,19 +71,20 @@ def main(argv: list[str] | None = None) -> int:
             )
             samples = write_samples(work / "samples")
             manifest = write_catalog(work / "catalog.jsonl", samples)
+            items = read_manifest(manifest).items  # each index run reads the files again
             index = VisualIndex(client, open_qdrant(work / "qdrant"))
-            report = index.index(read_manifest(manifest).items)
+            report = index.index(items)
             print(
                 f"\nindexed {manifest.name}: {report.new} new, {report.replaced} replaced, {report.unchanged} "
                 f"unchanged in {report.seconds:.1f} s ({report.summary()['images_per_s']} images/s) into embedded "
                 f"Qdrant at {work / 'qdrant'}"
             )
-            again = index.index(read_manifest(manifest).items)
+            again = index.index(items)
             print(f"indexing again: {again.unchanged} unchanged, {again.embedded} embedded; {index.count()} points")
 
-            refreshed_key = read_manifest(manifest).items[0].key
+            refreshed_key = items[0].key
             redraw_chart(samples[0])
-            refresh = index.index(read_manifest(manifest).items)
+            refresh = index.index(items)
             print(
                 f"chart {refreshed_key} redrawn: {refresh.replaced} replaced, {refresh.unchanged} unchanged, "
                 f"{refresh.embedded} embedded; still {index.count()} points"

@@ -113,6 +113,11 @@ class TritonServer:
     starts: int = field(default=0, init=False)  # how many times start() ran (restarts = starts - 1)
     _backend_dir: Path | None = field(default=None, init=False)
 
+    @classmethod
+    def on_free_ports(cls, repository: Path, **options) -> TritonServer:
+        """A server on 127.0.0.1 with three free ports (the demo, benchmarks, tests)."""
+        return cls(repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), **options)
+
     @property
     def http_url(self) -> str:
         return f"{self.host}:{self.http_port}"

@@ -60,10 +60,10 @@ def tiny_repository(tiny_artifacts: Path, tmp_path_factory: pytest.TempPathFacto
 @pytest.fixture(scope="session")
 def triton_server(tiny_repository: Path, tmp_path_factory: pytest.TempPathFactory):
     """A real Triton server (from the nvidia-pytriton wheel) serving the tiny repository."""
-    from model_repository.server import TritonServer, free_port
+    from model_repository.server import TritonServer
 
     log_file = tmp_path_factory.mktemp("triton") / "tritonserver.log"
-    server = TritonServer(tiny_repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
+    server = TritonServer.on_free_ports(tiny_repository)
     with open(log_file, "w") as log:
         server.start(log)
         try:

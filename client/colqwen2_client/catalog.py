@@ -194,7 +194,7 @@ def _item(row: dict[str, Any], key: str, line: int, base: Path) -> CatalogItem:
         if not source.startswith(("http://", "https://")):
             raise ValueError(f"`url` must start with http:// or https://: {source[:100]!r}")
     else:
-        source = str((base / source) if not Path(source).is_absolute() else Path(source))
+        source = str(base / source)  # an absolute path stays itself
     clash = [name for name in WRITTEN if name in row]
     if clash:
         raise ValueError(f"column `{clash[0]}` is written by the indexer; rename it")

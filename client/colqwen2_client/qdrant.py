@@ -248,7 +248,8 @@ class VisualIndex:
         """The collection's first stage and filterable fields (what these settings would create if none)."""
         if self._schema is None:
             wanted = self.settings.first_stage
-            if self.exists():
+            exists = self.exists()
+            if exists:
                 stored = (self.qdrant.get_collection(self.name).config.metadata or {}).get(METADATA)
                 # A collection from before the schema was stored: mean first stage, the default fields.
                 stored = stored or {"first_stage": "mean", "filter_fields": dict(DEFAULT_FILTER_FIELDS)}
@@ -266,6 +267,8 @@ class VisualIndex:
                 )
             if schema.first_stage not in FIRST_STAGES:
                 raise InvalidInputError(f"first stage must be one of {', '.join(FIRST_STAGES)}")
+            if not exists:
+                return schema  # not cached: another client may create the collection first
             self._schema = schema
         return self._schema
 
