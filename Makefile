@@ -21,12 +21,12 @@ GATEWAY_PORT ?= 8080
 
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup checkpoint export serve gateway demo helm-lint test test-slow lint format bench bench-export bench-memory bench-pooling bench-catalog soak clean
+.PHONY: help setup checkpoint export serve gateway demo helm-lint test test-container-env gpu-check test-slow lint format bench bench-export bench-memory bench-pooling bench-catalog soak clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-14s\033[0m %s\n", $$1, $$2}'
 
-$(STAMP): requirements/dev.txt requirements/colpali.txt client/pyproject.toml scripts/setup.sh scripts/fetch_k8s_tools.sh
+$(STAMP): requirements/dev.txt requirements/serving.txt requirements/export.txt requirements/colpali.txt client/pyproject.toml scripts/setup.sh scripts/fetch_k8s_tools.sh
 	scripts/setup.sh "$(PYTHON)" "$(VENV)"
 	@touch $@
 
@@ -56,7 +56,21 @@ helm-lint: $(STAMP) ## the Helm chart: lint --strict, Kubernetes schema validati
 	scripts/helm_check.sh "$(VENV)"
 
 test: $(STAMP) ## run the test suite (real ONNX Runtime, real colpali-engine)
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow and not container_env" $(PYTEST_ARGS)
+
+# The image's Python (docker/base-image.env) and pins (docker/requirements-serving.txt) in CONTAINER_VENV;
+# the serving suites then run Triton's stubs, the gateway and the CLI on it, references staying in .venv.
+CONTAINER_VENV ?= .venv-container
+CONTAINER_TESTS ?= tests/test_container_env.py tests/test_triton_server.py tests/test_cli.py tests/test_gateway.py \
+	tests/test_health.py tests/test_overload.py tests/test_security.py
+test-container-env: $(STAMP) ## the image's Python and pins in a venv: its stubs, gateway and CLI against colpali-engine; exporter pins resolved
+	$(PY) scripts/container_env.py build --venv $(CONTAINER_VENV)
+	$(PY) scripts/container_env.py exporter-dry-run --venv $(CONTAINER_VENV)
+	COLQWEN2_SERVING_VENV=$(CONTAINER_VENV) $(PY) -m pytest -m "not slow" $(CONTAINER_TESTS) $(PYTEST_ARGS)
+
+GPU_CHECK_ARGS ?=
+gpu-check: $(STAMP) ## export wrappers of the real-size random checkpoint on CUDA: fp32/fp16/bf16, fixed and native; report in bench/results (CPU host: a tiny dry run)
+	$(PY) -m bench.gpu_check $(GPU_CHECK_ARGS)
 
 test-slow: $(STAMP) ## slow tests: fp16 export of the real-size (2.2 B) random checkpoint, 11 min here
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)

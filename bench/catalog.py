@@ -29,7 +29,7 @@ import platform
 import shutil
 import sys
 import time
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     mix = ", ".join(f"{int(share * 100)} % {kind} {w}x{h}" for kind, w, h, share in MIX)
     result = {
         "command": "python -m bench.catalog " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU threads",
         "checkpoint": info["checkpoint"],
         "parameters_m": round(info["parameters"] / 1e6, 1),

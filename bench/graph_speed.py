@@ -19,7 +19,7 @@ import json
 import platform
 import subprocess
 import sys
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from importlib.metadata import version
 from pathlib import Path
 
@@ -92,7 +92,7 @@ def run(size: str, threads: int, batches: tuple[int, ...], repeats: int) -> dict
             )  # fmt: skip
     return {
         "command": " ".join(["python -m bench.graph_speed", *sys.argv[1:]]),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": {"cpu": cpu_name(), "threads": threads, "python": platform.python_version()},
         "checkpoint": {"size": size, "parameters": n_params},
         "workload": workload_summary(IMAGES),

@@ -41,7 +41,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from functools import lru_cache
 from importlib.metadata import version
 from pathlib import Path
@@ -997,7 +997,7 @@ def run(out_dir: Path, workdir: Path, overhead_gib: float, rebuild: bool = False
 
     result = {
         "command": " ".join(["python -m bench.memory", *sys.argv[1:]]),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()} {platform.system()}, {os_cpu_count()} cores, no GPU",
         "versions": {p: version(p) for p in ("torch", "onnx", "onnxruntime", "transformers", "colpali-engine")},
         "seconds": 0.0,

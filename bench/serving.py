@@ -29,7 +29,7 @@ import platform
 import statistics
 import sys
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -476,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
     tag = f"serving-{Path(manifest['checkpoint']).name}-mixed-{suffix}"
     result = {
         "command": "python -m bench.serving " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "gpu": _gpu_name() if gpu else None,
                     "python": platform.python_version()},
         "device": args.device,

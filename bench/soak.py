@@ -42,7 +42,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 import httpx
@@ -281,7 +281,7 @@ def verdict(args: argparse.Namespace, samples: list[dict], traffic: Traffic) -> 
         by_kind[kind]["p99_ms"] = round(float(np.percentile(values, 99)) * 1000, 1)
     return {
         "command": " ".join(["python -m bench.soak", *sys.argv[1:]]),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": {"cpu_threads": os.cpu_count()},
         "artifacts": str(args.artifacts),
         "duration_s": args.duration,

@@ -16,7 +16,7 @@ import argparse
 import io
 import json
 import platform
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(row)
     result = {
         "command": f"python -m bench.token_pooling --artifacts {args.artifacts} --factors {args.factors}",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": {"cpu": cpu_name(), "python": platform.python_version()},
         "checkpoint": manifest["checkpoint"],
         "parameters": manifest["parameters"],

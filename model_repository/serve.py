@@ -95,6 +95,12 @@ def main(argv: list[str] | None = None) -> int:
         "--triton-binary", default="", help="a tritonserver with its own backends (the container); default: pytriton's"
     )
     parser.add_argument(
+        "--backend-directory",
+        default="",
+        help="backends for --triton-binary other than its own (a folder holding python/ with the Python backend "
+        "and its stub); default: the binary's own",
+    )
+    parser.add_argument(
         "--exit-timeout", type=int, default=5, help="seconds Triton drains on shutdown (default: %(default)s)"
     )
     parser.add_argument(
@@ -123,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
 
     server = TritonServer(
         repository, args.host, args.http_port, args.grpc_port, args.metrics_port,
-        extra_args=tuple(args.triton_arg), binary=args.triton_binary, exit_timeout=args.exit_timeout,
+        extra_args=tuple(args.triton_arg), binary=args.triton_binary, backend_directory=args.backend_directory,
+        exit_timeout=args.exit_timeout,
         admin_key=key,
     )  # fmt: skip
     supervisor = Supervisor(server, settings)

@@ -2,10 +2,12 @@
 binary given by path (NVIDIA's container, where the backends sit in their default folder).
 
 The wheel holds Triton 2.51 with the Python backend only (see ../shared/FACTS.md). The binary runs
-in place; the Python backend needs a folder with its library, utils module and the stub for this
-Python version; the stub embeds libpython and takes `sys.prefix` from the first `python3` on PATH,
-so this interpreter's `bin/` goes first. The server runs in its own process group, so Ctrl-C in a
-terminal reaches only this launcher, which then shuts the server (and its stubs) down in order.
+in place; the Python backend needs a folder with its library, utils module and the stub for the
+models' Python version; the stub embeds libpython and takes `sys.prefix` from the first `python3` on
+PATH, so that interpreter's `bin/` goes first. The models' interpreter is this one unless `python`
+names another (`make test-container-env` runs the stubs on a venv of the image's Python and pins).
+The server runs in its own process group, so Ctrl-C in a terminal reaches only this launcher, which
+then shuts the server (and its stubs) down in order.
 """
 
 from __future__ import annotations
@@ -52,12 +54,40 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def make_backend_dir(target: Path) -> Path:
-    """`<target>/python/` with links to the Python backend and the stub for this Python."""
+@dataclass(frozen=True)
+class Interpreter:
+    """The Python the Python-backend stubs run on: its executable, minor version and libpython folder."""
+
+    executable: str
+    version: str  # "3.10"
+    libdir: str  # where its libpython lives ("" when it has none to share)
+
+    @classmethod
+    def current(cls) -> Interpreter:
+        version = f"{sys.version_info.major}.{sys.version_info.minor}"
+        return cls(sys.executable, version, sysconfig.get_config_var("LIBDIR") or "")
+
+    @classmethod
+    def of(cls, executable: str) -> Interpreter:
+        """Ask another interpreter (a venv's `bin/python`) what it is."""
+        if not executable or Path(executable).absolute() == Path(sys.executable).absolute():
+            return cls.current()
+        probe = "import sys, sysconfig; print(f'{sys.version_info[0]}.{sys.version_info[1]}'); "
+        probe += "print(sysconfig.get_config_var('LIBDIR') or '')"
+        try:
+            out = subprocess.run([executable, "-c", probe], capture_output=True, text=True, timeout=30, check=True)
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise TritonError(f"the models' Python {executable} does not run: {exc}") from None
+        version, libdir = [*out.stdout.splitlines(), "", ""][:2]
+        return cls(executable, version.strip(), libdir.strip())
+
+
+def make_backend_dir(target: Path, version: str = "") -> Path:
+    """`<target>/python/` with links to the Python backend and the stub for Python `version` (default: this one)."""
     home = triton_home()
     python_dir = target / "python"
     python_dir.mkdir(parents=True, exist_ok=True)
-    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    version = version or Interpreter.current().version
     sources = {
         "libtriton_python.so": home / "backends" / "python" / "libtriton_python.so",
         "triton_python_backend_utils.py": home / "backends" / "python" / "triton_python_backend_utils.py",
@@ -109,9 +139,12 @@ class TritonServer:
     binary: str = ""  # a tritonserver with its own backends (the container); empty: the pytriton wheel's
     exit_timeout: int = 5  # seconds Triton waits for in-flight requests when asked to stop
     admin_key: str = ""  # non-empty: ADMIN_APIS answer only requests with the header `admin-key: <key>`
+    backend_directory: str = ""  # backends for `binary` other than its own (a folder made by make_backend_dir)
+    python: str = ""  # the interpreter (a venv's bin/python) the Python-backend stubs run on; empty: this one
     process: subprocess.Popen | None = field(default=None, init=False)
     starts: int = field(default=0, init=False)  # how many times start() ran (restarts = starts - 1)
     _backend_dir: Path | None = field(default=None, init=False)
+    _interpreter: Interpreter | None = field(default=None, init=False)
 
     @classmethod
     def on_free_ports(cls, repository: Path, **options) -> TritonServer:
@@ -159,13 +192,20 @@ class TritonServer:
         rule = f"{','.join(ADMIN_APIS)}:{ADMIN_HEADER}={self.admin_key}"
         return [f"--http-restricted-api={rule}", f"--grpc-restricted-protocol={rule}"]
 
-    @staticmethod
-    def environment() -> dict[str, str]:
+    @property
+    def interpreter(self) -> Interpreter:
+        if self._interpreter is None:
+            self._interpreter = Interpreter.of(self.python)
+        return self._interpreter
+
+    def environment(self) -> dict[str, str]:
         env = dict(os.environ)
-        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-        libdir = sysconfig.get_config_var("LIBDIR")  # the stub then loads this interpreter's libpython
-        if libdir:
-            env["LD_LIBRARY_PATH"] = f"{libdir}{os.pathsep}{env.get('LD_LIBRARY_PATH', '')}".rstrip(os.pathsep)
+        python = self.interpreter
+        # Not resolved: a venv's bin/python is a link to its base interpreter, and the stub finds the venv
+        # (its sys.prefix) only through the link's own folder.
+        env["PATH"] = f"{Path(python.executable).absolute().parent}{os.pathsep}{env.get('PATH', '')}"
+        if python.libdir:  # the stub then loads that interpreter's libpython, not the system's
+            env["LD_LIBRARY_PATH"] = f"{python.libdir}{os.pathsep}{env.get('LD_LIBRARY_PATH', '')}".rstrip(os.pathsep)
         env.setdefault("OMP_NUM_THREADS", "1")  # ORT sets its own pools; stray OpenMP pools oversubscribe
         # glibc gives every thread that allocates an arena of its own (up to 8 per core) and keeps what
         # each one held at its peak; ORT's worker threads and the stubs' decode threads then grow memory
@@ -177,11 +217,12 @@ class TritonServer:
         if not (self.repository / "colqwen2_preprocess" / "config.pbtxt").exists():
             raise TritonError(f"{self.repository} is not a rendered model repository")
         self.starts += 1
-        if not self.binary:
-            self._backend_dir = Path(tempfile.mkdtemp(prefix="colqwen2-backends-"))
-            make_backend_dir(self._backend_dir)
+        backends: Path | None = Path(self.backend_directory) if self.backend_directory else None
+        if backends is None and not self.binary:
+            self._backend_dir = backends = Path(tempfile.mkdtemp(prefix="colqwen2-backends-"))
+            make_backend_dir(self._backend_dir, self.interpreter.version)
         self.process = subprocess.Popen(
-            self.command(self._backend_dir),
+            self.command(backends),
             env=self.environment(),
             stdout=log,
             stderr=subprocess.STDOUT if log is not None else None,

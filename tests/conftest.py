@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from pathlib import Path
 
 import pytest
 
 logging.getLogger("transformers").setLevel(logging.ERROR)
+
+# `make test-container-env` sets this to a venv of the image's Python and pins (scripts/container_env.py):
+# Triton's Python-backend stubs, the gateway and the CLI then run on it, while references stay here.
+SERVING_VENV = os.environ.get("COLQWEN2_SERVING_VENV", "")
+
+
+def serving_python() -> str:
+    """The interpreter the servers' Python-backend stubs run on ("" = this one)."""
+    return str(Path(SERVING_VENV).absolute() / "bin" / "python") if SERVING_VENV else ""
 
 
 @pytest.fixture(scope="session")
@@ -63,7 +74,7 @@ def triton_server(tiny_repository: Path, tmp_path_factory: pytest.TempPathFactor
     from model_repository.server import TritonServer
 
     log_file = tmp_path_factory.mktemp("triton") / "tritonserver.log"
-    server = TritonServer.on_free_ports(tiny_repository)
+    server = TritonServer.on_free_ports(tiny_repository, python=serving_python())
     with open(log_file, "w") as log:
         server.start(log)
         try:
@@ -77,9 +88,9 @@ def triton_server(tiny_repository: Path, tmp_path_factory: pytest.TempPathFactor
 
 
 def _console_script(name: str) -> str:
-    import sys
-
-    return str(Path(sys.executable).parent / name)
+    """A console script of the serving environment (the image's venv under `make test-container-env`)."""
+    bin_dir = Path(SERVING_VENV).absolute() / "bin" if SERVING_VENV else Path(sys.executable).parent
+    return str(bin_dir / name)
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -34,17 +35,74 @@ def test_base_image_is_pinned_and_artifacts_are_not_baked_in():
     assert re.search(r"^USER 1000$", text, re.M)
 
 
+def requirement_lines(path: Path) -> list[str]:
+    """The requirement lines of a file and of the files it includes with -r."""
+    lines = []
+    for line in path.read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line.startswith("-r "):
+            lines += requirement_lines(path.parent / line[3:].strip())
+        elif line:
+            lines.append(line)
+    return lines
+
+
 def test_serving_requirements_are_pinned_and_torch_free():
-    lines = [
-        line.split("#")[0].strip()
-        for line in (ROOT / "docker" / "requirements-serving.txt").read_text().splitlines()
-        if line.split("#")[0].strip()
-    ]
+    lines = requirement_lines(ROOT / "docker" / "requirements-serving.txt")
     assert all("==" in line for line in lines), lines
     names = {line.split("==")[0].split("[")[0] for line in lines}
-    assert {"numpy", "onnxruntime-gpu", "pillow", "tokenizers", "tritonclient"} <= names
+    assert {"numpy", "onnxruntime-gpu", "pillow", "tokenizers", "tritonclient", "fastapi", "qdrant-client"} <= names
     assert "torch" not in names and "onnxruntime" not in names  # the two ORT wheels must not coexist
     assert any(line.startswith("numpy==1.") for line in lines)  # the Python backend needs numpy < 2
+
+
+def test_one_pin_per_package_across_the_image_and_the_dev_venv():
+    """The image and .venv share requirements/serving.txt; only the ONNX Runtime build differs."""
+    image = dict(line.split("==") for line in requirement_lines(ROOT / "docker" / "requirements-serving.txt"))
+    dev = dict(line.split("==") for line in requirement_lines(ROOT / "requirements" / "dev.txt"))
+    shared = set(image) & set(dev)
+    assert set(image) - shared == {"onnxruntime-gpu"} and "onnxruntime" in dev
+    assert {name: image[name] for name in shared} == {name: dev[name] for name in shared}
+    for path in (ROOT / "requirements").glob("*.txt"):  # each package pinned in one file only
+        names = [line.split("==")[0] for line in requirement_lines(path) if "==" in line]
+        assert len(names) == len(set(names)), path
+
+
+def test_the_base_image_facts_match_the_dockerfile():
+    env = dict(
+        line.split("=", 1)
+        for line in (ROOT / "docker" / "base-image.env").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    assert re.search(rf"^ARG TRITON_RELEASE={re.escape(env['TRITON_RELEASE'])}$", DOCKERFILE.read_text(), re.M)
+    assert re.fullmatch(r"3\.\d+", env["PYTHON_VERSION"])
+    assert f"Python {env['PYTHON_VERSION']}" in DOCKERFILE.read_text()
+
+
+def container_env(*args: str, **env: str) -> subprocess.CompletedProcess:
+    script = ROOT / "scripts" / "container_env.py"
+    return subprocess.run(
+        [sys.executable, str(script), *args], capture_output=True, text=True, timeout=600, env={**os.environ, **env}
+    )
+
+
+def test_container_env_names_a_missing_python():
+    result = container_env("build", "--python-version", "3.99", "--venv", "/nonexistent/venv")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "no Python 3.99 on this host" in result.stderr and "CONTAINER_PYTHON" in result.stderr
+    result = container_env("build", "--venv", "/nonexistent/venv", CONTAINER_PYTHON="/usr/bin/false")
+    assert result.returncode == 2 and "CONTAINER_PYTHON=/usr/bin/false does not run" in result.stderr
+
+
+def test_container_env_names_pins_that_do_not_resolve(tmp_path):
+    """A pin with no wheel for the Python asked for: pip's reason, one message, no traceback."""
+    bad = tmp_path / "requirements.txt"
+    bad.write_text("numpy==1.26.4\nonnxruntime-gpu==1.20.1\n")  # 1.20.1 has no wheel for any Python here
+    here = f"{sys.version_info.major}.{sys.version_info.minor}"
+    result = container_env("build", "--python-version", here, "--requirements", str(bad), "--venv", str(tmp_path / "v"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert f"{bad} does not resolve for Python {here}" in result.stderr
+    assert "onnxruntime-gpu==1.20.1" in result.stderr and len(result.stderr) < 3000
 
 
 def test_entrypoint_refuses_a_missing_export(tmp_path):

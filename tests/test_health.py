@@ -18,7 +18,7 @@ import tritonclient.http as httpclient
 from colqwen2_client import ColQwen2Client
 
 from model_repository.server import TritonServer, free_port, python_stubs
-from tests.conftest import _console_script
+from tests.conftest import _console_script, serving_python
 
 
 def stub_pids(server_pid: int, model: str) -> list[int]:
@@ -33,6 +33,7 @@ def own_server(tiny_repository, tmp_path_factory):
         http_port=free_port(),
         grpc_port=free_port(),
         metrics_port=free_port(),
+        python=serving_python(),
     )
     with open(tmp_path_factory.mktemp("health") / "triton.log", "w") as log:
         server.start(log)

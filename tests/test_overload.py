@@ -19,7 +19,8 @@ from colqwen2_client import ColQwen2Client, ServerBusyError
 from tritonclient.utils import InferenceServerException
 
 from model_repository.render import RenderOptions, render
-from model_repository.server import TritonServer, free_port
+from model_repository.server import TritonServer
+from tests.conftest import serving_python
 from tests.images import square_chart
 
 
@@ -30,7 +31,7 @@ def bounded_server(tiny_artifacts, tmp_path_factory):
         tiny_artifacts, work / "repo", device="cpu", max_queue_size=2, encoder_queue_delay_us=300_000,
         preferred_batch_sizes=(32,), preprocess_instances=1,
     )  # fmt: skip
-    server = TritonServer(render(options), http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
+    server = TritonServer.on_free_ports(render(options), python=serving_python())
     with open(work / "triton.log", "w") as log:
         server.start(log)
         server.wait_ready(180)
@@ -99,7 +100,7 @@ def test_a_request_that_waited_too_long_is_refused_as_busy(tiny_artifacts, tmp_p
         tiny_artifacts, tmp_path / "repo", device="cpu", max_queue_size=0, queue_timeout_ms=100,
         encoder_queue_delay_us=300_000, preferred_batch_sizes=(2,), max_batch_size=2,
     )  # fmt: skip
-    server = TritonServer(render(options), http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
+    server = TritonServer.on_free_ports(render(options), python=serving_python())
     with open(tmp_path / "triton.log", "w") as log:
         server.start(log)
         try:

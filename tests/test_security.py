@@ -23,7 +23,7 @@ from colqwen2_client import ColQwen2Client
 from tritonclient.utils import InferenceServerException
 
 from model_repository.server import ADMIN_APIS, GRPC_ADMIN_HEADER, TritonServer, free_port
-from tests.conftest import _console_script
+from tests.conftest import _console_script, serving_python
 from tests.images import square_chart
 
 TOKEN = "s3cret-token-for-tests"
@@ -219,7 +219,12 @@ ADMIN_KEY = "admin-key-for-tests"
 @pytest.fixture(scope="module")
 def restricted(tiny_repository, tmp_path_factory):
     server = TritonServer(
-        tiny_repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), admin_key=ADMIN_KEY
+        tiny_repository,
+        http_port=free_port(),
+        grpc_port=free_port(),
+        metrics_port=free_port(),
+        admin_key=ADMIN_KEY,
+        python=serving_python(),
     )
     with open(tmp_path_factory.mktemp("restricted") / "triton.log", "w") as log:
         server.start(log)

@@ -37,6 +37,7 @@ from model_repository.supervisor import (
     canary_outcome,
     dead_reason,
 )
+from tests.conftest import serving_python
 from tests.images import square_chart
 
 IN_FLIGHT_BOUND = 60.0  # seconds: every request of the burst has ended (result or error)
@@ -83,7 +84,7 @@ def burst_images() -> list[bytes]:
 
 def supervised(tiny_artifacts, work, restart: bool, **render_overrides) -> Supervisor:
     options = RenderOptions(tiny_artifacts, work / "repo", device="cpu", **render_overrides)
-    server = TritonServer(render(options), http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
+    server = TritonServer.on_free_ports(render(options), python=serving_python())
     settings = SupervisorSettings(
         interval=0.5, failures=2, hang_after=30, tick=0.2, restart=restart, port=free_port(), max_restarts=10
     )

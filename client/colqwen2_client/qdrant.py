@@ -25,7 +25,7 @@ import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
@@ -348,7 +348,7 @@ class VisualIndex:
         payload = {**item.payload, "key": item.key, "sha256": sha, "source": item.source, "bytes": len(data)}
         payload.setdefault("kind", "image")
         payload["size"] = _size(data)
-        payload["indexed_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+        payload["indexed_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         return payload
 
     def point(self, item: CatalogItem, payload: dict[str, Any], embedding: Embedding):

@@ -1,0 +1,140 @@
+"""The image's own environment, without a Docker engine: its Python and its pins, under the real Triton.
+
+Run by `make test-container-env`, which builds the venv (scripts/container_env.py) and runs these tests
+together with the serving suites (parity, hostile input, batching, gateway, CLI, health, overload,
+security) with COLQWEN2_SERVING_VENV pointing at it. Here: the venv holds exactly the image's pins,
+the stubs really run on it, and the image's entry-point command (render, supervisor, Triton) serves
+colpali-engine's vectors on it, checked through the image's CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from export.sample_images import keepa_chart
+from export.validate import per_token_cosine
+from model_repository.server import free_port, make_backend_dir, triton_home
+from tests.conftest import SERVING_VENV, _console_script, serving_python
+from tests.images import encode
+from tests.test_triton_server import reference_image
+
+pytestmark = [
+    pytest.mark.container_env,
+    pytest.mark.skipif(not SERVING_VENV, reason="needs COLQWEN2_SERVING_VENV: run `make test-container-env`"),
+]
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def image_python() -> str:
+    values = dict(
+        line.split("=", 1) for line in (ROOT / "docker" / "base-image.env").read_text().splitlines() if "=" in line
+    )
+    return values["PYTHON_VERSION"]
+
+
+def pins(path: Path) -> dict[str, str]:
+    """name -> version of a requirements file and the files it includes."""
+    found: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line.startswith("-r "):
+            found |= pins((path.parent / line[3:].strip()).resolve())
+        elif "==" in line:
+            name, version = line.split("==")
+            found[re.sub(r"\[.*\]", "", name).lower().replace("_", "-")] = version
+    return found
+
+
+def venv_run(code: str) -> str:
+    out = subprocess.run([serving_python(), "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    return out.stdout.strip()
+
+
+def test_the_venv_is_the_images_python_with_exactly_its_pins():
+    version = venv_run("import sys; print('%d.%d' % sys.version_info[:2])")
+    assert version == image_python()
+    listing = "import importlib.metadata as m; print('\\n'.join(f'{d.name}=={d.version}' for d in m.distributions()))"
+    freeze = venv_run(listing)
+    installed = {n.lower().replace("_", "-"): v for n, v in (line.split("==") for line in freeze.splitlines())}
+    wanted = pins(ROOT / "docker" / "requirements-serving.txt")
+    assert {name: installed.get(name) for name in wanted} == wanted
+    assert "onnxruntime" not in installed and "torch" not in installed  # the GPU wheel only, and no torch
+    providers = venv_run("import onnxruntime; print(onnxruntime.get_available_providers())")
+    assert "CUDAExecutionProvider" in providers and "TensorrtExecutionProvider" in providers  # the GPU build
+
+
+def test_the_stubs_run_on_the_images_python_and_packages(triton_server):
+    venv = str(Path(SERVING_VENV).absolute())
+    stubs = triton_server.stubs()
+    assert any(name.startswith("colqwen2_encoder_") for name in stubs) and any("preprocess" in n for n in stubs)
+    for name, pid in stubs.items():
+        files = {line.split()[-1] for line in Path(f"/proc/{pid}/maps").read_text().splitlines() if "/" in line}
+        assert any(Path(f).name.startswith(f"libpython{image_python()}") for f in files), name
+        assert any(f.startswith(venv) and "numpy" in f for f in files), name
+        if name.startswith("colqwen2_encoder_"):
+            assert any(f.startswith(venv) and "onnxruntime/capi" in f for f in files), name
+
+
+def wait_until_ready(url: str, process: subprocess.Popen, log: Path, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"serve exited with {process.returncode}: {log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=2) as reply:
+                if reply.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"serve not ready after {timeout} s: {log.read_text()[-3000:]}")
+
+
+def test_the_entrypoint_command_serves_colpalis_vectors_on_the_images_python(tiny_artifacts, tiny_reference, tmp_path):
+    """docker/entrypoint.sh's `serve` (render, supervisor, Triton) run by the venv's Python, as the image runs
+    it with its own tritonserver; pytriton's binary and a backend folder with this Python's stub stand in."""
+    backends = make_backend_dir(tmp_path / "backends", image_python())
+    http, grpc, metrics, supervisor = free_port(), free_port(), free_port(), free_port()
+    command = [
+        serving_python(), "-m", "model_repository.serve", "--artifacts", str(tiny_artifacts),
+        "--repository", str(tmp_path / "repository"), "--device", "cpu", "--precision", "fp16",
+        "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics),
+        "--supervisor-port", str(supervisor), "--triton-binary", str(triton_home() / "bin" / "tritonserver"),
+        "--backend-directory", str(backends), "--exit-timeout", "5",
+    ]  # fmt: skip
+    log = tmp_path / "serve.log"
+    chart = keepa_chart(7, 1000, 400)
+    (tmp_path / "chart.png").write_bytes(encode(chart, "PNG"))
+    with open(log, "w") as out:
+        env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}  # the image's PYTHONPATH
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            wait_until_ready(f"http://127.0.0.1:{http}", process, log)
+            url = f"http://127.0.0.1:{http}"
+            cli = _console_script("colqwen2")
+            health = subprocess.run([cli, "--url", url, "health"], capture_output=True, text=True, timeout=60)
+            assert health.returncode == 0, health.stdout + health.stderr
+            embed = subprocess.run(
+                [cli, "--url", f"grpc://127.0.0.1:{grpc}", "embed", str(tmp_path / "chart.png"), "--vectors"],
+                capture_output=True, text=True, timeout=120,
+            )  # fmt: skip
+            assert embed.returncode == 0, embed.stderr
+            got = np.array(json.loads(embed.stdout.splitlines()[0])["vectors"], np.float32)
+            ref = reference_image(tiny_reference, chart)
+            assert got.shape == ref.shape
+            cos = per_token_cosine(got, ref)
+            assert cos.min() >= 0.999 and np.abs(got - ref).max() <= 1e-4, (cos.min(), np.abs(got - ref).max())
+        finally:
+            process.send_signal(signal.SIGTERM)
+            code = process.wait(60)
+    assert code == 0, log.read_text()[-3000:]
