@@ -23,8 +23,10 @@ STAMP := $(VENV)/.installed
 
 .PHONY: help setup checkpoint export serve gateway demo helm-lint test test-container-env gpu-check test-slow lint format bench bench-export bench-memory bench-pooling bench-catalog soak clean
 
-help: ## list the targets
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-14s\033[0m %s\n", $$1, $$2}'
+help: ## list the targets (bold names on a terminal, plain text when piped)
+	@if [ -t 1 ]; then bold='\033[1m'; plain='\033[0m'; else bold=; plain=; fi; \
+	grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
+	awk -F':.*## ' -v b="$$bold" -v p="$$plain" '{printf "  %s%-18s%s %s\n", b, $$1, p, $$2}'
 
 $(STAMP): requirements/dev.txt requirements/serving.txt requirements/export.txt requirements/colpali.txt client/pyproject.toml scripts/setup.sh scripts/fetch_k8s_tools.sh
 	scripts/setup.sh "$(PYTHON)" "$(VENV)"
@@ -35,9 +37,13 @@ setup: $(STAMP) ## create .venv with the pinned dependencies (idempotent)
 checkpoint: $(STAMP) ## build the offline random checkpoint SIZE=tiny|medium|wide|real into checkpoints/SIZE
 	$(PY) -m export.random_checkpoint $(CHECKPOINT) --size $(SIZE)
 
-export: $(STAMP) ## export CHECKPOINT to validated ONNX in OUT (VARIANTS); builds the tiny checkpoint if needed
-	@if [ "$(CHECKPOINT)" = "checkpoints/$(SIZE)" ] && [ ! -f "$(CHECKPOINT)/config.json" ]; then \
-		$(PY) -m export.random_checkpoint $(CHECKPOINT) --size $(SIZE); fi
+RANDOM_SIZES := tiny medium wide real
+export: $(STAMP) ## export CHECKPOINT to validated ONNX in OUT (VARIANTS); a missing checkpoints/<size> is built first
+	@name="$(notdir $(CHECKPOINT))"; \
+	if [ ! -f "$(CHECKPOINT)/config.json" ] && [ "$(CHECKPOINT)" = "checkpoints/$$name" ] && \
+		[[ " $(RANDOM_SIZES) " == *" $$name "* ]]; then \
+		echo "building the random $$name checkpoint into $(CHECKPOINT) (offline, real architecture)"; \
+		$(PY) -m export.random_checkpoint $(CHECKPOINT) --size $$name; fi
 	$(PY) -m export --checkpoint $(CHECKPOINT) --out $(OUT) --variants $(VARIANTS)
 
 serve: $(STAMP) ## run Triton on 127.0.0.1 (HTTP 8000, gRPC 8001, metrics 8002) for MODEL (PRECISION=fp16|int8|fp16,int8, MAX_VISUAL_TOKENS)

@@ -7,7 +7,8 @@ Steps: render the model repository and start Triton on free local ports; write t
 catalog manifest (one line per item, keyed by marketplace, ASIN and kind); index the catalog into
 embedded Qdrant (twice: the second pass embeds nothing); redraw one chart and index again (its
 point is replaced, not duplicated); search by text, by image, and by chart within charts only (a
-filter applied in both stages); write an HTML page with each query beside its results; stop Triton.
+filter applied in both stages), printing both stages of each query (the first stage's candidates, then the
+MaxSim rerank); write an HTML page with each query beside both stages; stop Triton.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 from colqwen2_client import ColQwen2Client
 from colqwen2_client.catalog import read_manifest
 from colqwen2_client.qdrant import VisualIndex, open_qdrant
-from colqwen2_client.report import table, write_html
+from colqwen2_client.report import Section, table, write_html
 from PIL import Image
 
 from model_repository.render import RenderOptions, render
@@ -31,8 +33,13 @@ from model_repository.supervisor import Supervisor, SupervisorSettings
 from .samples import redraw_chart, write_catalog, write_samples
 
 RANDOM_WEIGHTS_NOTE = (
-    "The offline default checkpoint has RANDOM weights (the real ColQwen2 architecture, built here without a "
-    "download), so text rankings mean nothing yet; near-duplicate image search already works. For real results: "
+    "What this page can and cannot show. The default checkpoint has RANDOM weights: the real ColQwen2 "
+    "architecture, preprocessing, export and serving, built offline without a download. Image-to-image search "
+    "of near-duplicates is real: a recompressed chart or a re-listed photo (brighter, recompressed) gives nearly "
+    "the same visual tokens as its original, so MaxSim finds the original first, by a small margin. A different "
+    "photo of the product (another angle, crop or scale) is beyond random features. Text search is not real: "
+    "the query's tokens never learned to match images; they mostly meet the prompt tokens every image shares, "
+    "so many images tie at one score (marked 'tie', ordered by key). For meaningful text results: "
     "make demo MODEL=vidore/colqwen2-v1.0 (downloads the weights once; the LoRA adapter is merged at export)."
 )
 
@@ -40,8 +47,38 @@ RANDOM_WEIGHTS_NOTE = (
 def degraded_copy(path: Path, out: Path) -> Path:
     """A re-shared copy: recompressed as a low-quality JPEG (what chat apps and scrapers do)."""
     with Image.open(path) as img:
-        img.convert("RGB").save(out, "JPEG", quality=50)
+        img.convert("RGB").save(out, "JPEG", quality=40)
     return out
+
+
+def another_shot(path: Path, out: Path) -> Path:
+    """The product's photo as a marketplace re-lists it: brighter, a touch warmer, recompressed."""
+    with Image.open(path) as img:
+        arr = np.asarray(img.convert("RGB"), dtype=np.float32) * np.array([1.08, 1.05, 1.0], dtype=np.float32) + 6
+        Image.fromarray(arr.clip(0, 255).astype(np.uint8)).save(out, "JPEG", quality=75)
+    return out
+
+
+def show(
+    index: VisualIndex,
+    client: ColQwen2Client,
+    title: str,
+    *,
+    text: str | None = None,
+    image: Path | None = None,
+    where: dict | None = None,
+    limit: int = 5,
+    shown: int = 8,
+) -> Section:
+    """Both stages of one query, printed and returned for the page."""
+    query = client.embed_query(text) if text is not None else client.embed(image)
+    first = index.first_stage_hits(query, where=where)
+    hits = index.search_embedding(query, limit, where)
+    stage = index.schema.first_stage
+    print(f"\n{title}\nstage 1, {stage}: {len(first)} candidates, the best {min(shown, len(first))}:")
+    print(table(first[:shown]))
+    print(f"stage 2, MaxSim rerank: top {len(hits)}\n{table(hits)}")
+    return Section(title, hits, query_text=text, query_image=image, first_stage=first[:shown], first_stage_name=stage)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,37 +127,30 @@ def main(argv: list[str] | None = None) -> int:
                 f"{refresh.embedded} embedded; still {index.count()} points"
             )
 
-            text_hits = index.search(text=args.query, limit=5)
-            print(f'\ntext query "{args.query}": top 5\n{table(text_hits)}')
-            probe = degraded_copy(samples[-3], work / "query_photo.jpg")
-            image_hits = index.search(image=str(probe), limit=3)
-            print(f"\nimage query {probe} (a JPEG q50 copy of {samples[-3].name}): top 3")
-            print(table(image_hits))
+            # The headline a random-weight model can honestly show: image-to-image search.
             chart_probe = degraded_copy(samples[2], work / "query_chart.jpg")
-            chart_hits = index.search(image=str(chart_probe), limit=4, where={"kind": "keepa_chart"})
-            print(f"\nimage query {chart_probe.name} (a copy of {samples[2].name}) where kind=keepa_chart: top 4")
-            print(table(chart_hits))
-
-            note = RANDOM_WEIGHTS_NOTE if manifest_info.get("random_weights") else ""
-            page = write_html(
-                work / "results.html",
-                [
-                    (f'text "{args.query}"', text_hits),
-                    (f"image {probe.name}", image_hits, probe),
-                    (f"chart {chart_probe.name}, charts only (where kind=keepa_chart)", chart_hits, chart_probe),
-                ],
-                note,
+            title = (
+                f"chart {chart_probe.name} (a JPEG q40 copy of {samples[2].name}), charts only (where kind=keepa_chart)"
             )
+            chart = show(index, client, title, image=chart_probe, where={"kind": "keepa_chart"})
+            photo_probe = another_shot(samples[-3], work / "query_photo.jpg")
+            title = f"photo {photo_probe.name} ({samples[-3].name} re-listed: brighter, warmer, JPEG q75)"
+            photo = show(index, client, title, image=photo_probe)
+            text = show(index, client, f'text "{args.query}"', text=args.query)
+            note = RANDOM_WEIGHTS_NOTE if manifest_info.get("random_weights") else ""
+            page = write_html(work / "results.html", [chart, photo, text], note)
             print(f"\nresults page: {page.resolve()}")
             index_points = index.count()
     print("Triton stopped.")
     if note:
         print(f"\nNote: {note}")
     problems = []
-    if not (image_hits and Path(image_hits[0].payload.get("source", "")).name == samples[-3].name):
-        problems.append("the image query did not find its original first")
-    if not chart_hits or any(h.payload.get("kind") != "keepa_chart" for h in chart_hits):
+    if not (chart.hits and Path(chart.hits[0].payload.get("source", "")).name == samples[2].name):
+        problems.append("the degraded chart did not find its original first")
+    if any(h.payload.get("kind") != "keepa_chart" for h in [*chart.hits, *chart.first_stage]):
         problems.append("the charts-only search returned something else")
+    if not (photo.hits and Path(photo.hits[0].payload.get("source", "")).name == samples[-3].name):
+        problems.append("the photo did not find its product first")
     if (refresh.replaced, refresh.embedded) != (1, 1) or index_points != len(samples):
         problems.append("the redrawn chart did not replace its point")
     for problem in problems:

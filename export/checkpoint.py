@@ -36,8 +36,13 @@ def _resolve(name_or_path: str) -> Path:
         if not path.is_dir():
             raise CheckpointError(f"checkpoint {name_or_path!r} is a file; expected a folder or a hub id")
         return path
-    if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") != 1:
-        raise CheckpointError(f"checkpoint not found: {name_or_path!r} is neither a folder nor a hub id (owner/name)")
+    first = name_or_path.split("/", 1)[0]
+    local = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") != 1
+    if local or first == "checkpoints" or Path(first).is_dir():  # a local path: never ask the hub about it
+        raise CheckpointError(
+            f"checkpoint not found: no such folder {name_or_path!r} (a hub id is owner/name; random checkpoints "
+            f"are built with `make checkpoint SIZE=tiny|medium|wide|real` into checkpoints/<size>)"
+        )
     try:
         from huggingface_hub import snapshot_download
 

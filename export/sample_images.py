@@ -9,17 +9,20 @@ palette images and extreme aspect ratios.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-# Keepa's usual series colours.
+# Keepa's series colours: Amazon's own offer (orange, a filled area), third-party new (blue), used
+# (dark grey), and the sales rank (green, on its own axis at the right).
 KEEPA_AMAZON = (255, 153, 0)
+KEEPA_AMAZON_FILL = (255, 236, 204)
 KEEPA_NEW = (24, 119, 242)
 KEEPA_USED = (68, 68, 68)
 KEEPA_SALES_RANK = (63, 163, 63)
+MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
 @dataclass(frozen=True)
@@ -29,34 +32,84 @@ class SampleImage:
     image: Image.Image
 
 
+def _price_walk(rng: random.Random, steps: int, lo: float, hi: float, start: float) -> list[float]:
+    """A price that holds for a while, then jumps (a deal, a restock), always within [lo, hi]."""
+    prices, price = [], start
+    for _ in range(steps):
+        if rng.random() < 0.25:
+            price = min(max(price * rng.uniform(0.8, 1.2), lo), hi)
+        prices.append(price)
+    return prices
+
+
 def keepa_chart(seed: int, width: int = 800, height: int = 500) -> Image.Image:
-    """A price-history chart: Amazon, new and used price step lines, sales rank, date axis."""
+    """A Keepa-style price-history chart: step lines for the Amazon, new and used prices over a months-long
+    date axis (ticks in order), a price axis that falls from top to bottom, the sales rank on its own axis,
+    a legend; every line stays inside the plot frame."""
     rng = random.Random(seed)
     img = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(img)
     font = ImageFont.load_default(size=max(10, height // 40))
     left, right, top, bottom = 60, width - 70, 30, height - 50
-    for i in range(6):  # horizontal grid and price labels
+    # Price axis: six gridlines from the top price down to the lowest, evenly spaced, labels in order.
+    low = rng.choice((5, 10, 20, 50, 100))
+    step = rng.choice((5, 10, 20, 50)) * (low // 5 if low >= 50 else 1)
+    prices_at = [low + step * (5 - i) for i in range(6)]  # top to bottom
+    for i, price in enumerate(prices_at):
         y = top + i * (bottom - top) // 5
         draw.line([(left, y), (right, y)], fill=(230, 230, 230))
-        draw.text((5, y - 6), f"$ {rng.randint(10, 300)}", fill=(90, 90, 90), font=font)
-    months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
-    for i in range(7):  # date axis
+        draw.text((5, y - 6), f"$ {price}", fill=(90, 90, 90), font=font)
+    # Date axis: seven ticks, one or two months apart, from a start month, in calendar order.
+    month, year, every = rng.randrange(12), rng.choice((2024, 2025)), rng.choice((1, 2))
+    for i in range(7):
         x = left + i * (right - left) // 6
+        m = month + i * every
         draw.line([(x, top), (x, bottom)], fill=(240, 240, 240))
-        draw.text((x - 12, bottom + 8), f"{rng.choice(months)} {rng.randint(1, 28)}", fill=(90, 90, 90), font=font)
-    for colour, width_px in ((KEEPA_SALES_RANK, 1), (KEEPA_USED, 2), (KEEPA_NEW, 2), (KEEPA_AMAZON, 3)):
-        y = rng.uniform(top + 20, bottom - 20)
-        points = []
-        x = float(left)
-        while x < right:
-            points.append((x, y))
-            x += rng.uniform(10, 60)
-            points.append((min(x, right), y))
-            y = min(max(y + rng.gauss(0, (bottom - top) / 12), top), bottom)
-        draw.line(points, fill=colour, width=width_px)
+        draw.text((x - 14, bottom + 8), f"{MONTHS[m % 12]} {year + m // 12}", fill=(90, 90, 90), font=font)
+    # Sales rank on the right axis (smaller is better, drawn higher).
+    best, worst = rng.choice((500, 2_000, 10_000)), rng.choice((50_000, 200_000))
+    for i in range(6):
+        rank = best + (worst - best) * i // 5
+        draw.text((right + 6, top + i * (bottom - top) // 5 - 6), f"#{rank:,}", fill=KEEPA_SALES_RANK, font=font)
+
+    def y_of(price: float, pad: int) -> float:
+        y = bottom - (price - prices_at[-1]) / (prices_at[0] - prices_at[-1]) * (bottom - top)
+        return min(max(y, top + pad), bottom - pad)
+
+    steps = max(8, (right - left) // 12)
+    xs = [left + (right - left) * k / steps for k in range(steps + 1)]
+
+    def steps_of(values: list[float], y: Callable[[float], float]) -> list[tuple[float, float]]:
+        return [point for k, v in enumerate(values) for point in ((xs[k], y(v)), (xs[k + 1], y(v)))]
+
+    hi, lo = prices_at[0] - step * 0.2, prices_at[-1] + step * 0.2
+    new_start = rng.uniform(lo + (hi - lo) * 0.2, hi - (hi - lo) * 0.2)
+    lines = {  # drawn in this order: the fill under Amazon's price first, its line last
+        KEEPA_SALES_RANK: steps_of(
+            _price_walk(rng, steps, best, worst, rng.uniform(best, worst)),
+            lambda r: min(max(top + (r - best) / (worst - best) * (bottom - top), top + 1), bottom - 1),
+        ),
+        KEEPA_USED: steps_of(_price_walk(rng, steps, lo, hi, new_start * rng.uniform(0.6, 0.9)), lambda v: y_of(v, 2)),
+        KEEPA_NEW: steps_of(_price_walk(rng, steps, lo, hi, new_start), lambda v: y_of(v, 2)),
+        KEEPA_AMAZON: steps_of(
+            _price_walk(rng, steps, lo, hi, new_start * rng.uniform(0.9, 1.05)), lambda v: y_of(v, 3)
+        ),
+    }
+    draw.polygon([*lines[KEEPA_AMAZON], (right, bottom), (left, bottom)], fill=KEEPA_AMAZON_FILL)
+    for colour, points in lines.items():
+        draw.line(points, fill=colour, width={KEEPA_SALES_RANK: 1, KEEPA_AMAZON: 3}.get(colour, 2))
     draw.rectangle([left, top, right, bottom], outline=(150, 150, 150))
     draw.text((left, 8), f"Keepa price history ASIN B0{rng.randint(10**7, 10**8 - 1)}", fill=(0, 0, 0), font=font)
+    x, legend_y = left, bottom + 30  # the legend under the date axis, as Keepa draws it
+    for colour, label in (
+        (KEEPA_AMAZON, "Amazon"),
+        (KEEPA_NEW, "New"),
+        (KEEPA_USED, "Used"),
+        (KEEPA_SALES_RANK, "Sales Rank"),
+    ):
+        draw.rectangle([x, legend_y + 2, x + 8, legend_y + 10], fill=colour)
+        draw.text((x + 11, legend_y), label, fill=(60, 60, 60), font=font)
+        x += int(draw.textlength(label, font=font)) + 30
     return img
 
 

@@ -381,7 +381,9 @@ def _comma_list(text: str) -> tuple[str, ...]:
 def add_render_arguments(parser: argparse.ArgumentParser) -> None:
     d = RenderOptions(Path(), Path())
     budgets = SESSION_BUDGETS
-    parser.add_argument("--artifacts", type=Path, required=True, help="an export folder (with manifest.json)")
+    parser.add_argument(
+        "--artifacts", type=Path, required=True, metavar="DIR", help="an export folder (with manifest.json): required"
+    )
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"], help="host kind (default: auto)")
     parser.add_argument(
         "--precision",
@@ -399,12 +401,34 @@ def add_render_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--fixed-image-size", type=int, default=0, help="letterbox every image to S x S instead of native (default: 0)"
     )
-    parser.add_argument("--extra-variants", default="", help="comma list: also load these variants' encoders")
-    parser.add_argument("--max-batch-size", type=int, default=d.max_batch_size, help="(default: %(default)s)")
     parser.add_argument(
-        "--preprocess-instances", type=int, default=d.preprocess_instances, help="(default: %(default)s)"
+        "--extra-variants",
+        default="",
+        metavar="LIST",
+        help="comma list of variants (fp32, fp16, int8, int8_dynamic) whose encoders are loaded too, without a "
+        "public ensemble (default: none)",
     )
-    parser.add_argument("--encoder-instances", type=int, default=d.encoder_instances, help="(default: %(default)s)")
+    parser.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=d.max_batch_size,
+        metavar="N",
+        help="requests Triton's dynamic batcher merges into one call, per model (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--preprocess-instances",
+        type=int,
+        default=d.preprocess_instances,
+        metavar="N",
+        help="processes decoding and resizing images in parallel (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--encoder-instances",
+        type=int,
+        default=d.encoder_instances,
+        metavar="N",
+        help="ONNX Runtime sessions per served precision; each holds the weights once (default: %(default)s)",
+    )
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (default: 0, all cores)")
     parser.add_argument(
         "--max-queue-size",
@@ -434,7 +458,13 @@ def add_render_arguments(parser: argparse.ArgumentParser) -> None:
         f"on GPU {budgets['gpu']['fp16']['max_session_tokens']} fp16, "
         f"{budgets['gpu']['int8']['max_session_tokens']} int8)",
     )
-    parser.add_argument("--max-query-tokens", type=int, default=d.max_query_tokens, help="(default: %(default)s)")
+    parser.add_argument(
+        "--max-query-tokens",
+        type=int,
+        default=d.max_query_tokens,
+        metavar="N",
+        help="longest text query in tokens; longer queries are refused (default: %(default)s)",
+    )
     parser.add_argument(
         "--max-image-pixels",
         type=int,
@@ -449,8 +479,16 @@ def add_render_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="a GPU render whose encoder ends up on the CPU provider stays healthy (default: unhealthy)",
     )
-    parser.add_argument("--trt-cache-dir", default="", help="TensorRT engine/timing cache (a persistent volume)")
-    parser.add_argument("--copy", action="store_true", help="copy ONNX files instead of symlinking them")
+    parser.add_argument(
+        "--trt-cache-dir",
+        default="",
+        metavar="DIR",
+        help="TensorRT engine and timing cache, a persistent volume on GPU hosts (default: none, engines are "
+        "rebuilt at every start)",
+    )
+    parser.add_argument(
+        "--copy", action="store_true", help="copy ONNX files instead of symlinking them (default: symlink)"
+    )
 
 
 def options_from_args(args: argparse.Namespace, out: Path) -> RenderOptions:
@@ -479,10 +517,19 @@ def options_from_args(args: argparse.Namespace, out: Path) -> RenderOptions:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m model_repository.render",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_render_arguments(parser)
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="where to render: required")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     try:
         out = render(options_from_args(args, args.out))

@@ -22,14 +22,30 @@ from .render import RenderError, add_render_arguments, options_from_args, render
 from .server import TritonError, TritonServer
 from .supervisor import Supervisor, SupervisorSettings
 
+# A CPU-only host: no GPU metrics (NVML, DCGM) and no pinned-memory pool, which Triton would try and fail
+# to set up, logging errors a newcomer reads as failures. Three lines remain that no flag removes.
+CPU_HOST_FLAGS = ("--allow-gpu-metrics=false", "--pinned-memory-pool-byte-size=0", "--cuda-memory-pool-byte-size=0:0")
+CPU_HOST_NOTE = (
+    "serve: CPU-only host: Triton's lines 'CudaDriverHelper has not been initialized' and 'unable to create "
+    "stream ... CUDA driver version is insufficient' are expected here and harmless (no GPU is used)"
+)
+
 
 def add_supervisor_arguments(parser: argparse.ArgumentParser) -> None:
     d = SupervisorSettings()
     group = parser.add_argument_group("supervision (self-healing)")
     group.add_argument(
-        "--no-restart", action="store_true", help="only report a dead server (on /livez), never restart it"
+        "--no-restart",
+        action="store_true",
+        help="only report a dead server (on /livez), never restart it (default: restart)",
     )
-    group.add_argument("--canary-interval", type=float, default=d.interval, help="seconds (default: %(default)s)")
+    group.add_argument(
+        "--canary-interval",
+        type=float,
+        default=d.interval,
+        metavar="S",
+        help="seconds between canary requests (a tiny image and a query) (default: %(default)s)",
+    )
     group.add_argument(
         "--canary-failures",
         type=int,
@@ -48,7 +64,13 @@ def add_supervisor_arguments(parser: argparse.ArgumentParser) -> None:
         default=d.max_restarts,
         help="within --restart-window, then give up and exit 1 (default: %(default)s)",
     )
-    group.add_argument("--restart-window", type=float, default=d.window, help="seconds (default: %(default)s)")
+    group.add_argument(
+        "--restart-window",
+        type=float,
+        default=d.window,
+        metavar="S",
+        help="seconds over which --max-restarts counts (default: %(default)s)",
+    )
     group.add_argument(
         "--supervisor-port", type=int, default=None, help="/livez and /metrics (default: metrics port + 1; 0: off)"
     )
@@ -82,14 +104,25 @@ def admin_key(path: Path | None) -> str:
     return key
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m model_repository.serve",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_render_arguments(parser)
-    parser.add_argument("--repository", type=Path, help="where to render (default build/model_repository/<name>)")
+    parser.add_argument(
+        "--repository",
+        type=Path,
+        metavar="DIR",
+        help="where to render (default: build/model_repository/<name of the export folder>)",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address every port listens on (default: %(default)s)")
-    parser.add_argument("--http-port", type=int, default=8000, help="(default: %(default)s)")
-    parser.add_argument("--grpc-port", type=int, default=8001, help="(default: %(default)s)")
-    parser.add_argument("--metrics-port", type=int, default=8002, help="(default: %(default)s)")
+    parser.add_argument("--http-port", type=int, default=8000, help="Triton's HTTP/REST port (default: %(default)s)")
+    parser.add_argument("--grpc-port", type=int, default=8001, help="Triton's gRPC port (default: %(default)s)")
+    parser.add_argument(
+        "--metrics-port", type=int, default=8002, help="Triton's Prometheus metrics port (default: %(default)s)"
+    )
     parser.add_argument("--ready-timeout", type=float, default=600.0, help="seconds per start (default: %(default)s)")
     parser.add_argument(
         "--triton-binary", default="", help="a tritonserver with its own backends (the container); default: pytriton's"
@@ -113,9 +146,15 @@ def main(argv: list[str] | None = None) -> int:
         "--triton-arg",
         action="append",
         default=[],
-        help="one more tritonserver flag, e.g. --triton-arg=--log-verbose=1",
+        metavar="FLAG",
+        help="one more tritonserver flag, repeatable, e.g. --triton-arg=--log-verbose=1 (default: none)",
     )
     add_supervisor_arguments(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     repository = args.repository or Path("build/model_repository") / args.artifacts.resolve().name
@@ -127,9 +166,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
+    summary = json.loads((repository / "render.json").read_text())
+    extra = tuple(args.triton_arg)
+    if summary.get("device") == "cpu":
+        extra = (*CPU_HOST_FLAGS, *extra)
+        print(CPU_HOST_NOTE, file=sys.stderr, flush=True)
     server = TritonServer(
         repository, args.host, args.http_port, args.grpc_port, args.metrics_port,
-        extra_args=tuple(args.triton_arg), binary=args.triton_binary, backend_directory=args.backend_directory,
+        extra_args=extra, binary=args.triton_binary, backend_directory=args.backend_directory,
         exit_timeout=args.exit_timeout,
         admin_key=key,
     )  # fmt: skip
@@ -154,7 +198,6 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    summary = json.loads((repository / "render.json").read_text())
     served = ", ".join(f"{name} ({variant})" for name, variant in summary["ensembles"].items())
     watch = f"supervisor http://{args.host}:{settings.port}/livez" if settings.port else "supervisor on"
     print(

@@ -147,3 +147,22 @@ def test_rows_cols_are_the_row_and_column_means_of_the_visual_tokens():
     assert np.array_equal(rows[:offset], vectors[:offset]) and np.array_equal(cols[-rest:], vectors[-rest:])
     with pytest.raises(ValueError, match="does not fit"):
         rows_cols(vectors, (4, 5), offset)
+
+
+def test_the_cli_writes_to_a_per_user_folder_never_the_current_one(tmp_path, monkeypatch):
+    from colqwen2_client import cli, qdrant
+
+    for name in ("COLQWEN2_DATA_DIR", "XDG_DATA_HOME", "COLQWEN2_QDRANT_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    args = cli.build_parser().parse_args(["search", "a chart", "--html"])
+    user = tmp_path / "home" / ".local" / "share" / "colqwen2"
+    assert args.qdrant_path == str(user / "qdrant") and args.html == str(user / "results.html")
+    assert cli.build_parser().parse_args(["search", "x", "--html", "page.html"]).html == "page.html"
+    qdrant.open_qdrant().close()  # the default folder is made on first use
+    assert (user / "qdrant").is_dir() and sorted(p.name for p in tmp_path.iterdir()) == ["home"]
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert cli.build_parser().parse_args(["index"]).qdrant_path == str(tmp_path / "xdg" / "colqwen2" / "qdrant")
+    monkeypatch.setenv("COLQWEN2_QDRANT_PATH", str(tmp_path / "mine"))
+    assert cli.build_parser().parse_args(["index"]).qdrant_path == str(tmp_path / "mine")

@@ -57,3 +57,11 @@ def test_a_file_is_not_a_checkpoint(tmp_path):
     f.write_bytes(b"\0")
     with pytest.raises(CheckpointError, match="is a file"):
         load_checkpoint(str(f))
+
+
+def test_a_missing_local_folder_is_named_before_any_hub_lookup(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    for missing in ("checkpoints/medium", "models/mine", "./mine", "a/b/c"):
+        with pytest.raises(CheckpointError, match=f"no such folder '{missing}'"):
+            load_checkpoint(missing)

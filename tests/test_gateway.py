@@ -61,6 +61,28 @@ def test_embed_batch_keeps_the_original_shape(http, sdk):
     assert http.post("/embed_batch", json={"images": []}).json() == empty
 
 
+def test_embed_batch_partial_returns_the_good_images_and_names_the_bad(http, sdk):
+    broken = base64.b64encode(truncated_png()).decode()
+    images = [B64, "not base64!", broken, B64]
+    whole = http.post("/embed_batch", json={"images": images})
+    assert whole.status_code == 400 and "images[1]" in whole.json()["detail"]  # the original all-or-nothing stays
+    reply = http.post("/embed_batch", json={"images": images, "partial": True})
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert body["count"] == 4 and body["embeddings"][1] is None and body["embeddings"][2] is None
+    expected = sdk.embed(CHART)
+    for i in (0, 3):
+        assert np.array_equal(np.array(body["vectors"][i], np.float32), expected.vectors)
+        assert body["grids"][i] == [16, 16]
+    assert [(e["index"], e["status"]) for e in body["errors"]] == [(1, 400), (2, 400)]
+    assert body["errors"][0]["detail"].startswith("images[1]") and "base64" in body["errors"][0]["detail"]
+    assert body["errors"][1]["detail"].startswith("images[2]")
+    clean = http.post("/embed_batch", json={"images": [B64], "partial": True}).json()
+    assert clean["errors"] == [] and clean["count"] == 1
+    all_bad = http.post("/embed_batch", json={"images": [broken], "partial": True})
+    assert all_bad.status_code == 200 and all_bad.json()["embeddings"] == [None]  # the input's fault: still 200
+
+
 def test_embed_query_and_precision(http, sdk):
     body = http.post("/embed_query", json={"text": "lego price drop"}).json()
     assert body["num_vectors"] == sdk.embed_query("lego price drop").num_vectors

@@ -39,6 +39,9 @@ def test_serve_starts_answers_and_stops_on_sigint(tiny_artifacts, tmp_path):
                 process.kill()
     text = log.read_text()
     assert "SIGINT: stopping Triton" in text and "successfully unloaded 'colqwen2_preprocess'" in text
+    # a CPU host: no GPU metrics or pinned-memory errors, and one line explaining the CUDA lines that remain
+    assert "NVML" not in text and "DCGM" not in text and "Unable to allocate pinned" not in text
+    assert "CPU-only host" in text and "harmless" in text
     assert not processes_mentioning(str(tmp_path / "repo")), "processes left behind"
 
 
@@ -59,3 +62,15 @@ def test_serve_refuses_an_unexported_folder(tmp_path):
         [sys.executable, "-m", "model_repository.serve", "--artifacts", str(tmp_path)], capture_output=True, text=True
     )
     assert result.returncode == 2 and "no manifest.json" in result.stderr
+
+
+def test_every_serve_and_render_option_says_what_it_does_and_its_default():
+    from model_repository import render, serve
+
+    for parser in (serve.build_parser(), render.build_parser()):
+        assert parser.prog.startswith("python -m model_repository.")
+        for action in parser._actions:
+            if action.dest == "help":
+                continue
+            text = action.help or ""
+            assert len(text) > 12 and ("default" in text or "required" in text), (parser.prog, action.dest, text)

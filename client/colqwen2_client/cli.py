@@ -3,9 +3,9 @@
     colqwen2 embed charts/*.png > vectors.jsonl     one JSON line per file
     colqwen2 query "lego price drop"
     colqwen2 health
-    colqwen2 index samples/ --kind auto           into embedded Qdrant (./qdrant_data)
+    colqwen2 index samples/ --kind auto           into embedded Qdrant (~/.local/share/colqwen2/qdrant)
     colqwen2 index --manifest catalog.jsonl --prune   keyed items: refreshes replace, missing keys go
-    colqwen2 search "lego price drop" --html results.html
+    colqwen2 search "lego price drop" --html      a page with thumbnails (~/.local/share/colqwen2/results.html)
     colqwen2 search --image chart.png --where kind=keepa_chart --where marketplace=DE
     colqwen2 delete --where asin=B0C1234567
 
@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ._constants import DEFAULT_BATCH_SIZE, DEFAULT_TIMEOUT, DEFAULT_URL, MODELS
+from ._paths import default_page_path, default_qdrant_path
 from .client import ColQwen2Client
 from .errors import ColQwen2Error, InvalidInputError, ModelNotFoundError, ServerUnavailableError
 from .types import Embedding
@@ -102,7 +103,7 @@ def _where(index, args: argparse.Namespace) -> dict[str, Any]:
 
 def _search(client: ColQwen2Client, args: argparse.Namespace) -> int:
     from .qdrant import VisualIndex
-    from .report import table, write_html
+    from .report import Section, table, write_html
 
     if (args.text is None) == (args.image is None):
         print("colqwen2: search needs a TEXT query or --image FILE (one of them)", file=sys.stderr)
@@ -122,7 +123,8 @@ def _search(client: ColQwen2Client, args: argparse.Namespace) -> int:
         title += " where " + ", ".join(f"{k}={v}" for k, v in where.items())
     print(f"{title}: top {len(hits)} by MaxSim\n{table(hits)}")
     if args.html:
-        print(f"results page: {write_html(args.html, [(title, hits, args.image)])}")
+        section = Section(title, hits, query_text=args.text, query_image=args.image)
+        print(f"results page: {write_html(args.html, [section])}")
     return EXIT_OK
 
 
@@ -164,13 +166,14 @@ def _settings(args: argparse.Namespace):
 
 
 def _qdrant_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--qdrant-path", default=os.environ.get("COLQWEN2_QDRANT_PATH", "qdrant_data"),
-                        help="embedded Qdrant folder (env COLQWEN2_QDRANT_PATH; default %(default)s)")  # fmt: skip
+    parser.add_argument("--qdrant-path", default=default_qdrant_path(),
+                        help="embedded Qdrant folder (env COLQWEN2_QDRANT_PATH; default %(default)s, a per-user "
+                        "folder: COLQWEN2_DATA_DIR or XDG_DATA_HOME move it)")  # fmt: skip
     parser.add_argument("--qdrant-url", default=os.environ.get("QDRANT_URL"),
                         help="a Qdrant server instead, e.g. http://qdrant:6333 (env QDRANT_URL)")  # fmt: skip
     parser.add_argument("--qdrant-api-key", default=os.environ.get("QDRANT_API_KEY"),
                         help="the server's API key (env QDRANT_API_KEY)")  # fmt: skip
-    parser.add_argument("--collection", default="visual_embeddings")
+    parser.add_argument("--collection", default="visual_embeddings", help="(default: %(default)s)")
 
 
 def _where_option(parser: argparse.ArgumentParser) -> None:
@@ -228,7 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("text", nargs="?")
     search.add_argument("--image", help="an image file to search with instead of text")
     search.add_argument("--limit", type=int, default=10)
-    search.add_argument("--html", help="also write an HTML page of the results with thumbnails")
+    search.add_argument("--html", nargs="?", const=default_page_path(), metavar="FILE",
+                        help="also write an HTML page of the results with thumbnails (FILE, or %(const)s without "
+                        "one)")  # fmt: skip
     _where_option(search)
     _qdrant_options(search)
     search.set_defaults(run=_search)

@@ -32,6 +32,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ._base import progress_callback
+from ._paths import default_qdrant_path
 from .catalog import CatalogItem, memory_items, point_id, sha256_hex
 from .client import ColQwen2Client
 from .errors import ColQwen2Error, InvalidInputError
@@ -154,8 +155,27 @@ class Hit:
     payload: dict[str, Any]
 
 
-def open_qdrant(path: str | Path | None = "qdrant_data", url: str | None = None, api_key: str | None = None):
-    """A Qdrant server at `url`, or embedded Qdrant in the folder `path` (":memory:" for none)."""
+# Scores equal to this many decimals are a tie: vectors computed in different dynamic batches differ in
+# the last float bits, which must not reorder a ranking between runs.
+TIE_DECIMALS = 5
+
+
+def ordered(hits: Iterable[Hit]) -> list[Hit]:
+    """Best score first; tied scores by key (then id), so a ranking with ties is the same on every run."""
+    return sorted(hits, key=lambda h: (-round(h.score, TIE_DECIMALS), str(h.payload.get("key", "")), h.id))
+
+
+def tied(hits: Sequence[Hit]) -> set[int]:
+    """Positions in `hits` whose score another hit shares (to TIE_DECIMALS decimals)."""
+    counts: dict[float, int] = {}
+    for hit in hits:
+        counts[round(hit.score, TIE_DECIMALS)] = counts.get(round(hit.score, TIE_DECIMALS), 0) + 1
+    return {i for i, hit in enumerate(hits) if counts[round(hit.score, TIE_DECIMALS)] > 1}
+
+
+def open_qdrant(path: str | Path | None = None, url: str | None = None, api_key: str | None = None):
+    """A Qdrant server at `url`, or embedded Qdrant in the folder `path` (":memory:" for none; default: the
+    per-user folder, $COLQWEN2_QDRANT_PATH or ~/.local/share/colqwen2/qdrant)."""
     try:
         from qdrant_client import QdrantClient
     except ImportError:
@@ -164,7 +184,9 @@ def open_qdrant(path: str | Path | None = "qdrant_data", url: str | None = None,
         return QdrantClient(url=url, api_key=api_key)
     if str(path) == ":memory:":
         return QdrantClient(location=":memory:")
-    return QdrantClient(path=str(path))
+    folder = Path(path) if path else Path(default_qdrant_path())
+    folder.mkdir(parents=True, exist_ok=True)
+    return QdrantClient(path=str(folder))
 
 
 def check_where(where: Mapping[str, Any] | None, fields: Mapping[str, str]) -> dict[str, Any]:
@@ -595,11 +617,46 @@ class VisualIndex:
             ]
         else:
             raise InvalidInputError(f"collection {self.name!r} has no {stage!r} first stage")
+        # Every candidate is reranked and the cut is made here, so equal scores (common with random weights)
+        # are ordered by key, not by whatever order the engine returns them in.
         result = self.qdrant.query_points(
-            self.name, prefetch=prefetch, query=vectors, using=MULTI, limit=limit, query_filter=flt,
-            search_params=params, with_payload=True,
+            self.name, prefetch=prefetch, query=vectors, using=MULTI, limit=max(limit, candidates),
+            query_filter=flt, search_params=params, with_payload=True,
         )  # fmt: skip
-        return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in result.points]
+        return ordered(Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in result.points)[:limit]
+
+    def first_stage_hits(
+        self,
+        query: Embedding,
+        limit: int | None = None,
+        where: Mapping[str, Any] | None = None,
+        first_stage: str | None = None,
+    ) -> list[Hit]:
+        """What the first stage hands the rerank, with its own scores: the pooled vector's cosine (`mean`), or the
+        best of the rows' and the columns' MaxSim (`rows_cols`, the union of both candidate lists). `none`: []."""
+        flt = _filter(check_where(where, self.schema.filter_fields))
+        stage = first_stage or self.schema.first_stage
+        limit = limit or self.settings.prefetch_limit
+        params = search_params(self.schema.quantization)
+        if stage == "none":
+            return []
+        if stage == "mean":
+            queries = [(query.pooled.tolist(), POOLED)]
+        elif stage == "rows_cols" and self.schema.first_stage == "rows_cols":
+            queries = [(query.vectors.tolist(), ROWS), (query.vectors.tolist(), COLS)]
+        else:
+            raise InvalidInputError(f"collection {self.name!r} has no {stage!r} first stage")
+        best: dict[str, Hit] = {}
+        for vector, name in queries:
+            result = self.qdrant.query_points(
+                self.name, query=vector, using=name, limit=limit, query_filter=flt, search_params=params,
+                with_payload=True,
+            )  # fmt: skip
+            for p in result.points:
+                hit = Hit(str(p.id), float(p.score), dict(p.payload or {}))
+                if hit.id not in best or hit.score > best[hit.id].score:
+                    best[hit.id] = hit
+        return ordered(best.values())
 
     def stored_vectors(self, ids: Sequence[str], name: str = MULTI) -> dict[str, np.ndarray]:
         """A named vector as stored (`colqwen2`: after any token pooling), by point id."""

@@ -90,11 +90,20 @@ class EmbedResponse(BaseModel):
     )
 
 
+class BatchError(BaseModel):
+    index: int = Field(description="the image's position in `images`")
+    detail: str = Field(description="what was wrong, as /embed would answer it")
+    status: int = Field(description="the status /embed would answer for it: 400 the input's fault, 5xx the service's")
+
+
 class EmbedBatchResponse(BaseModel):
-    embeddings: list[Vector]
-    count: int
-    vectors: list[list[Vector]]
-    grids: list[Grid] | None = Field(default=None, description="each image's [rows, cols] of visual tokens")
+    embeddings: list[Vector | None] = Field(description="pooled vectors in request order (null: that image failed)")
+    count: int = Field(description="images in the request")
+    vectors: list[list[Vector] | None]
+    grids: list[Grid | None] | None = Field(default=None, description="each image's [rows, cols] of visual tokens")
+    errors: list[BatchError] | None = Field(
+        default=None, description="with `partial`: one entry per failed image, in request order (empty: none failed)"
+    )
 
 
 class HealthResponse(BaseModel):
@@ -207,6 +216,11 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     class EmbedBatchRequest(BaseModel):
         images: list[str] = Field(max_length=settings.max_batch, description="base64-encoded image files")
         precision: Precision | None = None
+        partial: bool = Field(
+            default=False,
+            description="false (the original API): one bad image fails the whole call with its index in the detail; "
+            "true: the good images get their vectors and each bad one an entry in `errors` (null in its place)",
+        )
 
     app = FastAPI(
         title="ColQwen2 embedding gateway",
@@ -240,25 +254,45 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
     @app.post("/embed_batch", response_model=EmbedBatchResponse, responses=ERRORS)
     async def embed_batch(body: EmbedBatchRequest) -> Response:
-        """Embed up to `max_batch` images; a bad one fails the call with its index in the detail."""
-        data = []
+        """Embed up to `max_batch` images. By default a bad one fails the call with its index in the detail;
+        with `"partial": true` the rest still get their vectors and each failure is listed in `errors`."""
+        outcomes: list[Any] = []
+        data, where = [], []
         for index, image in enumerate(body.images):
             try:
                 data.append(decode_base64(image, f"images[{index}]"))
+                where.append(index)
+                outcomes.append(None)
             except InvalidInputError as exc:
-                raise InvalidInputError(str(exc)) from None
-        results = await client_for(body.precision).embed_batch(data, return_exceptions=True)
-        for index, result in enumerate(results):
-            if isinstance(result, ColQwen2Error):
-                raise type(result)(f"images[{index}]: {result}")
-        return _json(
-            {
-                "embeddings": [r.pooled.tolist() for r in results],
-                "count": len(results),
-                "vectors": [r.vectors.tolist() for r in results],
-                "grids": [list(r.grid) if r.grid else None for r in results],
-            }
-        )
+                if not body.partial:
+                    raise InvalidInputError(str(exc)) from None
+                outcomes.append(exc)
+        results = await client_for(body.precision).embed_batch(data, return_exceptions=True) if data else []
+        for index, result in zip(where, results, strict=True):
+            outcomes[index] = result
+        errors = [(i, r) for i, r in enumerate(outcomes) if isinstance(r, BaseException)]
+        for index, error in errors:
+            if not isinstance(error, ColQwen2Error):
+                raise error
+            if not body.partial:
+                raise type(error)(f"images[{index}]: {error}")
+        if errors and len(errors) == len(outcomes) and any(status_for(e) != 400 for _, e in errors):
+            _, first = next((i, e) for i, e in errors if status_for(e) != 400)
+            raise type(first)(f"every image failed: {first}")  # the service is down, not the input: no 200
+        good = [None if isinstance(r, BaseException) else r for r in outcomes]
+        payload: dict[str, Any] = {
+            "embeddings": [r.pooled.tolist() if r else None for r in good],
+            "count": len(outcomes),
+            "vectors": [r.vectors.tolist() if r else None for r in good],
+            "grids": [list(r.grid) if r and r.grid else None for r in good],
+        }
+        if body.partial:
+            payload["errors"] = [
+                {"index": i, "detail": str(e) if str(e).startswith("images[") else f"images[{i}]: {e}",
+                 "status": status_for(e)}
+                for i, e in errors
+            ]  # fmt: skip
+        return _json(payload)
 
     @app.post("/embed_query", response_model=EmbedResponse, responses=ERRORS)
     async def embed_query(body: QueryRequest) -> Response:
