@@ -95,19 +95,36 @@ def find_python(version: str, explicit: str = "") -> tuple[str, str]:
     )
 
 
-def pins_digest(requirements: Path) -> str:
-    """A digest of a requirements file and every file it includes with -r (what a rebuild depends on)."""
-    digest = hashlib.sha256()
-    pending, seen = [requirements], set()
+def requirement_files(requirements: Path) -> list[Path]:
+    """A requirements file and every file it includes with -r, recursively, each once."""
+    found: list[Path] = []
+    pending = [requirements.resolve()]
     while pending:
-        path = pending.pop()
-        if path in seen:
+        path = pending.pop(0)
+        if path in found:
             continue
-        seen.add(path)
-        text = path.read_text()
-        digest.update(path.name.encode() + b"\0" + text.encode())
-        for match in re.finditer(r"^\s*-r\s+(\S+)", text, re.M):
+        found.append(path)
+        for match in re.finditer(r"^\s*-r\s+(\S+)", path.read_text(), re.M):
             pending.append((path.parent / match.group(1)).resolve())
+    return found
+
+
+def requirement_lines(requirements: Path) -> list[str]:
+    """The requirement lines (comments and -r lines dropped) of a file and of the files it includes."""
+    lines = []
+    for path in requirement_files(requirements):
+        for line in path.read_text().splitlines():
+            line = line.split("#")[0].strip()
+            if line and not line.startswith("-r "):
+                lines.append(line)
+    return lines
+
+
+def pins_digest(requirements: Path) -> str:
+    """A digest of a requirements file and every file it includes (what a rebuild depends on)."""
+    digest = hashlib.sha256()
+    for path in requirement_files(requirements):
+        digest.update(path.name.encode() + b"\0" + path.read_text().encode())
     return digest.hexdigest()
 
 

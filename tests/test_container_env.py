@@ -23,6 +23,7 @@ import pytest
 from export.sample_images import keepa_chart
 from export.validate import per_token_cosine
 from model_repository.server import free_port, make_backend_dir, triton_home
+from scripts.container_env import read_base_image, requirement_lines
 from tests.conftest import SERVING_VENV, _console_script, serving_python
 from tests.images import encode
 from tests.test_triton_server import reference_image
@@ -36,22 +37,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def image_python() -> str:
-    values = dict(
-        line.split("=", 1) for line in (ROOT / "docker" / "base-image.env").read_text().splitlines() if "=" in line
-    )
-    return values["PYTHON_VERSION"]
+    return read_base_image()["PYTHON_VERSION"]
 
 
 def pins(path: Path) -> dict[str, str]:
     """name -> version of a requirements file and the files it includes."""
-    found: dict[str, str] = {}
-    for line in path.read_text().splitlines():
-        line = line.split("#")[0].strip()
-        if line.startswith("-r "):
-            found |= pins((path.parent / line[3:].strip()).resolve())
-        elif "==" in line:
-            name, version = line.split("==")
-            found[re.sub(r"\[.*\]", "", name).lower().replace("_", "-")] = version
+    found = {}
+    for line in requirement_lines(path):
+        name, version = line.split("==")
+        found[re.sub(r"\[.*\]", "", name).lower().replace("_", "-")] = version
     return found
 
 

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from scripts.container_env import read_base_image, requirement_lines
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
 BIN = Path(sys.executable).parent
@@ -35,18 +37,6 @@ def test_base_image_is_pinned_and_artifacts_are_not_baked_in():
     assert re.search(r"^USER 1000$", text, re.M)
 
 
-def requirement_lines(path: Path) -> list[str]:
-    """The requirement lines of a file and of the files it includes with -r."""
-    lines = []
-    for line in path.read_text().splitlines():
-        line = line.split("#")[0].strip()
-        if line.startswith("-r "):
-            lines += requirement_lines(path.parent / line[3:].strip())
-        elif line:
-            lines.append(line)
-    return lines
-
-
 def test_serving_requirements_are_pinned_and_torch_free():
     lines = requirement_lines(ROOT / "docker" / "requirements-serving.txt")
     assert all("==" in line for line in lines), lines
@@ -69,11 +59,7 @@ def test_one_pin_per_package_across_the_image_and_the_dev_venv():
 
 
 def test_the_base_image_facts_match_the_dockerfile():
-    env = dict(
-        line.split("=", 1)
-        for line in (ROOT / "docker" / "base-image.env").read_text().splitlines()
-        if line and not line.startswith("#")
-    )
+    env = read_base_image()
     assert re.search(rf"^ARG TRITON_RELEASE={re.escape(env['TRITON_RELEASE'])}$", DOCKERFILE.read_text(), re.M)
     assert re.fullmatch(r"3\.\d+", env["PYTHON_VERSION"])
     assert f"Python {env['PYTHON_VERSION']}" in DOCKERFILE.read_text()
