@@ -708,6 +708,16 @@ def main(argv: list[str] | None = None) -> int:
     cuda = torch.cuda.is_available()
     if not cuda:
         why = f"{NO_CUDA_LINE} (torch {torch.__version__}, CUDA build {torch.version.cuda or 'none'})"
+        smi = nvidia_smi()
+        if smi and args.device != "cpu":  # a GPU is there, but this torch cannot use it: never pass as a dry run
+            print(
+                f"error: nvidia-smi sees {smi.get('name', 'a GPU')} (driver {smi.get('driver_version', '?')}), but "
+                f"torch {torch.__version__} (CUDA {torch.version.cuda or 'none'}) cannot use it: its CUDA needs a "
+                "newer driver (CUDA 13 builds need R580+; CUDA 12.x builds run on R525+). Install a torch built for "
+                "this driver's CUDA, or pass --device cpu for the dry run.",
+                file=sys.stderr,
+            )
+            return 2
         if args.device == "cuda":
             print(f"error: --device cuda, but {why[0].lower()}{why[1:]}", file=sys.stderr)
             return 2

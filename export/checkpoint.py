@@ -40,8 +40,9 @@ def _resolve(name_or_path: str) -> Path:
     local = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") != 1
     if local or first == "checkpoints" or Path(first).is_dir():  # a local path: never ask the hub about it
         raise CheckpointError(
-            f"checkpoint not found: no such folder {name_or_path!r} (a hub id is owner/name; random checkpoints "
-            f"are built with `make checkpoint SIZE=tiny|medium|wide|real` into checkpoints/<size>)"
+            f"checkpoint not found: no such folder {name_or_path!r} (a hub id is owner/name, and is not looked up "
+            f"when a local folder has the owner's name; random checkpoints are built with "
+            f"`make checkpoint SIZE=tiny|medium|wide|real` into checkpoints/<size>)"
         )
     try:
         from huggingface_hub import snapshot_download

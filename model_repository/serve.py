@@ -23,7 +23,7 @@ from .server import TritonError, TritonServer
 from .supervisor import Supervisor, SupervisorSettings
 
 # A CPU-only host: no GPU metrics (NVML, DCGM) and no pinned-memory pool, which Triton would try and fail
-# to set up, logging errors a newcomer reads as failures. Three lines remain that no flag removes.
+# to set up, logging errors a newcomer reads as failures. A few CUDA lines remain that no flag removes.
 CPU_HOST_FLAGS = ("--allow-gpu-metrics=false", "--pinned-memory-pool-byte-size=0", "--cuda-memory-pool-byte-size=0:0")
 CPU_HOST_NOTE = (
     "serve: CPU-only host: Triton's lines 'CudaDriverHelper has not been initialized' and 'unable to create "

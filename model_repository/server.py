@@ -13,6 +13,7 @@ then shuts the server (and its stubs) down in order.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -79,6 +80,8 @@ class Interpreter:
         except (OSError, subprocess.SubprocessError) as exc:
             raise TritonError(f"the models' Python {executable} does not run: {exc}") from None
         version, libdir = [*out.stdout.splitlines(), "", ""][:2]
+        if not re.fullmatch(r"\d+\.\d+", version.strip()):
+            raise TritonError(f"the models' Python {executable} did not say its version: {out.stdout!r}")
         return cls(executable, version.strip(), libdir.strip())
 
 

@@ -73,7 +73,7 @@ def candidates(version: str) -> list[str]:
     found += [f"/usr/bin/python{version}", f"/usr/local/bin/python{version}"]
     uv = shutil.which("uv")
     if uv:
-        out = subprocess.run([uv, "python", "find", version], capture_output=True, text=True)
+        out = subprocess.run([uv, "python", "find", version], capture_output=True, text=True, timeout=60)
         found.append(out.stdout.strip() if out.returncode == 0 else "")
     return [c for c in dict.fromkeys(found) if c]
 

@@ -166,3 +166,8 @@ def test_the_cli_writes_to_a_per_user_folder_never_the_current_one(tmp_path, mon
     assert cli.build_parser().parse_args(["index"]).qdrant_path == str(tmp_path / "xdg" / "colqwen2" / "qdrant")
     monkeypatch.setenv("COLQWEN2_QDRANT_PATH", str(tmp_path / "mine"))
     assert cli.build_parser().parse_args(["index"]).qdrant_path == str(tmp_path / "mine")
+    monkeypatch.delenv("COLQWEN2_QDRANT_PATH")
+    monkeypatch.setenv("XDG_DATA_HOME", "relative/dir")  # the XDG spec: ignored unless absolute
+    assert cli.build_parser().parse_args(["index"]).qdrant_path == str(user / "qdrant")
+    (tmp_path / "qdrant_data" / "collection").mkdir(parents=True)  # an index from before: kept in use, not lost
+    assert cli.build_parser().parse_args(["index"]).qdrant_path == "qdrant_data"

@@ -11,6 +11,7 @@ import pytest
 
 from export.sample_images import keepa_chart, product_image
 from export.spec import DEFAULT_VARIANTS, FORBIDDEN_OPS, GRAPHS, VARIANTS
+from export.validate import per_token_cosine
 from model_repository.colqwen2_serving.feeds import vision_feed
 from model_repository.colqwen2_serving.grid import PixelLimits
 from model_repository.colqwen2_serving.imaging import native
@@ -95,8 +96,11 @@ def test_an_image_padded_among_larger_ones_gets_what_it_gets_alone(tiny_artifact
     alone = session.run(None, vision_feed(items[1:2]))[0]
     n = items[1].grid[0] * items[1].grid[1]
     assert together.shape[0] == 3 and together.shape[1] == items[0].n_patches // 4
-    tol = 1e-5 if variant in ("fp32", "fp16") else 2e-2  # dynamic int8 scales per batch
-    assert np.abs(together[1, :n] - alone[0, :n]).max() < tol * np.abs(alone).max()
+    if variant in ("fp32", "fp16"):
+        assert np.abs(together[1, :n] - alone[0, :n]).max() < 1e-5 * np.abs(alone).max()
+    else:  # int8 activations are quantized with scales taken from the whole batch: equal in direction
+        cos = per_token_cosine(together[1, :n], alone[0, :n])
+        assert cos.min() >= 0.995, cos.min()
 
 
 def test_manifest_describes_the_checkpoint_and_its_limits(tiny_artifacts):

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ._constants import DEFAULT_BATCH_SIZE, DEFAULT_TIMEOUT, DEFAULT_URL, MODELS
-from ._paths import default_page_path, default_qdrant_path
+from ._paths import LEGACY_QDRANT, data_dir, default_page_path, default_qdrant_path
 from .client import ColQwen2Client
 from .errors import ColQwen2Error, InvalidInputError, ModelNotFoundError, ServerUnavailableError
 from .types import Embedding
@@ -147,6 +147,12 @@ def _delete(client: ColQwen2Client, args: argparse.Namespace) -> int:
 def _qdrant(args: argparse.Namespace):
     from .qdrant import open_qdrant
 
+    if not args.qdrant_url and args.qdrant_path == LEGACY_QDRANT:
+        print(
+            f"colqwen2: using ./{LEGACY_QDRANT}, an index from before the per-user folder; move it to "
+            f"{data_dir() / 'qdrant'} (or pass --qdrant-path) to use it from anywhere",
+            file=sys.stderr,
+        )
     return open_qdrant(args.qdrant_path, args.qdrant_url, args.qdrant_api_key)
 
 

@@ -155,22 +155,34 @@ class Hit:
     payload: dict[str, Any]
 
 
-# Scores equal to this many decimals are a tie: vectors computed in different dynamic batches differ in
-# the last float bits, which must not reorder a ranking between runs.
-TIE_DECIMALS = 5
+# Scores this close (relative) are a tie: vectors computed in different dynamic batches differ in the last
+# float bits, which must not reorder a ranking between runs.
+TIE_TOLERANCE = 1e-5
+TIE_LOOKAHEAD = 8  # hits fetched beyond `limit`, to see whether the limit-th one ties with more
+
+
+def _tie_groups(hits: Iterable[Hit]) -> list[list[Hit]]:
+    """Hits by falling score, in groups whose scores are within TIE_TOLERANCE of the group's best."""
+    groups: list[list[Hit]] = []
+    for hit in sorted(hits, key=lambda h: -h.score):
+        if groups and groups[-1][0].score - hit.score <= TIE_TOLERANCE * max(1.0, abs(groups[-1][0].score)):
+            groups[-1].append(hit)
+        else:
+            groups.append([hit])
+    return groups
 
 
 def ordered(hits: Iterable[Hit]) -> list[Hit]:
     """Best score first; tied scores by key (then id), so a ranking with ties is the same on every run."""
-    return sorted(hits, key=lambda h: (-round(h.score, TIE_DECIMALS), str(h.payload.get("key", "")), h.id))
+    return [
+        h for group in _tie_groups(hits) for h in sorted(group, key=lambda h: (str(h.payload.get("key", "")), h.id))
+    ]
 
 
 def tied(hits: Sequence[Hit]) -> set[int]:
-    """Positions in `hits` whose score another hit shares (to TIE_DECIMALS decimals)."""
-    counts: dict[float, int] = {}
-    for hit in hits:
-        counts[round(hit.score, TIE_DECIMALS)] = counts.get(round(hit.score, TIE_DECIMALS), 0) + 1
-    return {i for i, hit in enumerate(hits) if counts[round(hit.score, TIE_DECIMALS)] > 1}
+    """Positions in `hits` whose score another hit shares (within TIE_TOLERANCE)."""
+    size = {id(h): len(group) for group in _tie_groups(hits) for h in group}
+    return {i for i, hit in enumerate(hits) if size[id(hit)] > 1}
 
 
 def open_qdrant(path: str | Path | None = None, url: str | None = None, api_key: str | None = None):
@@ -617,13 +629,21 @@ class VisualIndex:
             ]
         else:
             raise InvalidInputError(f"collection {self.name!r} has no {stage!r} first stage")
-        # Every candidate is reranked and the cut is made here, so equal scores (common with random weights)
-        # are ordered by key, not by whatever order the engine returns them in.
-        result = self.qdrant.query_points(
-            self.name, prefetch=prefetch, query=vectors, using=MULTI, limit=max(limit, candidates),
-            query_filter=flt, search_params=params, with_payload=True,
-        )  # fmt: skip
-        return ordered(Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in result.points)[:limit]
+        # The cut is made here, so tied scores (common with random weights) are ordered by key, not by whatever
+        # order the engine returns them in: a few more than `limit` are fetched, more while the last one still
+        # ties with the limit-th.
+        cap, fetch = max(limit, candidates), limit + TIE_LOOKAHEAD
+        while True:
+            result = self.qdrant.query_points(
+                self.name, prefetch=prefetch, query=vectors, using=MULTI, limit=min(fetch, cap),
+                query_filter=flt, search_params=params, with_payload=True,
+            )  # fmt: skip
+            hits = ordered(Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in result.points)
+            if len(hits) < min(fetch, cap) or fetch >= cap or len(hits) <= limit:
+                return hits[:limit]
+            if hits[limit - 1] not in _tie_groups(hits)[-1]:  # the limit-th is clear of the last fetched
+                return hits[:limit]
+            fetch *= 4
 
     def first_stage_hits(
         self,

@@ -181,6 +181,11 @@ def status_for(error: ColQwen2Error) -> int:
     return 502
 
 
+def batch_status(error: BaseException) -> int:
+    """The status /embed would answer for one image's failure (502 for anything unexpected)."""
+    return status_for(error) if isinstance(error, ColQwen2Error) else 502
+
+
 def _json(payload: dict[str, Any], status: int = 200) -> Response:
     # json.dumps directly: FastAPI's encoder is slow on tens of thousands of floats.
     return Response(json.dumps(payload, separators=(",", ":")), status_code=status, media_type="application/json")
@@ -272,13 +277,13 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             outcomes[index] = result
         errors = [(i, r) for i, r in enumerate(outcomes) if isinstance(r, BaseException)]
         for index, error in errors:
-            if not isinstance(error, ColQwen2Error):
-                raise error
             if not body.partial:
+                if not isinstance(error, ColQwen2Error):
+                    raise error
                 raise type(error)(f"images[{index}]: {error}")
-        if errors and len(errors) == len(outcomes) and any(status_for(e) != 400 for _, e in errors):
-            _, first = next((i, e) for i, e in errors if status_for(e) != 400)
-            raise type(first)(f"every image failed: {first}")  # the service is down, not the input: no 200
+        if errors and len(errors) == len(outcomes) and all(batch_status(e) >= 500 for _, e in errors):
+            first = errors[0][1]  # the service is down, not the input: no 200 with nothing in it
+            raise (type(first) if isinstance(first, ColQwen2Error) else ColQwen2Error)(f"every image failed: {first}")
         good = [None if isinstance(r, BaseException) else r for r in outcomes]
         payload: dict[str, Any] = {
             "embeddings": [r.pooled.tolist() if r else None for r in good],
@@ -289,7 +294,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         if body.partial:
             payload["errors"] = [
                 {"index": i, "detail": str(e) if str(e).startswith("images[") else f"images[{i}]: {e}",
-                 "status": status_for(e)}
+                 "status": batch_status(e)}
                 for i, e in errors
             ]  # fmt: skip
         return _json(payload)
