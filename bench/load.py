@@ -203,12 +203,26 @@ class ModelStats:
             )
         return out
 
+    def _settled(self, timeout: float = 3.0) -> dict[str, tuple[int, int, int, int]]:
+        """Counts once they stop moving: Triton updates a model's statistics after its responses have gone
+        out, so a read right after the last answer can miss the last execution (or catch the previous
+        level's in this one)."""
+        before = self._read()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            time.sleep(0.1)
+            now = self._read()
+            if now == before:
+                return now
+            before = now
+        return before
+
     def __enter__(self) -> ModelStats:
-        self._start = self._read()
+        self._start = self._settled()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        end = self._read()
+        end = self._settled()
         for model in self.models:
             requests, executions, queue_ns, compute_ns = (
                 b - a for a, b in zip(self._start[model], end[model], strict=True)
