@@ -34,8 +34,8 @@ $(STAMP): requirements/dev.txt requirements/serving.txt requirements/export.txt 
 
 setup: $(STAMP) ## create .venv with the pinned dependencies (idempotent)
 
-checkpoint: $(STAMP) ## build the offline random checkpoint SIZE=tiny|medium|wide|real into checkpoints/SIZE
-	$(PY) -m export.random_checkpoint $(CHECKPOINT) --size $(SIZE)
+checkpoint: $(STAMP) ## build the offline random checkpoint SIZE=tiny|medium|wide|real into checkpoints/SIZE (or MODEL=checkpoints/<size>)
+	$(PY) -m export.random_checkpoint $(CHECKPOINT) --size $(if $(filter $(notdir $(CHECKPOINT)),$(RANDOM_SIZES)),$(notdir $(CHECKPOINT)),$(SIZE))
 
 RANDOM_SIZES := tiny medium wide real
 export: $(STAMP) ## export CHECKPOINT to validated ONNX in OUT (VARIANTS); a missing checkpoints/<size> is built first
