@@ -20,6 +20,9 @@ SERVE_ARGS ?=
 GATEWAY_PORT ?= 8080
 
 STAMP := $(VENV)/.installed
+# The random checkpoint size CHECKPOINT names (checkpoints/medium -> medium), empty for any other checkpoint.
+RANDOM_SIZES := tiny medium wide real
+RANDOM_SIZE = $(filter $(notdir $(CHECKPOINT)),$(RANDOM_SIZES))
 
 .PHONY: help setup checkpoint export serve gateway demo helm-lint test test-container-env gpu-check test-slow lint format bench bench-export bench-memory bench-pooling bench-catalog soak clean
 
@@ -35,15 +38,12 @@ $(STAMP): requirements/dev.txt requirements/serving.txt requirements/export.txt 
 setup: $(STAMP) ## create .venv with the pinned dependencies (idempotent)
 
 checkpoint: $(STAMP) ## build the offline random checkpoint SIZE=tiny|medium|wide|real into checkpoints/SIZE (or MODEL=checkpoints/<size>)
-	$(PY) -m export.random_checkpoint $(CHECKPOINT) --size $(if $(filter $(notdir $(CHECKPOINT)),$(RANDOM_SIZES)),$(notdir $(CHECKPOINT)),$(SIZE))
+	$(PY) -m export.random_checkpoint $(CHECKPOINT) --size $(or $(RANDOM_SIZE),$(SIZE))
 
-RANDOM_SIZES := tiny medium wide real
 export: $(STAMP) ## export CHECKPOINT to validated ONNX in OUT (VARIANTS); a missing checkpoints/<size> is built first
-	@name="$(notdir $(CHECKPOINT))"; \
-	if [ ! -f "$(CHECKPOINT)/config.json" ] && [ "$(CHECKPOINT)" = "checkpoints/$$name" ] && \
-		[[ " $(RANDOM_SIZES) " == *" $$name "* ]]; then \
-		echo "building the random $$name checkpoint into $(CHECKPOINT) (offline, real architecture)"; \
-		$(PY) -m export.random_checkpoint $(CHECKPOINT) --size $$name; fi
+	@if [ ! -f "$(CHECKPOINT)/config.json" ] && [ "$(CHECKPOINT)" = "checkpoints/$(RANDOM_SIZE)" ]; then \
+		echo "building the random $(RANDOM_SIZE) checkpoint into $(CHECKPOINT) (offline, real architecture)"; \
+		$(PY) -m export.random_checkpoint $(CHECKPOINT) --size $(RANDOM_SIZE); fi
 	$(PY) -m export --checkpoint $(CHECKPOINT) --out $(OUT) --variants $(VARIANTS)
 
 serve: $(STAMP) ## run Triton on 127.0.0.1 (HTTP 8000, gRPC 8001, metrics 8002) for MODEL (PRECISION=fp16|int8|fp16,int8, MAX_VISUAL_TOKENS)

@@ -281,43 +281,25 @@ class BuiltModel:
 
 
 def build_model(size: str, seed: int = 0, device: str = "cpu") -> BuiltModel:
-    """The random ColQwen2 `build_random_checkpoint(out, size, seed)` writes, in memory, on `device`.
-
-    Same steps and same seeding (on the CPU the weights are bit-identical to the saved checkpoint's):
-    the seed, the trained tokenizer and its special-token ids, `qwen2vl_config`, `ColQwen2(config)`, the
-    non-zero `custom_text_proj` bias. Built on `device` directly: initialising 2.2 B parameters there takes
-    seconds where the CPU takes minutes.
+    """The random ColQwen2 `build_random_checkpoint(out, size, seed)` writes, in memory, on `device`: the same
+    `export.random_checkpoint.random_model` (on the CPU bit-identical to the saved checkpoint's weights), with
+    the published pixel limits. Built on `device` directly: initialising 2.2 B parameters there takes seconds
+    where the CPU takes minutes.
     """
-    import torch
-    from colpali_engine.models import ColQwen2
-    from transformers import Qwen2VLImageProcessor
-
     from export.random_checkpoint import (
         PUBLISHED_MAX_PIXELS,
         PUBLISHED_MIN_PIXELS,
-        QWEN2_VL_SPECIAL_TOKENS,
-        SIZES,
-        _train_tokenizer,
-        qwen2vl_config,
+        published_image_processor,
+        random_model,
     )
     from model_repository.colqwen2_serving.grid import PixelLimits
     from model_repository.colqwen2_serving.prompts import AUGMENTATION_TOKEN, PromptTokenizer
 
-    if size not in SIZES:
-        raise ValueError(f"unknown checkpoint size {size!r}; choose one of {sorted(SIZES)}")
-    spec = SIZES[size]
-    torch.manual_seed(seed)
-    tokenizer = _train_tokenizer(spec.bpe_vocab)
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN2_VL_SPECIAL_TOKENS}
-    config = qwen2vl_config(spec, ids, spec.vocab_size or len(tokenizer))
-    with torch.device(device):
-        model = ColQwen2(config).eval()
-    with torch.no_grad():
-        model.custom_text_proj.bias.normal_(0.0, 0.02)  # as build_random_checkpoint: non-zero, like the real one
+    model, tokenizer = random_model(size, seed, device)
     backend = tokenizer.backend_tokenizer
     prompts = PromptTokenizer(backend, backend.token_to_id(tokenizer.pad_token or AUGMENTATION_TOKEN))
-    image_processor = Qwen2VLImageProcessor(min_pixels=PUBLISHED_MIN_PIXELS, max_pixels=PUBLISHED_MAX_PIXELS)
-    return BuiltModel(model, prompts, image_processor, PixelLimits(PUBLISHED_MIN_PIXELS, PUBLISHED_MAX_PIXELS))
+    limits = PixelLimits(PUBLISHED_MIN_PIXELS, PUBLISHED_MAX_PIXELS)
+    return BuiltModel(model, prompts, published_image_processor(), limits)
 
 
 def build_graphs(built: BuiltModel):

@@ -209,6 +209,36 @@ def qwen2vl_config(
     )
 
 
+def published_image_processor():
+    """Qwen2-VL's image processor with the published vidore/colqwen2-v1.0 limits: 4 to 768 visual tokens per
+    image, so tests, the demo and the benchmarks pay what the real service pays per image."""
+    from transformers import Qwen2VLImageProcessor
+
+    return Qwen2VLImageProcessor(min_pixels=PUBLISHED_MIN_PIXELS, max_pixels=PUBLISHED_MAX_PIXELS)
+
+
+def random_model(size: str = "tiny", seed: int = 0, device: str = "cpu"):
+    """(model, tokenizer): a seeded random-weight ColQwen2 of `size`, in memory, initialised on `device`
+    (bit-identical for a given seed on the CPU; a GPU initialises 2.2 B parameters in seconds)."""
+    import torch
+    from colpali_engine.models import ColQwen2
+
+    if size not in SIZES:
+        raise ValueError(f"unknown checkpoint size {size!r}; choose one of {sorted(SIZES)}")
+    spec = SIZES[size]
+    torch.manual_seed(seed)
+    tokenizer = _train_tokenizer(spec.bpe_vocab)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN2_VL_SPECIAL_TOKENS}
+    config = qwen2vl_config(spec, ids, spec.vocab_size or len(tokenizer))
+    with torch.device(device):
+        model = ColQwen2(config).eval()
+    with torch.no_grad():
+        # Random init leaves this bias at zero, which turns left-padded query rows into 0/0 = NaN
+        # in the reference; the real checkpoint has a non-zero bias.
+        model.custom_text_proj.bias.normal_(0.0, 0.02)
+    return model, tokenizer
+
+
 def build_random_checkpoint(out_dir: str | Path, size: str = "tiny", seed: int = 0) -> Path:
     """Write a random-weight ColQwen2 checkpoint and its processor to ``out_dir``.
 
@@ -217,39 +247,24 @@ def build_random_checkpoint(out_dir: str | Path, size: str = "tiny", seed: int =
     """
     import shutil
 
-    import torch
-    from colpali_engine.models import ColQwen2, ColQwen2Processor
-    from transformers import Qwen2VLImageProcessor, Qwen2VLVideoProcessor
+    from colpali_engine.models import ColQwen2Processor
+    from transformers import Qwen2VLVideoProcessor
 
-    if size not in SIZES:
-        raise ValueError(f"unknown checkpoint size {size!r}; choose one of {sorted(SIZES)}")
-    spec = SIZES[size]
     out_dir = Path(out_dir)
     tmp_dir = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(tmp_dir, ignore_errors=True)
 
-    torch.manual_seed(seed)
-    tokenizer = _train_tokenizer(spec.bpe_vocab)
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN2_VL_SPECIAL_TOKENS}
-    config = qwen2vl_config(spec, ids, spec.vocab_size or len(tokenizer))
-    model = ColQwen2(config).eval()
-    with torch.no_grad():
-        # Random init leaves this bias at zero, which turns left-padded query rows into 0/0 = NaN
-        # in the reference; the real checkpoint has a non-zero bias.
-        model.custom_text_proj.bias.normal_(0.0, 0.02)
+    model, tokenizer = random_model(size, seed)
     model.save_pretrained(tmp_dir, safe_serialization=True)
-
     processor = ColQwen2Processor(
-        # The published vidore/colqwen2-v1.0's limits: 4 to 768 visual tokens per image, so tests,
-        # the demo and the benchmarks pay what the real service pays per image.
-        image_processor=Qwen2VLImageProcessor(min_pixels=PUBLISHED_MIN_PIXELS, max_pixels=PUBLISHED_MAX_PIXELS),
+        image_processor=published_image_processor(),
         tokenizer=tokenizer,
         # ColQwen2Processor refuses a missing video processor; the model never sees videos.
         video_processor=Qwen2VLVideoProcessor(),
     )
     processor.save_pretrained(tmp_dir)
     (tmp_dir / "random_checkpoint.json").write_text(
-        json.dumps({"size": size, "seed": seed, "shapes": asdict(spec), "random_weights": True}, indent=2)
+        json.dumps({"size": size, "seed": seed, "shapes": asdict(SIZES[size]), "random_weights": True}, indent=2)
     )
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp_dir.rename(out_dir)

@@ -612,23 +612,13 @@ class VisualIndex:
         from qdrant_client import models
 
         flt = _filter(check_where(where, self.schema.filter_fields))
-        stage = first_stage or self.schema.first_stage
         candidates = max(prefetch_limit or self.settings.prefetch_limit, limit)
         vectors = query.vectors.tolist()
         params = search_params(self.schema.quantization)
-        if stage == "none":
-            prefetch = None
-        elif stage == "mean":
-            prefetch = models.Prefetch(
-                query=query.pooled.tolist(), using=POOLED, limit=candidates, filter=flt, params=params
-            )
-        elif stage == "rows_cols" and self.schema.first_stage == "rows_cols":
-            prefetch = [
-                models.Prefetch(query=vectors, using=name, limit=candidates, filter=flt, params=params)
-                for name in (ROWS, COLS)
-            ]
-        else:
-            raise InvalidInputError(f"collection {self.name!r} has no {stage!r} first stage")
+        prefetch = [
+            models.Prefetch(query=vector, using=name, limit=candidates, filter=flt, params=params)
+            for vector, name in self._first_stage_queries(query, first_stage)
+        ] or None
         # The cut is made here, so tied scores (common with random weights) are ordered by key, not by whatever
         # order the engine returns them in: a few more than `limit` are fetched, more while the last one still
         # ties with the limit-th.
@@ -645,6 +635,18 @@ class VisualIndex:
                 return hits[:limit]
             fetch *= 4
 
+    def _first_stage_queries(self, query: Embedding, first_stage: str | None) -> list[tuple[list, str]]:
+        """(query vector, named vector) pairs of a first stage (the collection's, or `first_stage`); [] for none."""
+        stage = first_stage or self.schema.first_stage
+        if stage == "none":
+            return []
+        if stage == "mean":
+            return [(query.pooled.tolist(), POOLED)]
+        if stage == "rows_cols" and self.schema.first_stage == "rows_cols":
+            vectors = query.vectors.tolist()
+            return [(vectors, ROWS), (vectors, COLS)]
+        raise InvalidInputError(f"collection {self.name!r} has no {stage!r} first stage")
+
     def first_stage_hits(
         self,
         query: Embedding,
@@ -655,19 +657,10 @@ class VisualIndex:
         """What the first stage hands the rerank, with its own scores: the pooled vector's cosine (`mean`), or the
         best of the rows' and the columns' MaxSim (`rows_cols`, the union of both candidate lists). `none`: []."""
         flt = _filter(check_where(where, self.schema.filter_fields))
-        stage = first_stage or self.schema.first_stage
         limit = limit or self.settings.prefetch_limit
         params = search_params(self.schema.quantization)
-        if stage == "none":
-            return []
-        if stage == "mean":
-            queries = [(query.pooled.tolist(), POOLED)]
-        elif stage == "rows_cols" and self.schema.first_stage == "rows_cols":
-            queries = [(query.vectors.tolist(), ROWS), (query.vectors.tolist(), COLS)]
-        else:
-            raise InvalidInputError(f"collection {self.name!r} has no {stage!r} first stage")
         best: dict[str, Hit] = {}
-        for vector, name in queries:
+        for vector, name in self._first_stage_queries(query, first_stage):
             result = self.qdrant.query_points(
                 self.name, query=vector, using=name, limit=limit, query_filter=flt, search_params=params,
                 with_payload=True,
