@@ -105,13 +105,7 @@ def exact_top(query: np.ndarray, ids: list[str], docs: list[np.ndarray], k: int)
 
 
 def recall_table(index: VisualIndex, queries: dict[str, list], limits: tuple[int, ...]) -> list[dict]:
-    stored = {}
-    offset = None
-    while True:  # every point's vectors as stored
-        points, offset = index.qdrant.scroll(index.name, limit=256, offset=offset, with_vectors=["colqwen2"])
-        stored |= {str(p.id): np.asarray(p.vector["colqwen2"], dtype=np.float32) for p in points}
-        if offset is None:
-            break
+    stored = index.stored_vectors(list(index.store.ids(index.name)))  # every point's vectors as stored
     ids, docs = list(stored), list(stored.values())
     rows = []
     for kind, embeddings in queries.items():

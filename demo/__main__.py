@@ -1,11 +1,11 @@
-"""The offline demo: Triton serves the exported checkpoint, Qdrant (embedded) indexes sample
+"""The offline demo: Triton serves the exported checkpoint, Qdrant (its engine in process) indexes sample
 Keepa charts and product photos, and a text query and an image query search them.
 
     python -m demo --artifacts artifacts/tiny      # what `make demo` runs after exporting
 
 Steps: render the model repository and start Triton on free local ports; write the samples and a
 catalog manifest (one line per item, keyed by marketplace, ASIN and kind); index the catalog into
-embedded Qdrant (twice: the second pass embeds nothing); redraw one chart and index again (its
+Qdrant in process (twice: the second pass embeds nothing); redraw one chart and index again (its
 point is replaced, not duplicated); search by text, by image, and by chart within charts only (a
 filter applied in both stages), printing both stages of each query (the first stage's candidates, then the
 MaxSim rerank); write an HTML page with each query beside both stages; stop Triton.
@@ -113,8 +113,8 @@ def main(argv: list[str] | None = None) -> int:
             report = index.index(items)
             print(
                 f"\nindexed {manifest.name}: {report.new} new, {report.replaced} replaced, {report.unchanged} "
-                f"unchanged in {report.seconds:.1f} s ({report.summary()['images_per_s']} images/s) into embedded "
-                f"Qdrant at {work / 'qdrant'}"
+                f"unchanged in {report.seconds:.1f} s ({report.summary()['images_per_s']} images/s) into "
+                f"Qdrant (in process) at {work / 'qdrant'}"
             )
             again = index.index(items)
             print(f"indexing again: {again.unchanged} unchanged, {again.embedded} embedded; {index.count()} points")
@@ -141,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             page = write_html(work / "results.html", [chart, photo, text], note)
             print(f"\nresults page: {page.resolve()}")
             index_points = index.count()
+            index.close()
     print("Triton stopped.")
     if note:
         print(f"\nNote: {note}")

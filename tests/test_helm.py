@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,17 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "helm" / "colqwen2"
 SCENARIOS = sorted((CHART / "ci").glob("*.yaml"))
+QDRANT_EXAMPLE = ROOT / "helm" / "examples" / "qdrant-cluster"
+# Every values file the chart is rendered with: the ci/ scenarios and the worked examples.
+VALUES = [*SCENARIOS, QDRANT_EXAMPLE / "colqwen2-values.yaml"]
+# A new collection's settings: gateway.qdrant.<value> -> the gateway's flag.
+COLLECTION_FLAGS = {
+    "shards": "--shards",
+    "replicationFactor": "--replication-factor",
+    "writeConsistencyFactor": "--write-consistency-factor",
+    "onDisk": "--on-disk",
+    "quantization": "--quantization",
+}
 HELM = str(Path(sys.executable).parent / "helm")
 KUBERNETES = "1.35.0"
 # CRDs have no schema in Kubernetes' own set: checked here against the fields the operator needs.
@@ -41,6 +53,25 @@ def render(*values: Path, extra: tuple[str, ...] = ()) -> list[dict]:
     return [doc for doc in yaml.safe_load_all(out) if doc]
 
 
+def values_id(values: Path | None) -> str:
+    return "defaults" if values is None else values.stem if values.parent.name == "ci" else values.parent.name
+
+
+def gateway_args(docs: list[dict]) -> list[str]:
+    containers = by_kind(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    return next(c for c in containers if c["name"] == "gateway")["args"]
+
+
+def template_error(*settings: str) -> str:
+    """helm template's stderr for values it must refuse."""
+    args = [HELM, "template", "x", str(CHART)]
+    for setting in settings:
+        args += ["--set", setting]
+    result = subprocess.run(args, capture_output=True, text=True)
+    assert result.returncode != 0, f"{settings} rendered"
+    return result.stderr
+
+
 def by_kind(docs: list[dict], kind: str, name: str | None = None) -> dict:
     found = [d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
     assert len(found) == 1, f"{kind} {name}: {len(found)} found"
@@ -53,13 +84,13 @@ def default() -> list[dict]:
 
 
 def test_helm_lint_strict():
-    for values in [None, *SCENARIOS]:
+    for values in [None, *VALUES]:
         args = [HELM, "lint", "--strict", str(CHART)] + (["-f", str(values)] if values else [])
         result = subprocess.run(args, capture_output=True, text=True)
         assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("values", [None, *SCENARIOS], ids=lambda v: v.stem if v else "defaults")
+@pytest.mark.parametrize("values", [None, *VALUES], ids=values_id)
 def test_every_manifest_is_valid_kubernetes(values):
     import jsonschema
 
@@ -197,6 +228,88 @@ def test_gateway_points_at_a_qdrant_service():
     assert gateway["env"] == [
         {"name": "QDRANT_API_KEY", "valueFrom": {"secretKeyRef": {"name": "qd", "key": "api-key"}}}
     ]
+
+
+def test_gateway_on_the_qdrant_cluster_example():
+    """helm/examples/qdrant-cluster/: the gateway on the cluster's Service, the key, the new collection's settings."""
+    docs = render(QDRANT_EXAMPLE / "colqwen2-values.yaml")
+    args = gateway_args(docs)
+    qdrant_args = args[args.index("--qdrant-url=http://qdrant.search.svc:6333") :]
+    assert qdrant_args == [
+        "--qdrant-url=http://qdrant.search.svc:6333",
+        "--collection=visual_embeddings",
+        "--shards=6",
+        "--replication-factor=2",
+        "--write-consistency-factor=1",
+        "--on-disk",
+        "--quantization=scalar",
+    ]
+    gateway = by_kind(docs, "Deployment")["spec"]["template"]["spec"]["containers"][1]
+    key = {"name": "qdrant-api-key", "key": "api-key"}
+    assert gateway["env"] == [{"name": "QDRANT_API_KEY", "valueFrom": {"secretKeyRef": key}}]
+    # The NetworkPolicy stays on and limits ingress only: the gateway's egress to Qdrant in `search` is open.
+    assert by_kind(docs, "NetworkPolicy")["spec"]["policyTypes"] == ["Ingress"]
+    # The qdrant chart's values: a three-node cluster whose key is the Secret the gateway reads.
+    qdrant = yaml.safe_load((QDRANT_EXAMPLE / "qdrant-values.yaml").read_text())
+    assert qdrant["replicaCount"] == 3 and qdrant["config"]["cluster"]["enabled"] is True
+    assert qdrant["apiKey"]["valueFrom"]["secretKeyRef"] == key
+    assert "see README capacity model" in (QDRANT_EXAMPLE / "qdrant-values.yaml").read_text()
+    assert "## Capacity model" in (QDRANT_EXAMPLE / "README.md").read_text()
+    (policy,) = yaml.safe_load_all((QDRANT_EXAMPLE / "qdrant-networkpolicy.yaml").read_text())
+    kubernetes_validate.validate(policy, KUBERNETES, strict=True)
+
+
+def test_collection_settings_only_with_a_qdrant_url():
+    settings = (
+        "gateway.qdrant.shards=4",
+        "gateway.qdrant.replicationFactor=2",
+        "gateway.qdrant.writeConsistencyFactor=2",
+        "gateway.qdrant.onDisk=true",
+        "gateway.qdrant.quantization=binary",
+    )
+    extra = tuple(a for s in settings for a in ("--set", s))
+    args = gateway_args(render(extra=extra))  # no url: no index, so none of its settings
+    assert not [a for a in args if a.startswith(("--qdrant", "--collection", *COLLECTION_FLAGS.values()))]
+    args = gateway_args(render(extra=(*extra, "--set", "gateway.qdrant.url=https://qdrant.example.com:6333")))
+    assert [a for a in args if a.startswith(tuple(COLLECTION_FLAGS.values()))] == [
+        "--shards=4",
+        "--replication-factor=2",
+        "--write-consistency-factor=2",
+        "--on-disk",
+        "--quantization=binary",
+    ]
+    # A url alone: the gateway's defaults (Qdrant's shards and replication, in RAM, its quantization).
+    args = gateway_args(render(extra=("--set", "gateway.qdrant.url=http://qdrant:6333")))
+    assert "--qdrant-url=http://qdrant:6333" in args
+    assert not [a for a in args if a.startswith(tuple(COLLECTION_FLAGS.values()))]
+    url_and_none = ("--set", "gateway.qdrant.url=http://qdrant:6333", "--set", "gateway.qdrant.quantization=none")
+    assert "--quantization=none" in gateway_args(render(extra=url_and_none))
+
+
+BAD_COLLECTION_SETTINGS = {  # value -> what helm's schema error must say
+    "quantization=foo": r"quantization.*(none|one of)",
+    "shards=0": r"shards.*(minimum|greater than or equal)",
+    "replicationFactor=0": r"replicationFactor.*(minimum|greater than or equal)",
+    "writeConsistencyFactor=-1": r"writeConsistencyFactor.*(minimum|greater than or equal)",
+    "shards=six": r"shards.*integer",
+    "onDisk=yes": r"onDisk.*boolean",
+    "url=qdrant.search.svc:6333": r"url.*(pattern|match)",
+}
+
+
+@pytest.mark.parametrize(("setting", "says"), BAD_COLLECTION_SETTINGS.items(), ids=list(BAD_COLLECTION_SETTINGS))
+def test_schema_refuses_bad_collection_settings(setting, says):
+    error = template_error("gateway.qdrant.url=http://qdrant:6333", f"gateway.qdrant.{setting}")
+    assert "schema" in error and re.search(says, error), error
+
+
+def test_write_consistency_above_replication_is_refused():
+    error = template_error(
+        "gateway.qdrant.url=http://qdrant:6333",
+        "gateway.qdrant.replicationFactor=2",
+        "gateway.qdrant.writeConsistencyFactor=3",
+    )
+    assert "writeConsistencyFactor (3) must not exceed gateway.qdrant.replicationFactor (2)" in error
 
 
 def test_everything_scenario():

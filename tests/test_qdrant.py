@@ -97,12 +97,12 @@ def test_a_refreshed_chart_replaces_its_point(client, tmp_path):
     refreshed = index.index(manifest(tmp_path / "m.jsonl", [row | {"path": "charts/tuesday.png"}]).items)
     assert (refreshed.new, refreshed.replaced, refreshed.embedded, index.count()) == (0, 1, 1, 1)
     pid = point_id("DE:B0C1234567:keepa_chart")
-    (point,) = index.qdrant.retrieve(index.name, ids=[pid], with_vectors=True, with_payload=True)
+    (point,) = index.records([pid], vectors=[MULTI, "pooled"])
     assert point.payload["sha256"] == hashlib.sha256((charts / "tuesday.png").read_bytes()).hexdigest()
     assert point.payload["source"] == str(charts / "tuesday.png")
     tuesday = client.embed(charts / "tuesday.png")
-    assert np.allclose(np.asarray(point.vector[MULTI]), tuesday.vectors, atol=1e-6)
-    assert np.allclose(np.asarray(point.vector["pooled"]), tuesday.pooled, atol=1e-6)
+    assert np.allclose(point.vectors[MULTI], tuesday.vectors, atol=5e-4)  # stored as float16
+    assert np.allclose(point.vectors["pooled"], tuesday.pooled, atol=1e-6)
     # yesterday's chart no longer answers: searching with it finds the new one, scored as another image
     hits = index.search(image=str(charts / "monday.png"), limit=5)
     assert [h.id for h in hits] == [pid] and hits[0].score < tuesday.num_vectors - 1
@@ -110,7 +110,7 @@ def test_a_refreshed_chart_replaces_its_point(client, tmp_path):
         manifest(tmp_path / "m.jsonl", [row | {"path": "charts/tuesday.png", "category": "games"}]).items
     )
     assert (recategorised.updated, recategorised.embedded) == (1, 0)
-    assert index.qdrant.retrieve(index.name, ids=[pid])[0].payload["category"] == "games"
+    assert index.records([pid])[0].payload["category"] == "games"
 
 
 def test_delete_and_prune(client, samples, tmp_path):
@@ -163,12 +163,13 @@ def test_rows_cols_vectors_follow_the_grid(client, samples, tmp_path):
         prompt = embedding.num_vectors - embedding.grid[0] * embedding.grid[1]
         assert len(stored_rows) == embedding.grid[0] + prompt and len(stored_cols) == embedding.grid[1] + prompt
     with pytest.raises(InvalidInputError, match="was created with first stage 'rows_cols', not 'mean'"):
-        _ = VisualIndex(client, index.qdrant, IndexSettings(first_stage="mean")).schema
+        _ = VisualIndex(client, index.store, IndexSettings(first_stage="mean")).schema
 
 
 class Recording:
-    """The real embedded client, noting what `create_collection` was asked: the embedded mode drops most
-    cluster settings, so what a server would receive is checked here, and what it keeps is read back."""
+    """A real qdrant-client (its local mode), noting what `create_collection` was asked: the server client's code
+    path without a server. The local mode drops most cluster settings, so what a server would receive is checked
+    here."""
 
     def __init__(self, real) -> None:
         self.real = real
@@ -182,99 +183,115 @@ class Recording:
         return getattr(self.real, name)
 
 
-def test_cluster_settings_reach_the_collection(client, samples, tmp_path):
-    from qdrant_client import models
+def test_cluster_settings_reach_a_server_collection(client, samples):
+    """The server client's code path (qdrant-client; its local mode stands in for a server, which cannot run
+    here): shards, replication, write consistency, on-disk vectors and payload, float16 multivector with int8
+    quantization and no graph, the schema in the collection's metadata."""
+    from colqwen2_client.stores import ServerStore
+    from qdrant_client import QdrantClient, models
 
     settings = IndexSettings(
         shard_number=3, replication_factor=2, write_consistency_factor=2, on_disk=True, quantization="scalar",
         filter_fields={"kind": "keyword", "rank": "integer"},
     )  # fmt: skip
-    qdrant = Recording(open_qdrant(tmp_path / "qdrant"))
-    index = VisualIndex(client, qdrant, settings)
+    recording = Recording(QdrantClient(location=":memory:"))
+    index = VisualIndex(client, ServerStore(recording), settings)
     index.ensure_collection()
-    (sent,) = qdrant.created
+    (sent,) = recording.created
     assert (sent["shard_number"], sent["replication_factor"], sent["write_consistency_factor"]) == (3, 2, 2)
     assert sent["on_disk_payload"] is True
-    assert sent["quantization_config"] == models.ScalarQuantization(
+    multi = sent["vectors_config"][MULTI]
+    assert multi.quantization_config == models.ScalarQuantization(
         scalar=models.ScalarQuantizationConfig(type=models.ScalarType.INT8, always_ram=True)
     )
-    info = index.qdrant.get_collection(index.name)
-    vectors = info.config.params.vectors
-    assert vectors[MULTI].on_disk is True and vectors[MULTI].hnsw_config.m == 0 and vectors["pooled"].on_disk is None
-    assert info.config.metadata["colqwen2"] == {
-        "first_stage": "rows_cols",
+    assert (multi.on_disk, multi.hnsw_config.m, multi.datatype) == (True, 0, models.Datatype.FLOAT16)
+    assert sent["vectors_config"]["muvera"].size == index.muvera.fde_dim
+    assert sent["metadata"]["colqwen2"] | {"muvera": None} == {
+        "first_stage": "muvera",
         "filter_fields": {"kind": "keyword", "rank": "integer"},
         "quantization": "scalar",
+        "muvera": None,
     }
-    # what the embedded mode drops (README: what it does not honour); a server keeps them all
-    params = info.config.params
-    assert (params.shard_number, params.replication_factor, params.on_disk_payload) == (None, None, None)
-    assert info.config.quantization_config is None and info.payload_schema == {}
+    # the same semantics as the default engine: write, search, filter, refresh, delete
+    items = folder_items([samples[0].parent]).items
+    report = index.index(items)
+    assert (report.new, index.count(), index.count(where={"kind": "keepa_chart"})) == (10, 10, 5)
+    assert index.search(image=str(samples[4]), limit=1)[0].id == point_id(samples[4].name)
+    assert index.index(items).unchanged == 10 and index.delete(keys=[samples[0].name]) == 1
     # a client opening the collection later gets its fields, whatever its own settings say
-    reopened = VisualIndex(client, index.qdrant)
+    reopened = VisualIndex(client, index.store)
     assert reopened.schema.filter_fields == {"kind": "keyword", "rank": "integer"}
     assert reopened.schema.quantization == "scalar"
     with pytest.raises(InvalidInputError, match="unknown filter field 'asin'"):
         reopened.count(where={"asin": "B01"})
 
 
-def _edge_quantization(config):
-    """Our quantization config (as a Qdrant server receives it) in qdrant-edge's types."""
-    import qdrant_edge as edge
-    from qdrant_client import models
+def test_the_local_collection_keeps_its_design(client, tmp_path):
+    """Qdrant's engine in process (the default): what the collection was created with, read back from its files,
+    and one process at a time on a folder."""
+    settings = IndexSettings(on_disk=True, filter_fields={"kind": "keyword", "rank": "integer"})
+    index = VisualIndex(client, open_qdrant(tmp_path / "qdrant"), settings)
+    index.ensure_collection()
+    config = json.loads((tmp_path / "qdrant" / index.name / "edge_config.json").read_text())
+    multi, fde = config["vectors"][MULTI], config["vectors"]["muvera"]
+    assert multi["hnsw_config"]["m"] == 0 and multi["datatype"] == "float16" and multi["on_disk"] is True
+    assert multi["quantization_config"] == {"scalar": {"type": "int8", "always_ram": True}}
+    assert fde["size"] == index.muvera.fde_dim and fde["distance"] == "Dot" and fde["hnsw_config"]["m"] == 16
+    assert config["vectors"]["pooled"]["hnsw_config"]["m"] == 16 and config["on_disk_payload"] is True
+    assert set(index.store._shard(index.name).info().payload_schema) == {"kind", "rank", "sha256"}
+    with pytest.raises(InvalidInputError, match="is open in process"):
+        open_qdrant(tmp_path / "qdrant")
+    index.close()
+    reopened = VisualIndex(client, open_qdrant(tmp_path / "qdrant"))
+    assert reopened.schema.filter_fields == {"kind": "keyword", "rank": "integer"} and reopened.count() == 0
+    reopened.close()
 
-    if isinstance(config, models.ScalarQuantization):
-        assert config.scalar.type == models.ScalarType.INT8
-        return edge.ScalarQuantizationConfig(type=edge.ScalarType.Int8, always_ram=config.scalar.always_ram)
-    assert isinstance(config, models.BinaryQuantization)
-    return edge.BinaryQuantizationConfig(always_ram=config.binary.always_ram)
+
+def test_an_index_from_the_previous_local_mode_is_refused_not_lost(client, samples, tmp_path):
+    from qdrant_client import QdrantClient
+
+    old = QdrantClient(path=str(tmp_path / "old"))
+    old.create_collection("visual_embeddings", vectors_config={})
+    old.close()
+    before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "old").rglob("*"))
+    with pytest.raises(InvalidInputError, match=r"written by an earlier version.*`colqwen2 migrate"):
+        open_qdrant(tmp_path / "old")
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "old").rglob("*")) == before
 
 
 @pytest.mark.parametrize("kind", ["scalar", "binary"])
-def test_quantization_on_qdrants_own_engine(client, samples, tmp_path, kind):
-    """The embedded mode ignores quantization, so the setting is checked on qdrant-edge, Qdrant's own engine
-    in-process: our config quantizes the `colqwen2` multivectors for real (scores without rescoring differ
-    from exact MaxSim), and our search parameters (rescore 2x the candidates) give exact scores back."""
+def test_quantization_is_real_and_rescored(client, samples, kind):
+    """The stored multivector quantized for real (scores without rescoring differ from exact MaxSim); the index's
+    searches rescore with the originals, so their scores are exact MaxSim over the stored vectors."""
     import qdrant_edge as edge
-    from colqwen2_client.qdrant import quantization_config, search_params
+    from colqwen2_client.stores import EdgeStore
 
     images = [*samples] + [encode_chart(seed, 400 + 60 * (seed % 7), 200 + 40 * (seed % 5)) for seed in range(30)]
-    docs = [e.vectors for e in client.embed_batch(images)]
-    vector = edge.EdgeVectorParams(
-        size=128, distance=edge.Distance.Cosine,
-        multivector_config=edge.MultiVectorConfig(edge.MultiVectorComparator.MaxSim),
-        hnsw_config=edge.HnswIndexConfig(m=0, ef_construct=100, full_scan_threshold=10000),
-    )  # fmt: skip
-    config = edge.EdgeConfig(
-        vectors={MULTI: vector},
-        quantization_config=_edge_quantization(quantization_config(kind)),
-        optimizers=edge.EdgeOptimizersConfig(indexing_threshold=1),  # build the quantized segment now
-    )
-    shard = edge.EdgeShard.create(str(tmp_path / "shard"), config)
-    shard.update(edge.UpdateOperation.upsert_points([edge.Point(i, {MULTI: d.tolist()}) for i, d in enumerate(docs)]))
-    assert shard.optimize()
-    ours = search_params(kind).quantization
-    rescored = edge.QuantizationSearchParams(rescore=ours.rescore, oversampling=ours.oversampling)
+    index = VisualIndex(client, EdgeStore.in_memory(indexing_threshold_kb=1), IndexSettings(quantization=kind))
+    index.index(images)
+    assert index.optimize()  # the quantized segment is built
+    ids = [r for r in index.store.ids(index.name)]
+    docs = index.stored_vectors(ids)
     queries = [client.embed_query(q) for q in ("price history", "red shoe", "sales rank", "kettle")]
     queries += [client.embed(samples[i]) for i in (0, 3, 6, 9)]
     drift, recall = [], []
+    shard = index.store._shard(index.name)
     for query in queries:
-        exact = np.array([maxsim(query.vectors, d) for d in docs])
-        fifth = np.sort(exact)[-5]  # tie-aware: random text queries tie many documents at one score
-
+        exact = {pid: maxsim(query.vectors, d) for pid, d in docs.items()}
+        fifth = sorted(exact.values())[-5]  # tie-aware: random text queries tie many documents at one score
         nearest = edge.Query.Nearest(query.vectors.tolist(), using=MULTI)
         raw = edge.SearchParams(quantization=edge.QuantizationSearchParams(rescore=False))
         quantized = shard.query(edge.QueryRequest(limit=5, query=nearest, params=raw))
-        drift.append(max(abs(p.score - exact[p.id]) for p in quantized))
-        hits = shard.query(edge.QueryRequest(limit=5, query=nearest, params=edge.SearchParams(quantization=rescored)))
-        assert np.allclose([p.score for p in hits], exact[[p.id for p in hits]], rtol=1e-4)  # rescored: exact
-        recall.append(sum(exact[p.id] >= fifth - 1e-4 for p in hits) / 5)  # hits as good as the exact top 5
-    shard.close()
+        drift.append(max(abs(p.score - exact[str(p.id)]) for p in quantized))
+        hits = index.search_embedding(query, limit=5, first_stage="none")
+        assert np.allclose([h.score for h in hits], [exact[h.id] for h in hits], rtol=1e-4)  # rescored: exact
+        recall.append(sum(exact[h.id] >= fifth - 1e-4 for h in hits) / 5)  # hits as good as the exact top 5
+    index.close()
     assert max(drift) > 1e-3, drift  # the quantized vectors, not the originals, scored the candidates
     print(f"{kind}: recall@5 {np.mean(recall):.3f} (worst {min(recall)}), quantized score drift {max(drift):.4f}")
     # Binary keeps one bit of each of 128 dimensions (Qdrant advises it for 1024+): on random-weight vectors of
     # near-identical charts it finds half of the exact top 5 (0.500 measured with the Keepa-like charts of
-    # issue 16; 0.6+ with the earlier, less alike drawings), so it is held to 0.4. Scalar int8 keeps the ranking.
+    # issue 16), so it is held to 0.4. Scalar int8 keeps the ranking.
     assert np.mean(recall) >= {"scalar": 0.95, "binary": 0.4}[kind], recall
 
 
@@ -440,13 +457,13 @@ def test_cli_index_killed_mid_run_then_rerun_is_exact(triton_server, tmp_path):
     assert summary["points"] == 150 and summary["new"] + summary["unchanged"] == 150
     assert summary["unchanged"] >= 64  # what the killed run stored is kept, not embedded again
 
-    from qdrant_client import QdrantClient
-
-    qdrant = QdrantClient(path=str(store))
-    points, _ = qdrant.scroll("visual_embeddings", limit=1000, with_vectors=True, with_payload=True)
-    qdrant.close()
-    assert len(points) == 150 and len({p.id for p in points}) == 150  # no duplicates
+    index = VisualIndex(None, open_qdrant(store))
+    ids = list(index.store.ids(index.name))
+    points = index.records(ids, vectors=["pooled", "colqwen2", "muvera"])
+    index.close()
+    assert len(points) == 150 and len(set(ids)) == 150  # no duplicates
     assert {p.payload["source"] for p in points} == {str(f.resolve()) for f in folder.iterdir()}
-    assert {str(p.id) for p in points} == {point_id(f.name) for f in folder.iterdir()}
+    assert {p.id for p in points} == {point_id(f.name) for f in folder.iterdir()}
     for point in points:  # no point without its vectors
-        assert len(point.vector["pooled"]) == 128 and len(point.vector["colqwen2"]) >= 1
+        assert point.vectors["pooled"].shape == (128,) and len(point.vectors["colqwen2"]) >= 1
+        assert point.vectors["muvera"].shape == (index.muvera.fde_dim,)

@@ -20,8 +20,8 @@ def data_dir() -> Path:
 
 
 def default_qdrant_path() -> str:
-    """The embedded Qdrant folder: $COLQWEN2_QDRANT_PATH, else `./qdrant_data` when an index from before the
-    per-user folder is there (so it is not silently left behind), else `<data dir>/qdrant`."""
+    """The local index folder (Qdrant in process): $COLQWEN2_QDRANT_PATH, else `./qdrant_data` when an index from
+    before the per-user folder is there (so it is not silently left behind), else `<data dir>/qdrant`."""
     if os.environ.get("COLQWEN2_QDRANT_PATH"):
         return os.environ["COLQWEN2_QDRANT_PATH"]
     if Path(LEGACY_QDRANT, "collection").is_dir():

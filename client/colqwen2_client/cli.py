@@ -3,7 +3,7 @@
     colqwen2 embed charts/*.png > vectors.jsonl     one JSON line per file
     colqwen2 query "lego price drop"
     colqwen2 health
-    colqwen2 index samples/ --kind auto           into embedded Qdrant (~/.local/share/colqwen2/qdrant)
+    colqwen2 index samples/ --kind auto           into Qdrant in process (~/.local/share/colqwen2/qdrant)
     colqwen2 index --manifest catalog.jsonl --prune   keyed items: refreshes replace, missing keys go
     colqwen2 search "lego price drop" --html      a page with thumbnails (~/.local/share/colqwen2/results.html)
     colqwen2 search --image chart.png --where kind=keepa_chart --where marketplace=DE
@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,6 +27,7 @@ from ._constants import DEFAULT_BATCH_SIZE, DEFAULT_TIMEOUT, DEFAULT_URL, MODELS
 from ._paths import LEGACY_QDRANT, data_dir, default_page_path, default_qdrant_path
 from .client import ColQwen2Client
 from .errors import ColQwen2Error, InvalidInputError, ModelNotFoundError, ServerUnavailableError
+from .qdrant import DEFAULT_FIRST_STAGE, DEFAULT_QUANTIZATION, FIRST_STAGES, QUANTIZATIONS
 from .types import Embedding
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_ERROR = 0, 1, 2, 3, 4
@@ -88,11 +90,44 @@ def _index(client: ColQwen2Client, args: argparse.Namespace) -> int:
         prune = False
     index = VisualIndex(client, _qdrant(args), _settings(args))
     show = args.progress if args.progress is not None else sys.stderr.isatty()
-    report = index.index(catalog.items, progress=show or None, prune=prune)
-    _line(report.summary() | {"points": index.count()})
+    try:
+        report = index.index(catalog.items, progress=show or None, prune=prune)
+        _build(index, report.indexed + report.pruned, show)
+        _line(report.summary() | {"points": index.count()})
+    finally:
+        index.close()
     for where, error in report.failed:
         print(f"colqwen2: {where}: {error}", file=sys.stderr)
     return EXIT_PARTIAL if report.failed or catalog.problems else EXIT_OK
+
+
+BUILD_NOTICE = 200  # written points from which the build is announced (it takes seconds to minutes)
+
+
+def _build(index, written: int, show: bool) -> None:
+    """After writing: build the index of what waits (HNSW, quantization; only what Qdrant finds due)."""
+    if not written:
+        return
+    loud = show and written >= BUILD_NOTICE
+    if loud:
+        print(f"building the search index over up to {written} written points (HNSW, int8) ...", file=sys.stderr)
+    started = time.monotonic()
+    index.optimize()
+    if loud:
+        print(f"built in {time.monotonic() - started:.1f} s", file=sys.stderr)
+
+
+def _migrate(_client: ColQwen2Client, args: argparse.Namespace) -> int:
+    from .qdrant import VisualIndex, migrate
+
+    index = VisualIndex(None, _qdrant(args), _settings(args))
+    try:
+        copied = migrate(args.old, index)
+        _build(index, copied, True)
+        _line({"copied": copied, "points": index.count(), "first_stage": index.schema.first_stage})
+    finally:
+        index.close()
+    return EXIT_OK
 
 
 def _where(index, args: argparse.Namespace) -> dict[str, Any]:
@@ -103,12 +138,20 @@ def _where(index, args: argparse.Namespace) -> dict[str, Any]:
 
 def _search(client: ColQwen2Client, args: argparse.Namespace) -> int:
     from .qdrant import VisualIndex
-    from .report import Section, table, write_html
 
     if (args.text is None) == (args.image is None):
         print("colqwen2: search needs a TEXT query or --image FILE (one of them)", file=sys.stderr)
         return EXIT_USAGE
     index = VisualIndex(client, _qdrant(args), _settings(args))
+    try:
+        return _search_in(index, args)
+    finally:
+        index.close()
+
+
+def _search_in(index, args: argparse.Namespace) -> int:
+    from .report import Section, table, write_html
+
     if index.count() == 0:
         print("colqwen2: the collection is empty: run `colqwen2 index DIR` first", file=sys.stderr)
         return EXIT_USAGE
@@ -173,7 +216,8 @@ def _settings(args: argparse.Namespace):
 
 def _qdrant_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--qdrant-path", default=default_qdrant_path(),
-                        help="embedded Qdrant folder (env COLQWEN2_QDRANT_PATH; default %(default)s, a per-user "
+                        help="local index folder, Qdrant in process (env COLQWEN2_QDRANT_PATH; default %(default)s, a "
+                        "per-user "
                         "folder: COLQWEN2_DATA_DIR or XDG_DATA_HOME move it)")  # fmt: skip
     parser.add_argument("--qdrant-url", default=os.environ.get("QDRANT_URL"),
                         help="a Qdrant server instead, e.g. http://qdrant:6333 (env QDRANT_URL)")  # fmt: skip
@@ -220,11 +264,13 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--manifest", help="JSONL or CSV: key (or asin, marketplace, kind), path or url, payload")
     index.add_argument("--prune", action="store_true", help="delete points whose key is not in this full catalog")
     index.add_argument("--kind", default="auto", help="payload kind for folders: keepa_chart, product_image or auto")
-    index.add_argument("--first-stage", choices=["mean", "rows_cols", "none"],
-                       help="a new collection's first stage (default rows_cols; an existing one keeps it)")  # fmt: skip
+    index.add_argument("--first-stage", choices=list(FIRST_STAGES),
+                       help=f"a new collection's first stage (default {DEFAULT_FIRST_STAGE}; an existing one keeps "
+                       "it)")  # fmt: skip
     index.add_argument("--pool-factor", type=int, default=1, help="hierarchical token pooling (1: off)")
-    index.add_argument("--quantization", choices=["none", "scalar", "binary"], default="none",
-                       help="a new collection's quantization (a Qdrant server only)")  # fmt: skip
+    index.add_argument("--quantization", choices=list(QUANTIZATIONS), default=DEFAULT_QUANTIZATION,
+                       help="a new collection's quantization of the stored multivectors, rescored with the "
+                       "originals on search (default %(default)s)")  # fmt: skip
     index.add_argument("--shards", type=int, help="a new collection's shard number (a Qdrant cluster)")
     index.add_argument("--replication-factor", type=int, help="a new collection's replication factor")
     index.add_argument("--write-consistency-factor", type=int, help="replicas that must confirm a write")
@@ -249,6 +295,15 @@ def build_parser() -> argparse.ArgumentParser:
     _where_option(delete)
     _qdrant_options(delete)
     delete.set_defaults(run=_delete)
+
+    migrate = sub.add_parser(
+        "migrate", help="copy an index written by an earlier version (qdrant-client's local mode) into --qdrant-path"
+    )
+    migrate.add_argument("old", help="the earlier version's folder (it is only read)")
+    migrate.add_argument("--first-stage", choices=list(FIRST_STAGES),
+                         help=f"the new collection's first stage (default {DEFAULT_FIRST_STAGE})")  # fmt: skip
+    _qdrant_options(migrate)
+    migrate.set_defaults(run=_migrate)
     return parser
 
 

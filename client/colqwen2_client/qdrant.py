@@ -3,28 +3,30 @@
 Each item (see `catalog`) is one point: id = UUID5 of its key, payload = its columns plus `key`,
 `sha256` of the content, `source`, `kind`, `size`, `bytes` and `indexed_at`. Vectors per point:
 
-- `colqwen2`: all of ColQwen2's vectors, a MAX_SIM multivector without HNSW: the exact rerank.
+- `colqwen2`: all of ColQwen2's vectors, a MAX_SIM multivector without HNSW (float16, int8 scalar
+  quantized by default and rescored with the originals): the exact rerank.
 - `pooled`: the mean of them (the original service's single vector), HNSW-indexed.
-- `rows` and `cols` (first stage `rows_cols` only): the row and column means of the visual
-  tokens, with the prompt's other tokens, HNSW-indexed multivectors (Qdrant's ColPali guide).
+- `muvera` (first stage `muvera`): a fixed-dimensional encoding of the multivector (MUVERA, see
+  `muvera.py`) whose dot product approximates MaxSim, HNSW-indexed.
+- `rows` and `cols` (first stage `rows_cols`): the row and column means of the visual tokens, with
+  the prompt's other tokens, HNSW-indexed multivectors (Qdrant's ColPali guide).
 
-Search: a first stage over `pooled` (`mean`), over `rows` and `cols` (`rows_cols`), or none
+Search: a first stage over `pooled` (`mean`), `muvera`, `rows` and `cols` (`rows_cols`), or none
 (exact MaxSim over every point that passes the filter), then MaxSim on `colqwen2`. A `where`
-filter applies to both stages. The collection remembers its first stage and filterable fields in
-its metadata, so every client searching it agrees.
+filter applies to both stages. The collection remembers its first stage, quantization and
+filterable fields in its metadata, so every client searching it agrees.
 
-Qdrant runs embedded (a local folder) by default, or as a server (`url`). The embedded mode keeps
-the data, the vectors' config and the cluster settings, but ignores quantization and payload
-indexes and searches by brute force; see the README.
+The index lives in a local folder on Qdrant's own engine in this process (qdrant-edge) by default,
+or on a Qdrant server or cluster (`url`): `stores.py`. The choice of defaults is measured by
+`make bench-scale` (README, "Catalog search at scale").
 """
 
 from __future__ import annotations
 
 import time
-import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
@@ -32,19 +34,25 @@ from typing import Any, Literal
 import numpy as np
 
 from ._base import progress_callback
-from ._paths import default_qdrant_path
+from ._constants import EMBEDDING_DIM
 from .catalog import CatalogItem, memory_items, point_id, sha256_hex
 from .client import ColQwen2Client
 from .errors import ColQwen2Error, InvalidInputError
 from .inputs import ImageInput
+from .muvera import Muvera
+from .stores import DENSE, MULTIVECTOR, CollectionSpec, Record, Stage, Store, VectorSpec, open_store
 from .token_pooling import pool_tokens, rows_cols
 from .types import Embedding
 
 COLLECTION = "visual_embeddings"
-POOLED, MULTI, ROWS, COLS = "pooled", "colqwen2", "rows", "cols"
-FirstStage = Literal["mean", "rows_cols", "none"]
-FIRST_STAGES: tuple[str, ...] = ("mean", "rows_cols", "none")
-DEFAULT_FIRST_STAGE: FirstStage = "rows_cols"  # the best recall per candidate in `make bench-catalog`
+POOLED, MULTI, ROWS, COLS, FDE = "pooled", "colqwen2", "rows", "cols", "muvera"
+FirstStage = Literal["mean", "muvera", "rows_cols", "none"]
+FIRST_STAGES: tuple[str, ...] = ("mean", "muvera", "rows_cols", "none")
+# From `make bench-scale` (README): recall@10 against exact MaxSim, build time and memory at 10,000 and 100,000
+# items. rows_cols needs an HNSW over a multivector per point, ~97 % of the build at that scale.
+DEFAULT_FIRST_STAGE: FirstStage = "muvera"
+QUANTIZATIONS: tuple[str, ...] = ("none", "scalar", "binary")
+DEFAULT_QUANTIZATION = "scalar"  # int8 on the stored multivector, in RAM; rescored with the float16 originals
 FILTER_TYPES: dict[str, tuple[type, ...]] = {"keyword": (str,), "integer": (int,), "bool": (bool,)}
 DEFAULT_FILTER_FIELDS: dict[str, str] = {
     "key": "keyword",
@@ -62,8 +70,8 @@ class IndexSettings:
     collection: str = COLLECTION
     # None: the collection's own (from its metadata), or DEFAULT_FIRST_STAGE for a new one.
     first_stage: FirstStage | None = None
-    prefetch_limit: int = 100  # candidates each first-stage vector passes to the rerank
-    quantization: Literal["none", "scalar", "binary"] = "none"  # on the stored vectors, rescored on search
+    prefetch_limit: int = 100  # candidates the first stage passes to the rerank (each, for rows_cols)
+    quantization: str = DEFAULT_QUANTIZATION  # on the stored multivector (none, scalar, binary), rescored on search
     pool_factor: int = 1  # hierarchical token pooling of image vectors at index time; 1 = off
     filter_fields: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_FILTER_FIELDS))
     chunk: int = 64  # items read, embedded and written together
@@ -83,36 +91,7 @@ class Schema:
     first_stage: str
     filter_fields: dict[str, str]
     quantization: str = "none"
-
-
-QUANTIZED_OVERSAMPLING = 2.0  # quantized candidates per result, rescored with the original vectors
-
-
-def quantization_config(kind: str):
-    """The collection's quantization (None, int8 scalar or binary), the quantized vectors kept in RAM.
-    Searches of a quantized collection rescore `QUANTIZED_OVERSAMPLING` x the candidates with the
-    original float32 vectors (`search_params`)."""
-    from qdrant_client import models
-
-    if kind == "none":
-        return None
-    if kind == "scalar":
-        return models.ScalarQuantization(
-            scalar=models.ScalarQuantizationConfig(type=models.ScalarType.INT8, always_ram=True)
-        )
-    if kind == "binary":
-        return models.BinaryQuantization(binary=models.BinaryQuantizationConfig(always_ram=True))
-    raise InvalidInputError(f"quantization must be none, scalar or binary, not {kind!r}")
-
-
-def search_params(kind: str):
-    from qdrant_client import models
-
-    if kind == "none":
-        return None
-    return models.SearchParams(
-        quantization=models.QuantizationSearchParams(rescore=True, oversampling=QUANTIZED_OVERSAMPLING)
-    )
+    muvera: dict[str, Any] = field(default_factory=dict)  # the MUVERA parameters (first stage `muvera`)
 
 
 @dataclass
@@ -185,20 +164,10 @@ def tied(hits: Sequence[Hit]) -> set[int]:
     return {i for i, hit in enumerate(hits) if size[id(hit)] > 1}
 
 
-def open_qdrant(path: str | Path | None = None, url: str | None = None, api_key: str | None = None):
-    """A Qdrant server at `url`, or embedded Qdrant in the folder `path` (":memory:" for none; default: the
-    per-user folder, $COLQWEN2_QDRANT_PATH or ~/.local/share/colqwen2/qdrant)."""
-    try:
-        from qdrant_client import QdrantClient
-    except ImportError:
-        raise ImportError("Qdrant support needs the extra: pip install 'colqwen2-client[qdrant]'") from None
-    if url:
-        return QdrantClient(url=url, api_key=api_key)
-    if str(path) == ":memory:":
-        return QdrantClient(location=":memory:")
-    folder = Path(path) if path else Path(default_qdrant_path())
-    folder.mkdir(parents=True, exist_ok=True)
-    return QdrantClient(path=str(folder))
+def open_qdrant(path: str | Path | None = None, url: str | None = None, api_key: str | None = None) -> Store:
+    """A Qdrant server at `url`, or Qdrant's engine in this process in the folder `path` (":memory:": a
+    temporary folder; default: the per-user folder, $COLQWEN2_QDRANT_PATH or ~/.local/share/colqwen2/qdrant)."""
+    return open_store(path, url, api_key)
 
 
 def check_where(where: Mapping[str, Any] | None, fields: Mapping[str, str]) -> dict[str, Any]:
@@ -240,18 +209,6 @@ def parse_where(terms: Sequence[str], fields: Mapping[str, str]) -> dict[str, An
     return check_where(where, fields)
 
 
-def _filter(where: Mapping[str, Any]):
-    from qdrant_client import models
-
-    if not where:
-        return None
-    conditions = []
-    for name, value in where.items():
-        match = models.MatchAny(any=value) if isinstance(value, list) else models.MatchValue(value=value)
-        conditions.append(models.FieldCondition(key=name, match=match))
-    return models.Filter(must=conditions)
-
-
 class VisualIndex:
     """Index catalog items into a collection and search them. `embedder` may be None for a caller that
     embeds itself (the gateway): then pass `visual_token_offset` for a `rows_cols` collection."""
@@ -259,14 +216,15 @@ class VisualIndex:
     def __init__(
         self,
         embedder: ColQwen2Client | None,
-        qdrant: Any,
+        store: Store,
         settings: IndexSettings | None = None,
         visual_token_offset: int | None = None,
     ) -> None:
-        self.embedder, self.qdrant = embedder, qdrant
+        self.embedder, self.store = embedder, store
         self.settings = settings or IndexSettings()
         self._offset = visual_token_offset
         self._schema: Schema | None = None
+        self._muvera: Muvera | None = None
 
     # -- the collection ------------------------------------------------------------------------
 
@@ -275,91 +233,98 @@ class VisualIndex:
         return self.settings.collection
 
     def exists(self) -> bool:
-        return self.qdrant.collection_exists(self.name)
+        return self.store.metadata(self.name) is not None
+
+    def close(self) -> None:
+        self.store.close()
 
     @property
     def schema(self) -> Schema:
         """The collection's first stage and filterable fields (what these settings would create if none)."""
         if self._schema is None:
             wanted = self.settings.first_stage
-            exists = self.exists()
-            if exists:
-                stored = (self.qdrant.get_collection(self.name).config.metadata or {}).get(METADATA)
+            metadata = self.store.metadata(self.name)
+            if metadata is not None:
+                stored = metadata.get(METADATA)
                 # A collection from before the schema was stored: mean first stage, the default fields.
                 stored = stored or {"first_stage": "mean", "filter_fields": dict(DEFAULT_FILTER_FIELDS)}
                 schema = Schema(
-                    stored["first_stage"], dict(stored["filter_fields"]), stored.get("quantization", "none")
-                )
+                    stored["first_stage"], dict(stored["filter_fields"]), stored.get("quantization", "none"),
+                    dict(stored.get("muvera") or {}),
+                )  # fmt: skip
                 if wanted and wanted != schema.first_stage:
                     raise InvalidInputError(
                         f"collection {self.name!r} was created with first stage {schema.first_stage!r}, not "
                         f"{wanted!r}: index into a new collection to change it"
                     )
             else:
-                schema = Schema(
-                    wanted or DEFAULT_FIRST_STAGE, dict(self.settings.filter_fields), self.settings.quantization
-                )
+                stage = wanted or DEFAULT_FIRST_STAGE
+                muvera = _params(Muvera()) if stage == "muvera" else {}
+                schema = Schema(stage, dict(self.settings.filter_fields), self.settings.quantization, muvera)
             if schema.first_stage not in FIRST_STAGES:
                 raise InvalidInputError(f"first stage must be one of {', '.join(FIRST_STAGES)}")
-            if not exists:
+            if metadata is None:
                 return schema  # not cached: another client may create the collection first
             self._schema = schema
         return self._schema
 
-    def ensure_collection(self) -> None:
-        from qdrant_client import models
+    @property
+    def muvera(self) -> Muvera:
+        if self._muvera is None or _params(self._muvera) != self.schema.muvera:
+            self._muvera = Muvera(**self.schema.muvera)
+        return self._muvera
 
+    def spec(self) -> CollectionSpec:
+        """The collection these settings create: its vectors, payload indexes, schema and cluster settings."""
+        schema, s = self.schema, self.settings
+        vectors = {
+            POOLED: VectorSpec(EMBEDDING_DIM, DENSE),
+            # the exact rerank: every vector, no graph, float16 (half the bytes; MaxSim within 1e-4 relative)
+            MULTI: VectorSpec(EMBEDDING_DIM, MULTIVECTOR, hnsw=False, float16=True,
+                              quantization=schema.quantization, on_disk=s.on_disk),
+        }  # fmt: skip
+        if schema.first_stage == "rows_cols":
+            for name in (ROWS, COLS):
+                vectors[name] = VectorSpec(EMBEDDING_DIM, MULTIVECTOR)
+        if schema.first_stage == "muvera":
+            vectors[FDE] = VectorSpec(self.muvera.fde_dim, DENSE, distance="dot")
+        metadata = {
+            METADATA: {
+                "first_stage": schema.first_stage,
+                "filter_fields": schema.filter_fields,
+                "quantization": schema.quantization,
+                **({"muvera": schema.muvera} if schema.muvera else {}),
+            }
+        }
+        return CollectionSpec(
+            vectors, schema.filter_fields, metadata, s.shard_number, s.replication_factor,
+            s.write_consistency_factor, on_disk_payload=s.on_disk,
+        )  # fmt: skip
+
+    def ensure_collection(self) -> None:
         schema = self.schema
         if self.exists():
             return
         unknown = {k: v for k, v in schema.filter_fields.items() if v not in FILTER_TYPES}
         if unknown:
             raise InvalidInputError(f"filter field types must be one of {', '.join(FILTER_TYPES)}: {unknown}")
-        s = self.settings
-        quantization = quantization_config(schema.quantization)
-        multi = models.MultiVectorConfig(comparator=models.MultiVectorComparator.MAX_SIM)
-        vectors = {
-            POOLED: models.VectorParams(size=128, distance=models.Distance.COSINE),
-            MULTI: models.VectorParams(
-                size=128,
-                distance=models.Distance.COSINE,
-                multivector_config=multi,
-                hnsw_config=models.HnswConfigDiff(m=0),  # rerank only: no graph to build
-                on_disk=s.on_disk or None,
-            ),
-        }
-        if schema.first_stage == "rows_cols":
-            for name in (ROWS, COLS):
-                vectors[name] = models.VectorParams(size=128, distance=models.Distance.COSINE, multivector_config=multi)
-        self.qdrant.create_collection(
-            self.name,
-            vectors_config=vectors,
-            quantization_config=quantization,
-            shard_number=s.shard_number,
-            replication_factor=s.replication_factor,
-            write_consistency_factor=s.write_consistency_factor,
-            on_disk_payload=s.on_disk or None,
-            metadata={
-                METADATA: {
-                    "first_stage": schema.first_stage,
-                    "filter_fields": schema.filter_fields,
-                    "quantization": schema.quantization,
-                }
-            },
-        )
-        kinds = {"keyword": models.PayloadSchemaType.KEYWORD, "integer": models.PayloadSchemaType.INTEGER,
-                 "bool": models.PayloadSchemaType.BOOL}  # fmt: skip
-        with warnings.catch_warnings():  # the embedded mode warns that it has no payload indexes (README)
-            warnings.simplefilter("ignore", UserWarning)
-            for name, kind in schema.filter_fields.items():
-                self.qdrant.create_payload_index(self.name, name, field_schema=kinds[kind])
-            self.qdrant.create_payload_index(self.name, "sha256", field_schema=models.PayloadSchemaType.KEYWORD)
+        if schema.quantization not in QUANTIZATIONS:
+            raise InvalidInputError(
+                f"quantization must be one of {', '.join(QUANTIZATIONS)}, not {schema.quantization!r}"
+            )
+        self.store.create(self.name, self.spec())
 
     def count(self, where: Mapping[str, Any] | None = None) -> int:
         if not self.exists():
             return 0
-        flt = _filter(check_where(where, self.schema.filter_fields))
-        return self.qdrant.count(self.name, count_filter=flt, exact=True).count
+        return self.store.count(self.name, check_where(where, self.schema.filter_fields))
+
+    def optimize(self) -> bool:
+        """Build what waits: the HNSW graphs and quantized vectors of new points once enough wait (qdrant-edge:
+        20 MB of vectors, about 175 items; fewer are searched exactly, and fast), vacuum of replaced ones; whether
+        anything was built. qdrant-edge builds in this process and blocks its Python threads while it runs (so
+        the gateway never calls it: `colqwen2 index` does); a server builds by itself (False)."""
+        return self.store.optimize(self.name) if self.exists() else False
 
     def visual_token_offset(self) -> int:
         if self._offset is None:
@@ -374,8 +339,7 @@ class VisualIndex:
         """Payload of the points that exist among `ids`."""
         found: dict[str, dict[str, Any]] = {}
         for start in range(0, len(ids), 256):
-            points = self.qdrant.retrieve(self.name, ids=list(ids[start : start + 256]), with_payload=True)
-            found |= {str(p.id): dict(p.payload or {}) for p in points}
+            found |= {r.id: r.payload for r in self.store.retrieve(self.name, ids[start : start + 256])}
         return found
 
     def payload(self, item: CatalogItem, data: bytes, sha: str) -> dict[str, Any]:
@@ -385,31 +349,24 @@ class VisualIndex:
         payload["indexed_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         return payload
 
-    def point(self, item: CatalogItem, payload: dict[str, Any], embedding: Embedding):
-        """The point for an item: all its vectors and its payload, written in one upsert.
-
-        Built without pydantic's validation (the vectors are float32 arrays of the right shapes by
-        construction), and for the embedded mode as arrays, which it stores as they are: the
-        validation and list conversion cost 13 of its 16 CPU-ms per point, CPU that Triton needs on
-        a small machine."""
-        from qdrant_client import models
-
-        as_given = self._local()
+    def vectors(self, embedding: Embedding, where: str = "the image") -> dict[str, np.ndarray]:
+        """Every named vector of a point from its embedding: the stored multivector (after any token pooling),
+        the mean, and the first stage's own (rows/cols from the grid, or the MUVERA encoding)."""
         stored = pool_tokens(embedding.vectors, self.settings.pool_factor)
         arrays: dict[str, np.ndarray] = {POOLED: embedding.pooled, MULTI: stored}
-        if self.schema.first_stage == "rows_cols":
+        stage = self.schema.first_stage
+        if stage == "rows_cols":
             if embedding.grid is None:
-                raise InvalidInputError(f"{item.where}: the server returned no grid: rows_cols needs it")
+                raise InvalidInputError(f"{where}: the server returned no grid: rows_cols needs it")
             arrays[ROWS], arrays[COLS] = rows_cols(embedding.vectors, embedding.grid, self.visual_token_offset())
-        # The embedded mode normalises a replaced point's arrays in place: give it copies of ours.
-        vectors = {name: np.array(a, dtype=np.float32) if as_given else a.tolist() for name, a in arrays.items()}
-        return models.PointStruct.model_construct(id=item.id, vector=vectors, payload=payload), len(stored)
+        elif stage == "muvera":
+            arrays[FDE] = self.muvera.encode_document(embedding.vectors)
+        return arrays
 
-    def _local(self) -> bool:
-        """Embedded Qdrant (qdrant-client's local mode), not a server."""
-        from qdrant_client.local.qdrant_local import QdrantLocal
-
-        return isinstance(getattr(self.qdrant, "_client", None), QdrantLocal)
+    def point(self, item: CatalogItem, payload: dict[str, Any], embedding: Embedding) -> tuple[Record, int]:
+        """The point for an item: all its vectors and its payload, written in one upsert; and its stored count."""
+        arrays = self.vectors(embedding, item.where)
+        return Record(item.id, payload, arrays), len(arrays[MULTI])
 
     def index(
         self,
@@ -491,10 +448,10 @@ class VisualIndex:
     def write(self, item: CatalogItem, payload: dict[str, Any], embedding: Embedding | None = None) -> None:
         """Write one item now, waiting for Qdrant: its whole point from `embedding`, or only its payload."""
         if embedding is None:
-            self.qdrant.overwrite_payload(self.name, payload=payload, points=[item.id], wait=True)
+            self.store.overwrite_payload(self.name, item.id, payload)
         else:
             point, _ = self.point(item, payload, embedding)
-            self.qdrant.upsert(self.name, points=[point], wait=True)
+            self.store.upsert(self.name, [point])
 
     def _sort(self, chunk, loads, stored, report):
         """Split a chunk into (item, data, payload) to embed and (item, payload) to update in place."""
@@ -525,10 +482,10 @@ class VisualIndex:
         try:
             for start in range(0, len(points), batch):
                 part = points[start : start + batch]
-                self.qdrant.upsert(self.name, points=[p for p, _, _ in part], wait=wait)
+                self.store.upsert(self.name, [p for p, _, _ in part], wait=wait)
                 done.extend(part)
             for item, payload in payload_only:
-                self.qdrant.overwrite_payload(self.name, payload=payload, points=[item.id], wait=wait)
+                self.store.overwrite_payload(self.name, item.id, payload, wait=wait)
                 updated += 1
         except Exception as exc:  # Qdrant refused or went away: what was not written is reported failed
             return done, points[len(done) :], updated, exc
@@ -549,24 +506,14 @@ class VisualIndex:
 
     def prune(self, keep: Iterable[str]) -> int:
         """Delete every point whose key is not in `keep`; how many."""
-        from qdrant_client import models
-
         keep_ids = {point_id(key) for key in keep}
-        stale: list[str] = []
-        offset = None
-        while True:
-            points, offset = self.qdrant.scroll(self.name, limit=1024, offset=offset, with_payload=False)
-            stale.extend(str(p.id) for p in points if str(p.id) not in keep_ids)
-            if offset is None:
-                break
+        stale = [pid for pid in self.store.ids(self.name) if pid not in keep_ids]
         for start in range(0, len(stale), 1024):
-            self.qdrant.delete(self.name, points_selector=models.PointIdsList(points=stale[start : start + 1024]))
+            self.store.delete_ids(self.name, stale[start : start + 1024])
         return len(stale)
 
     def delete(self, keys: Sequence[str] = (), where: Mapping[str, Any] | None = None) -> int:
         """Delete points by key and/or by filter; how many were deleted."""
-        from qdrant_client import models
-
         if not keys and not where:
             raise InvalidInputError("delete needs keys or a filter (deleting everything is `drop the collection`)")
         if not self.exists():
@@ -575,11 +522,11 @@ class VisualIndex:
         if keys:
             ids = [point_id(k) for k in keys]
             deleted += len(self._stored(ids))
-            self.qdrant.delete(self.name, points_selector=models.PointIdsList(points=ids), wait=True)
+            self.store.delete_ids(self.name, ids)
         if where:
-            flt = _filter(check_where(where, self.schema.filter_fields))
-            deleted += self.qdrant.count(self.name, count_filter=flt, exact=True).count
-            self.qdrant.delete(self.name, points_selector=models.FilterSelector(filter=flt), wait=True)
+            checked = check_where(where, self.schema.filter_fields)
+            deleted += self.store.count(self.name, checked)
+            self.store.delete_where(self.name, checked)
         return deleted
 
     # -- searching -----------------------------------------------------------------------------
@@ -609,42 +556,34 @@ class VisualIndex:
         first_stage: str | None = None,
     ) -> list[Hit]:
         """First stage (the collection's, or `first_stage`), then MaxSim over its candidates."""
-        from qdrant_client import models
-
-        flt = _filter(check_where(where, self.schema.filter_fields))
+        checked = check_where(where, self.schema.filter_fields)
         candidates = max(prefetch_limit or self.settings.prefetch_limit, limit)
-        vectors = query.vectors.tolist()
-        params = search_params(self.schema.quantization)
-        prefetch = [
-            models.Prefetch(query=vector, using=name, limit=candidates, filter=flt, params=params)
-            for vector, name in self._first_stage_queries(query, first_stage)
-        ] or None
+        stages = [Stage(name, vector, candidates) for vector, name in self._first_stage_queries(query, first_stage)]
+        quantized = "rescore" if self.schema.quantization != "none" else "default"
         # The cut is made here, so tied scores (common with random weights) are ordered by key, not by whatever
         # order the engine returns them in: a few more than `limit` are fetched, more while the last one still
         # ties with the limit-th.
         cap, fetch = max(limit, candidates), limit + TIE_LOOKAHEAD
         while True:
-            result = self.qdrant.query_points(
-                self.name, prefetch=prefetch, query=vectors, using=MULTI, limit=min(fetch, cap),
-                query_filter=flt, search_params=params, with_payload=True,
-            )  # fmt: skip
-            hits = ordered(Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in result.points)
+            found = self.store.query(self.name, query.vectors, MULTI, min(fetch, cap), checked, stages, quantized)
+            hits = ordered(Hit(p.id, p.score, p.payload) for p in found)
             if len(hits) < min(fetch, cap) or fetch >= cap or len(hits) <= limit:
                 return hits[:limit]
             if hits[limit - 1] not in _tie_groups(hits)[-1]:  # the limit-th is clear of the last fetched
                 return hits[:limit]
             fetch *= 4
 
-    def _first_stage_queries(self, query: Embedding, first_stage: str | None) -> list[tuple[list, str]]:
+    def _first_stage_queries(self, query: Embedding, first_stage: str | None) -> list[tuple[np.ndarray, str]]:
         """(query vector, named vector) pairs of a first stage (the collection's, or `first_stage`); [] for none."""
         stage = first_stage or self.schema.first_stage
         if stage == "none":
             return []
         if stage == "mean":
-            return [(query.pooled.tolist(), POOLED)]
-        if stage == "rows_cols" and self.schema.first_stage == "rows_cols":
-            vectors = query.vectors.tolist()
-            return [(vectors, ROWS), (vectors, COLS)]
+            return [(query.pooled, POOLED)]
+        if stage == self.schema.first_stage == "rows_cols":
+            return [(query.vectors, ROWS), (query.vectors, COLS)]
+        if stage == self.schema.first_stage == "muvera":
+            return [(self.muvera.encode_query(query.vectors), FDE)]
         raise InvalidInputError(f"collection {self.name!r} has no {stage!r} first stage")
 
     def first_stage_hits(
@@ -654,27 +593,76 @@ class VisualIndex:
         where: Mapping[str, Any] | None = None,
         first_stage: str | None = None,
     ) -> list[Hit]:
-        """What the first stage hands the rerank, with its own scores: the pooled vector's cosine (`mean`), or the
-        best of the rows' and the columns' MaxSim (`rows_cols`, the union of both candidate lists). `none`: []."""
-        flt = _filter(check_where(where, self.schema.filter_fields))
+        """What the first stage hands the rerank, with its own scores: the pooled vector's cosine (`mean`), the
+        best of the rows' and the columns' MaxSim (`rows_cols`, the union of both candidate lists), the MUVERA
+        dot product (`muvera`). `none`: []."""
+        checked = check_where(where, self.schema.filter_fields)
         limit = limit or self.settings.prefetch_limit
-        params = search_params(self.schema.quantization)
         best: dict[str, Hit] = {}
         for vector, name in self._first_stage_queries(query, first_stage):
-            result = self.qdrant.query_points(
-                self.name, query=vector, using=name, limit=limit, query_filter=flt, search_params=params,
-                with_payload=True,
-            )  # fmt: skip
-            for p in result.points:
-                hit = Hit(str(p.id), float(p.score), dict(p.payload or {}))
-                if hit.id not in best or hit.score > best[hit.id].score:
-                    best[hit.id] = hit
+            for p in self.store.query(self.name, vector, name, limit, checked):
+                if p.id not in best or p.score > best[p.id].score:
+                    best[p.id] = Hit(p.id, p.score, p.payload)
         return ordered(best.values())
 
     def stored_vectors(self, ids: Sequence[str], name: str = MULTI) -> dict[str, np.ndarray]:
-        """A named vector as stored (`colqwen2`: after any token pooling), by point id."""
-        points = self.qdrant.retrieve(self.name, ids=list(ids), with_vectors=[name])
-        return {str(p.id): np.asarray(p.vector[name], dtype=np.float32) for p in points}
+        """A named vector as stored (`colqwen2`: after any token pooling, in float16), by point id."""
+        return {r.id: r.vectors[name] for r in self.store.retrieve(self.name, list(ids), False, [name])}
+
+    def records(self, ids: Sequence[str], vectors: Sequence[str] = ()) -> list[Record]:
+        """Stored points (payload, and the named vectors asked for)."""
+        return self.store.retrieve(self.name, list(ids), True, vectors)
+
+
+def migrate(old: str | Path, index: VisualIndex, batch: int = 256) -> int:
+    """Copy the collection `index.name` of an index written by qdrant-client's local mode (this project's
+    embedded index before qdrant-edge) into `index`, without embedding anything again; how many points.
+
+    The stored vectors and payloads are kept; the filter fields and quantization too unless `index.settings`
+    name a first stage of their own; the first stage's vectors are computed from the stored ones (MUVERA, the
+    mean) or copied (rows/cols, when the old collection had them). `old` is only read."""
+    from dataclasses import replace
+
+    from qdrant_client import QdrantClient
+
+    if index.exists() and index.count():
+        raise InvalidInputError(f"collection {index.name!r} is not empty here: migrate into a new folder")
+    source = QdrantClient(path=str(old))
+    try:
+        if not source.collection_exists(index.name):
+            raise InvalidInputError(f"{old} has no collection {index.name!r}")
+        meta = (source.get_collection(index.name).config.metadata or {}).get(METADATA) or {}
+        fields_ = dict(meta.get("filter_fields") or DEFAULT_FILTER_FIELDS)
+        index.settings = replace(index.settings, filter_fields=fields_)
+        index._schema = None
+        stage = index.schema.first_stage
+        if stage == "rows_cols" and meta.get("first_stage") != "rows_cols":
+            raise InvalidInputError(f"{old} has no rows/cols vectors: migrate with first stage muvera or mean")
+        index.ensure_collection()
+        names = [POOLED, MULTI] + ([ROWS, COLS] if stage == "rows_cols" else [])
+        copied, offset = 0, None
+        while True:
+            points, offset = source.scroll(
+                index.name, limit=batch, offset=offset, with_payload=True, with_vectors=names
+            )
+            records = []
+            for p in points:
+                arrays = {n: np.asarray(p.vector[n], dtype=np.float32) for n in names}
+                if stage == "muvera":
+                    arrays[FDE] = index.muvera.encode_document(arrays[MULTI])
+                records.append(Record(str(p.id), dict(p.payload or {}), arrays))
+            if records:
+                index.store.upsert(index.name, records)
+            copied += len(records)
+            if offset is None:
+                return copied
+    finally:
+        source.close()
+
+
+def _params(encoder: Muvera) -> dict[str, Any]:
+    """An encoder's parameters, as a collection's schema keeps them (the same ones rebuild the same encoder)."""
+    return {f.name: getattr(encoder, f.name) for f in fields(encoder) if f.init}
 
 
 def _unique(items: list[CatalogItem], report: IndexReport) -> list[CatalogItem]:

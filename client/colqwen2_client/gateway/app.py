@@ -56,6 +56,12 @@ class GatewaySettings:
     qdrant_path: str = field(default_factory=lambda: os.environ.get("COLQWEN2_QDRANT_PATH", ""))
     qdrant_api_key: str = field(default_factory=lambda: os.environ.get("QDRANT_API_KEY", ""), repr=False)
     collection: str = "visual_embeddings"
+    # A new collection's settings (the first /index creates it); None: the index's and Qdrant's defaults.
+    shards: int | None = None
+    replication_factor: int | None = None
+    write_consistency_factor: int | None = None
+    on_disk: bool = False
+    quantization: str | None = None
 
 
 class ErrorResponse(BaseModel):
@@ -216,7 +222,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         for client in clients.values():
             await client.close()
         if "index" in catalog:
-            catalog["index"].qdrant.close()
+            catalog["index"].close()
 
     class EmbedBatchRequest(BaseModel):
         images: list[str] = Field(max_length=settings.max_batch, description="base64-encoded image files")
@@ -314,7 +320,15 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
                 offset = int((await client_for(None).server_info())["visual_token_offset"])
                 path, url, key = settings.qdrant_path or None, settings.qdrant_url or None, settings.qdrant_api_key
                 qdrant = await run_in_threadpool(open_qdrant, path, url, key or None)
-                catalog["index"] = VisualIndex(None, qdrant, IndexSettings(collection=settings.collection), offset)
+                index_settings = IndexSettings(
+                    collection=settings.collection,
+                    shard_number=settings.shards,
+                    replication_factor=settings.replication_factor,
+                    write_consistency_factor=settings.write_consistency_factor,
+                    on_disk=settings.on_disk,
+                    **({"quantization": settings.quantization} if settings.quantization else {}),
+                )
+                catalog["index"] = VisualIndex(None, qdrant, index_settings, offset)
         return catalog["index"]
 
     async def on_index(fn, *args):

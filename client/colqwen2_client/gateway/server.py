@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from .._constants import DEFAULT_TIMEOUT, MODELS
+from ..qdrant import DEFAULT_QUANTIZATION, QUANTIZATIONS
 from .app import GatewaySettings, create_app
 
 
@@ -25,6 +26,13 @@ def read_token(path: Path | None) -> str:
     if token and (not token.isascii() or not token.isprintable() or " " in token):
         raise ValueError("the token must be printable ASCII without spaces")
     return token
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,9 +69,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="the catalog index behind /search and /index: a Qdrant server (env QDRANT_URL; its key "
                         "in QDRANT_API_KEY)")  # fmt: skip
     parser.add_argument("--qdrant-path", default=defaults.qdrant_path,
-                        help="or an embedded Qdrant folder (env COLQWEN2_QDRANT_PATH); neither: /search and /index "
-                        "answer 503")  # fmt: skip
+                        help="or a local index folder, Qdrant in process (env COLQWEN2_QDRANT_PATH); neither: /search "
+                        "and /index answer 503")  # fmt: skip
     parser.add_argument("--collection", default=defaults.collection, help="(default: %(default)s)")
+    # A new collection's settings: the first /index creates the collection with them (as `colqwen2 index`).
+    parser.add_argument("--shards", type=positive_int, help="a new collection's shard number (a Qdrant cluster)")
+    parser.add_argument("--replication-factor", type=positive_int, help="a new collection's replication factor")
+    parser.add_argument("--write-consistency-factor", type=positive_int, help="replicas that must confirm a write")
+    parser.add_argument("--on-disk", action="store_true", help="keep the multivectors and payload on disk")
+    parser.add_argument("--quantization", choices=list(QUANTIZATIONS),
+                        help=f"a new collection's quantization (default: {DEFAULT_QUANTIZATION})")  # fmt: skip
     args = parser.parse_args(argv)
     try:
         token = read_token(args.token_file)
@@ -89,6 +104,11 @@ def main(argv: list[str] | None = None) -> int:
         qdrant_path=args.qdrant_path,
         qdrant_api_key=defaults.qdrant_api_key,
         collection=args.collection,
+        shards=args.shards,
+        replication_factor=args.replication_factor,
+        write_consistency_factor=args.write_consistency_factor,
+        on_disk=args.on_disk,
+        quantization=args.quantization,
     )
     if not token and args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"colqwen2-gateway: no token on {args.host}: anyone who reaches it can embed", file=sys.stderr)

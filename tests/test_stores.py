@@ -1,0 +1,171 @@
+"""The two engines behind VisualIndex with the same semantics, on synthetic embeddings (no server needed).
+
+`edge`: Qdrant's engine in process (the default, a local folder). `server`: qdrant-client, the code path a
+Qdrant server or cluster gets; its local mode stands in for the server, which cannot run here.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from colqwen2_client.catalog import CatalogItem, point_id
+from colqwen2_client.errors import InvalidInputError
+from colqwen2_client.qdrant import FIRST_STAGES, MULTI, IndexSettings, VisualIndex, migrate, open_qdrant
+from colqwen2_client.scoring import maxsim
+from colqwen2_client.stores import EdgeStore, ServerStore
+from colqwen2_client.types import Embedding
+
+OFFSET = 3  # prompt tokens before the visual ones in these synthetic embeddings
+
+
+def embedding(rng: np.random.Generator, rows: int, cols: int, base: np.ndarray | None = None) -> Embedding:
+    n = OFFSET + rows * cols + 4
+    v = rng.standard_normal((n, 128)).astype(np.float32)
+    if base is not None:
+        v[: len(base)] += 2 * base[: len(v)]
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    pooled = v.mean(0)
+    return Embedding(v, (pooled / np.linalg.norm(pooled)).astype(np.float32), grid=(rows, cols))
+
+
+def catalog(n: int = 60, seed: int = 0) -> list[tuple[CatalogItem, Embedding, dict]]:
+    """Families of 6 alike items (neighbours exist), each with a kind and a marketplace."""
+    rng = np.random.default_rng(seed)
+    bases = [rng.standard_normal((200, 128)).astype(np.float32) / np.sqrt(128) * 4 for _ in range(n // 6 + 1)]
+    out = []
+    for i in range(n):
+        key = f"item-{i:03d}"
+        payload = {"kind": "keepa_chart" if (i // 6) % 2 else "product_image", "marketplace": ["DE", "US", "UK"][i % 3]}
+        item = CatalogItem(key=key, source=f"memory:{key}", payload=payload, data=key.encode())
+        out.append((item, embedding(rng, 4 + i % 5, 6 + i % 4, bases[i // 6]), payload))
+    return out
+
+
+@pytest.fixture(params=["edge", "server"])
+def store(request, tmp_path):
+    if request.param == "edge":
+        s = open_qdrant(tmp_path / "qdrant")
+    else:
+        from qdrant_client import QdrantClient
+
+        s = ServerStore(QdrantClient(location=":memory:"))
+    yield s
+    s.close()
+
+
+def fill(index: VisualIndex, items) -> None:
+    index.ensure_collection()
+    for item, emb, payload in items:
+        index.write(item, index.payload(item, item.data, "sha") | payload, emb)
+
+
+@pytest.mark.parametrize("first_stage", FIRST_STAGES)
+def test_both_engines_search_exactly_within_filters(store, first_stage):
+    """Every first stage, filtered or not, with a prefetch as wide as the catalog: the brute-force MaxSim answer
+    over the stored vectors, in both engines."""
+    index = VisualIndex(None, store, IndexSettings(first_stage=first_stage, prefetch_limit=100), OFFSET)
+    items = catalog()
+    fill(index, items)
+    assert index.count() == 60 and index.count({"kind": "keepa_chart"}) == 30
+    stored = index.stored_vectors([i.id for i, _, _ in items])
+    assert np.allclose(stored[items[0][0].id], items[0][1].vectors, atol=5e-4)  # float16 storage
+    rng = np.random.default_rng(1)
+    for q, where in [
+        (items[7][1], None),
+        (embedding(rng, 2, 3, None), {"kind": "keepa_chart"}),
+        (items[20][1], {"marketplace": ["DE", "UK"], "kind": "product_image"}),
+    ]:
+        wanted = {k: v if isinstance(v, list) else [v] for k, v in (where or {}).items()}
+        allowed = [i for i, _, p in items if all(p[k] in v for k, v in wanted.items())]
+        brute = {i.id: maxsim(q.vectors, stored[i.id]) for i in allowed}
+        expected = sorted(brute, key=lambda pid: -brute[pid])[:5]
+        hits = index.search_embedding(q, limit=5, where=where)
+        assert [h.id for h in hits] == expected, (first_stage, where)
+        assert np.allclose([h.score for h in hits], [brute[h.id] for h in hits], rtol=1e-4)
+    if first_stage != "none":
+        first = index.first_stage_hits(items[7][1], limit=5)
+        assert 0 < len(first) <= 10 and items[7][0].id in {h.id for h in first}
+
+
+def test_both_engines_refresh_delete_and_prune(store):
+    index = VisualIndex(None, store, IndexSettings(), OFFSET)
+    items = catalog(24)
+    fill(index, items)
+    item, _, payload = items[0]
+    new = embedding(np.random.default_rng(9), 5, 5)
+    index.write(item, index.payload(item, item.data, "sha2") | payload, new)
+    (record,) = index.records([item.id], vectors=[MULTI])
+    assert record.payload["sha256"] == "sha2" and np.allclose(record.vectors[MULTI], new.vectors, atol=5e-4)
+    index.write(item, record.payload | {"category": "toys"})  # payload only
+    assert index.records([item.id])[0].payload["category"] == "toys" and index.count() == 24
+    assert index.delete(keys=[item.key, "never"]) == 1 and index.count() == 23
+    assert index.delete(where={"kind": "product_image"}) == 11 and index.count() == 12
+    assert index.prune([i.key for i, _, _ in items[6:9]]) == 9 and index.count() == 3
+    assert sorted(store.ids(index.name)) == sorted(i.id for i, _, _ in items[6:9])
+
+
+def test_the_local_engine_indexes_in_steps_and_searches_what_waits(tmp_path):
+    """Written points wait in the appendable segment, searched exactly; optimize() indexes them (HNSW, int8);
+    replaced points wait again while the rest stays indexed; all of it survives a reopen."""
+    small = VisualIndex(None, open_qdrant(tmp_path / "small"), visual_token_offset=OFFSET)
+    fill(small, catalog(12))
+    assert not small.optimize()  # 12 items are far below the 20 MB threshold: nothing to build, searched exactly
+    small.close()
+    index = VisualIndex(None, EdgeStore(tmp_path / "q", indexing_threshold_kb=1), visual_token_offset=OFFSET)
+    items = catalog(60)
+    fill(index, items[:30])
+    assert index.search_embedding(items[4][1], limit=1)[0].id == items[4][0].id  # waiting, found
+    fill(index, items[30:])
+    assert index.optimize()
+    info = index.store._shard(index.name).info()
+    assert info.indexed_vectors_count >= 60 * 3  # pooled, muvera and the multivector of every point
+    fill(index, items[:2])  # a refresh: two replaced points wait, the rest is indexed
+    assert index.count() == 60
+    for k in (1, 40):
+        assert index.search_embedding(items[k][1], limit=1)[0].id == items[k][0].id
+    assert index.optimize()
+    index.close()
+    reopened = VisualIndex(None, open_qdrant(tmp_path / "q"))
+    assert reopened.count() == 60 and reopened.search_embedding(items[40][1], limit=1)[0].id == items[40][0].id
+    reopened.close()
+
+
+def test_one_process_at_a_time_and_a_killed_collection_creation(tmp_path):
+    first = open_qdrant(tmp_path / "q")
+    with pytest.raises(InvalidInputError, match=r"is open in process \d+"):
+        open_qdrant(tmp_path / "q")
+    first.close()
+    (tmp_path / "q" / "visual_embeddings" / "segments").mkdir(parents=True)  # created, schema never written
+    index = VisualIndex(None, open_qdrant(tmp_path / "q"), visual_token_offset=OFFSET)
+    assert not index.exists() and index.count() == 0
+    fill(index, catalog(6))
+    assert index.count() == 6
+    index.close()
+
+
+def test_migrate_copies_the_previous_local_mode_without_embedding(tmp_path):
+    """An index written by qdrant-client's local mode: refused with the way out, then migrated: same points,
+    payloads and MaxSim answers, the new first stage computed from the stored vectors."""
+    from qdrant_client import QdrantClient
+
+    old = ServerStore(QdrantClient(path=str(tmp_path / "old")))
+    before = VisualIndex(None, old, IndexSettings(first_stage="rows_cols", quantization="none"), OFFSET)
+    items = catalog(30)
+    fill(before, items)
+    query = items[11][1]
+    expected = [(h.id, round(h.score, 2)) for h in before.search_embedding(query, limit=5, first_stage="none")]
+    old.close()
+    with pytest.raises(InvalidInputError, match="colqwen2 migrate"):
+        open_qdrant(tmp_path / "old")
+    for stage in ("muvera", "rows_cols"):
+        index = VisualIndex(None, open_qdrant(tmp_path / stage), IndexSettings(first_stage=stage))
+        assert migrate(tmp_path / "old", index) == 30
+        assert index.count() == 30 and index.schema.first_stage == stage
+        assert index.records([point_id("item-003")])[0].payload["marketplace"] == "DE"
+        got = [(h.id, round(h.score, 2)) for h in index.search_embedding(query, limit=5)]
+        assert got == expected
+        index.close()
+    meta = json.loads((tmp_path / "muvera" / "visual_embeddings.colqwen2.json").read_text())
+    assert meta["colqwen2"]["first_stage"] == "muvera" and "muvera" in meta["vectors"]
