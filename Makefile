@@ -24,7 +24,7 @@ STAMP := $(VENV)/.installed
 RANDOM_SIZES := tiny medium wide real
 RANDOM_SIZE = $(filter $(notdir $(CHECKPOINT)),$(RANDOM_SIZES))
 
-.PHONY: help setup checkpoint export serve gateway demo helm-lint test test-container-env gpu-check test-slow lint format bench bench-export bench-memory bench-pooling bench-catalog soak clean
+.PHONY: help setup checkpoint export serve gateway demo helm-lint test test-container-env gpu-check test-slow lint format bench bench-export bench-memory bench-pooling bench-catalog bench-scale soak clean
 
 help: ## list the targets (bold names on a terminal, plain text when piped)
 	@if [ -t 1 ]; then bold='\033[1m'; plain='\033[0m'; else bold=; plain=; fi; \
@@ -112,6 +112,11 @@ bench-pooling: $(STAMP) ## token pooling at index time: storage saved vs ranking
 bench-catalog: $(STAMP) ## catalog indexing: bulk speed vs raw embedding, first-stage recall@10 vs exact MaxSim (2000 images, OUT's export)
 	@[ -f "$(OUT)/manifest.json" ] || $(MAKE) --no-print-directory export CHECKPOINT="$(CHECKPOINT)" OUT="$(OUT)"
 	$(PY) -m bench.catalog --artifacts "$(OUT)" $(BENCH_ARGS)
+
+SCALE_ITEMS ?= 10000 100000
+bench-scale: $(STAMP) ## catalog search at scale: Qdrant in process at SCALE_ITEMS items: build, recall@10 vs exact MaxSim, latency, refresh (~1 h)
+	@[ -f "$(OUT)/manifest.json" ] || $(MAKE) --no-print-directory export CHECKPOINT="$(CHECKPOINT)" OUT="$(OUT)"
+	$(PY) -m bench.scale --artifacts "$(OUT)" --items $(SCALE_ITEMS) $(BENCH_ARGS)
 
 DURATION ?= 1800
 soak: $(STAMP) ## DURATION seconds of mixed traffic (SDK, gateway, 5 % bad input, health) against `make serve`: fails on any error for a good input or on growing memory

@@ -46,7 +46,8 @@ from bench import scale_data as data
 LIMIT = 10
 SEED = 20261206
 WHERE = {"chart": {"kind": "keepa_chart"}, "narrow": {"kind": "product_image", "marketplace": "DE"}}
-ROWS_COLS_MAX = 20_000  # rows/cols HNSW over a multivector per point: 12 min at 20,000 items (FACTS); not at 100,000
+MUVERA_MAX = 20_000  # a 2048-dim HNSW costs ~16x the mean's to build: measured at 10,000, not at 100,000
+TIE = 1e-3  # exact scores within 0.1 % of the 10th count as the top 10 (float16 storage moves scores ~1e-4)
 
 
 def _rss_mb() -> float:
@@ -72,36 +73,36 @@ def _du(path: Path) -> int:
 
 
 def _stages(items: int) -> list[str]:
-    return ["mean", "muvera"] + (["rows_cols"] if items <= ROWS_COLS_MAX else [])
+    return ["mean", "rows_cols"] + (["muvera"] if items <= MUVERA_MAX else [])
 
 
 def _index(folder: Path, items: int, create: bool):
     """A VisualIndex on `folder` whose collection carries every first stage measured at this size."""
-    from colqwen2_client.qdrant import COLS, ROWS, IndexSettings, VisualIndex, open_qdrant
-    from colqwen2_client.stores import MULTIVECTOR, CollectionSpec, VectorSpec
+    from colqwen2_client.qdrant import FDE, IndexSettings, VisualIndex, open_qdrant
+    from colqwen2_client.stores import DENSE, CollectionSpec, VectorSpec
 
-    index = VisualIndex(None, open_qdrant(folder), IndexSettings(first_stage="muvera"), visual_token_offset=0)
+    index = VisualIndex(None, open_qdrant(folder), IndexSettings(), visual_token_offset=0)  # the defaults
     if create and not index.exists():
         spec = index.spec()
         vectors = dict(spec.vectors)
-        if "rows_cols" in _stages(items):
-            vectors |= {ROWS: VectorSpec(128, MULTIVECTOR), COLS: VectorSpec(128, MULTIVECTOR)}
+        if "muvera" in _stages(items):
+            vectors[FDE] = VectorSpec(index.muvera.fde_dim, DENSE, distance="dot")
         index.store.create(index.name, CollectionSpec(vectors, spec.filter_fields, spec.metadata))
     return index
 
 
 def _record(index, item, bases):
     from colqwen2_client.catalog import point_id
-    from colqwen2_client.qdrant import COLS, ROWS
+    from colqwen2_client.qdrant import FDE
     from colqwen2_client.stores import Record
-    from colqwen2_client.token_pooling import rows_cols
     from colqwen2_client.types import Embedding
 
     pooled = item.vectors.mean(0)
     embedding = Embedding(item.vectors, (pooled / np.linalg.norm(pooled)).astype(np.float32), grid=item.grid)
-    vectors = index.vectors(embedding, item.key)
-    if ROWS in index.store.metadata(index.name)["vectors"]:
-        vectors[ROWS], vectors[COLS] = rows_cols(item.vectors, item.grid, len(bases[0].prefix))
+    index._offset = len(bases[0].prefix)  # the prompt tokens before the visual ones
+    vectors = index.vectors(embedding, item.key)  # pooled, colqwen2, rows, cols: what the index writes itself
+    if FDE in index.store.metadata(index.name)["vectors"]:
+        vectors[FDE] = index.muvera.encode_document(item.vectors)
     return Record(point_id(item.key), item.payload, vectors)
 
 
@@ -128,16 +129,15 @@ def build(args) -> dict:
             batch = []
         if (i + 1) % max(1, args.items // 20) == 0:
             print(f"  built {i + 1}/{args.items} in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
-    waiting = index.pending()
     t = time.perf_counter()
-    index.optimize(force=True)
+    index.optimize()
     optimize = time.perf_counter() - t
     segments = index.store.segments(index.name)
     index.close()
     return {
         "items": args.items, "vectors": vectors, "vectors_per_item": round(vectors / args.items, 1),
         "stages": _stages(args.items), "generate_encode_s": round(encode, 1), "upsert_s": round(write, 1),
-        "optimize_s": round(optimize, 1), "optimized_points": waiting, "segments": segments,
+        "optimize_s": round(optimize, 1), "segments": segments,
         "total_s": round(time.perf_counter() - started, 1),
         "items_per_s": round(args.items / (time.perf_counter() - started), 1),
         "peak_rss_mb": round(_rss_mb()), "disk_bytes": _du(folder),
@@ -195,7 +195,7 @@ def _truth(scores: np.ndarray, allowed: np.ndarray | None, keys: list[str]) -> l
     for row in scores:
         masked = np.where(allowed, row, -np.inf) if allowed is not None else row
         tenth = np.sort(masked)[-LIMIT]
-        tops.append({keys[i] for i in np.flatnonzero(masked >= tenth - 1e-4 * abs(tenth))})
+        tops.append({keys[i] for i in np.flatnonzero(masked >= tenth - TIE * abs(tenth))})
     return tops
 
 
@@ -219,8 +219,8 @@ def search(args) -> dict:
     index = _index(folder, args.items, create=False)
     index.count()
     load_s = time.perf_counter() - t
-    with np.load(args.workdir / f"queries-{args.items}.npz", allow_pickle=True) as f:
-        sets = {k: list(f[k]) for k in ("image", "text", "random")}
+    with np.load(args.workdir / f"queries-{args.items}.npz") as f:
+        sets = {k: _unpack(f, k) for k in ("image", "text", "random")}
         scores = {k: f[f"scores_{k}"] for k in ("image", "text", "random")}
     keys = [point_id(data.make_key(i, SEED)) for i in range(args.items)]
     payloads = _payloads(args.items)
@@ -256,6 +256,8 @@ def search(args) -> dict:
             for stage, prefetch, quantized in plan:
                 if kind == "random" and (where != "none" or quantized != "rescore"):
                     continue
+                if kind == "image" and stage == "rows_cols" and args.items > MUVERA_MAX:
+                    continue  # an image's hundreds of tokens against each HNSW node's rows/cols: seconds per query
                 lat, rec = [], []
                 for q, expected in zip(qs, truth, strict=True):
                     run(q, stage, prefetch, where, quantized)  # warm: the first call maps the files
@@ -269,18 +271,31 @@ def search(args) -> dict:
                     "p50_ms": _pct(lat, 50), "p95_ms": _pct(lat, 95), "p99_ms": _pct(lat, 99),
                 })  # fmt: skip
                 print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    # the index's own search (the default first stage and prefetch): same answers, timed as a user calls it
-    own = []
-    for q in sets["image"] + sets["text"]:
-        pooled = q.mean(0)
-        e = Embedding(q, (pooled / np.linalg.norm(pooled)).astype(np.float32))
-        t = time.perf_counter()
-        index.search_embedding(e, LIMIT)
-        own.append(time.perf_counter() - t)
+    # the index's own search with its defaults (text: rows_cols, prefetch 100; images: mean, prefetch 20), as a
+    # user calls it: latency and recall per query kind, with and without a filter
+    own = {}
+    for kind in ("image", "text"):
+        for where in masks:
+            truth = _truth(scores[kind], masks[where], keys)
+            lat, rec = [], []
+            for q, expected in zip(sets[kind], truth, strict=True):
+                pooled = q.mean(0)
+                e = Embedding(q, (pooled / np.linalg.norm(pooled)).astype(np.float32))
+                index.search_embedding(e, LIMIT, WHERE.get(where))
+                t = time.perf_counter()
+                hits = index.search_embedding(e, LIMIT, WHERE.get(where))
+                lat.append(time.perf_counter() - t)
+                rec.append(_recall([h.id for h in hits], expected))
+            own[f"{kind}/{where}"] = {
+                "route": "/".join(map(str, index.route(e))), "n": len(lat),
+                "recall_at_10": round(float(np.mean(rec)), 4), "min_recall": round(min(rec), 2),
+                "p50_ms": _pct(lat, 50), "p95_ms": _pct(lat, 95), "p99_ms": _pct(lat, 99),
+            }  # fmt: skip
+            print(json.dumps({"default": f"{kind}/{where}", **own[f"{kind}/{where}"]}), file=sys.stderr, flush=True)
     # 8 concurrent clients, the default configuration, image queries
     lat8: list[float] = []
     lock = threading.Lock()
-    default = ("muvera", index.settings.prefetch_limit, "none", "rescore")
+    default = ("mean", index.settings.long_query_prefetch, "none", "ignore")
 
     def client(worker: int) -> None:
         for j in range(args.concurrent_rounds):
@@ -298,7 +313,7 @@ def search(args) -> dict:
     wall = time.perf_counter() - t
     out = {
         "load_s": round(load_s, 2), "rows": rows,
-        "own_search": {"n": len(own), "p50_ms": _pct(own, 50), "p95_ms": _pct(own, 95), "p99_ms": _pct(own, 99)},
+        "defaults": own,
         "concurrent8": {"n": len(lat8), "p50_ms": _pct(lat8, 50), "p95_ms": _pct(lat8, 95), "p99_ms": _pct(lat8, 99),
                         "queries_per_s": round(len(lat8) / wall, 1)},
         "rss_mb": round(_current_rss_mb()), "pss_mb": round(_pss_mb()), "peak_rss_mb": round(_rss_mb()),
@@ -310,8 +325,7 @@ def search(args) -> dict:
 def refresh(args) -> dict:
     """Step 4, in its own process: 1 % redrawn and 0.1 % new, searched while they wait, then optimized."""
     from colqwen2_client.catalog import point_id
-    from colqwen2_client.qdrant import FDE, MULTI
-    from colqwen2_client.stores import Stage
+    from colqwen2_client.types import Embedding
 
     bases = data.load_bases(args.workdir / "bases.npz")
     folder = args.workdir / f"edge-{args.items}"
@@ -326,9 +340,9 @@ def refresh(args) -> dict:
             batch = []
     index.store.upsert(index.name, batch, wait=True)
     write_s = time.perf_counter() - t
-    waiting = index.pending()
-    with np.load(args.workdir / f"queries-{args.items}.npz", allow_pickle=True) as f:
-        sets = {k: list(f[k]) for k in ("image", "text")}
+    waiting = len(plan["redrawn"]) + len(plan["new"])
+    with np.load(args.workdir / f"queries-{args.items}.npz") as f:
+        sets = {k: _unpack(f, k) for k in ("image", "text")}
         scores = {k: f[f"refreshed_{k}"] for k in ("image", "text")}
     total = args.items + len(plan["new"])
     keys = [point_id(data.make_key(i, SEED)) for i in range(total)]
@@ -339,19 +353,20 @@ def refresh(args) -> dict:
             truth = _truth(scores[kind], None, keys)
             lat, rec = [], []
             for q, expected in zip(sets[kind], truth, strict=True):
-                stages = [Stage(FDE, index.muvera.encode_query(q), index.settings.prefetch_limit)]
-                index.store.query(index.name, q, MULTI, LIMIT, None, stages, "rescore")
+                pooled = q.mean(0)
+                e = Embedding(q, (pooled / np.linalg.norm(pooled)).astype(np.float32))
+                index.search_embedding(e, LIMIT)
                 t = time.perf_counter()
-                found = index.store.query(index.name, q, MULTI, LIMIT, None, stages, "rescore")
+                hits = index.search_embedding(e, LIMIT)
                 lat.append(time.perf_counter() - t)
-                rec.append(_recall([p.id for p in found], expected))
+                rec.append(_recall([h.id for h in hits], expected))
             result[kind] = {"recall_at_10": round(float(np.mean(rec)), 4), "p50_ms": _pct(lat, 50),
                             "p99_ms": _pct(lat, 99)}  # fmt: skip
         return result
 
     pending = measure()
     t = time.perf_counter()
-    index.optimize(force=True)
+    index.optimize()
     optimize_s = time.perf_counter() - t
     after = measure()
     out = {
@@ -385,8 +400,8 @@ def local_mode(args) -> dict:
             store.upsert(index.name, batch)
             batch = []
     build_s = time.perf_counter() - started
-    with np.load(args.workdir / f"queries-{args.items}.npz", allow_pickle=True) as f:
-        sets = {k: list(f[k])[: args.local_queries] for k in ("image", "text")}
+    with np.load(args.workdir / f"queries-{args.items}.npz") as f:
+        sets = {k: _unpack(f, k)[: args.local_queries] for k in ("image", "text")}
         scores = {k: f[f"scores_{k}"][: args.local_queries] for k in ("image", "text")}
     keys = [point_id(data.make_key(i, SEED)) for i in range(args.items)]
     rows = {}
@@ -420,6 +435,15 @@ class _LocalIndex:
         store.create(self.name, CollectionSpec(vectors, {"kind": "keyword"}, {}))
 
 
+def _pack(arrays: list[np.ndarray]) -> dict[str, np.ndarray]:
+    return {"flat": np.concatenate(arrays), "lengths": np.array([len(a) for a in arrays])}
+
+
+def _unpack(f, kind: str) -> list[np.ndarray]:
+    flat, lengths = f[f"{kind}_flat"], f[f"{kind}_lengths"]
+    return np.split(flat, np.cumsum(lengths)[:-1])
+
+
 def _child(step: str, args, items: int, extra: list[str] | None = None) -> dict:
     """Run one step in its own process (its memory and its engine are its own), return its JSON."""
     out = args.workdir / f"{step}-{items}.json"
@@ -451,7 +475,7 @@ def run_size(args, items: int, bases) -> dict:
         refreshed[kind] = full
     np.savez(
         args.workdir / f"queries-{items}.npz",
-        **{k: np.array(sets[k], dtype=object) for k in ("image", "text", "random")},
+        **{f"{k}_{part}": v for k in ("image", "text", "random") for part, v in _pack(sets[k]).items()},
         **{f"scores_{k}": v for k, v in scores.items()},
         **{f"refreshed_{k}": v for k, v in refreshed.items()},
     )
@@ -533,9 +557,13 @@ def to_markdown(report: dict) -> str:
             f"{b['disk_bytes_per_item']:,} bytes per item; {b['segments']} segments",
             f"- search process: open {s['load_s']} s, RSS {s['rss_mb']:,} MB, PSS {s['pss_mb']:,} MB "
             f"(peak RSS {s['peak_rss_mb']:,} MB)",
-            f"- `VisualIndex.search_embedding` (default: muvera, prefetch 100, int8 rescored), image and text "
-            f"queries: p50 {s['own_search']['p50_ms']} ms, p95 {s['own_search']['p95_ms']} ms, p99 "
-            f"{s['own_search']['p99_ms']} ms",
+            "- `VisualIndex.search_embedding` with the defaults (text: rows_cols, prefetch 100; images: mean, "
+            "prefetch 20; int8 rescored):",
+            *[
+                f"  - {name}: route {d['route']}, recall@10 {d['recall_at_10']:.3f} (min {d['min_recall']}), p50 "
+                f"{d['p50_ms']} ms, p95 {d['p95_ms']} ms, p99 {d['p99_ms']} ms"
+                for name, d in s["defaults"].items()
+            ],
             f"- 8 concurrent clients (image queries, default): p50 {s['concurrent8']['p50_ms']} ms, p99 "
             f"{s['concurrent8']['p99_ms']} ms, {s['concurrent8']['queries_per_s']} queries/s",
             f"- exact ground truth: {size['truth_s']} s for {size['queries']} queries",

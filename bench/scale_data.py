@@ -36,7 +36,7 @@ SIZES = (  # kind, width, height, share
     ("product_image", 300, 900, 0.1),
 )
 MARKETPLACES = ("US", "DE", "UK", "FR", "IT", "ES", "JP", "CA")
-FAMILY = 8  # items per family (a product's photos, an ASIN's charts over time)
+FAMILY = 12  # items per family (a product's photos, an ASIN's charts over time): the exact top 10 lies in it
 FAMILY_NOISE = 0.8  # norm of a family's perturbation of its base, per token (the base tokens are unit vectors)
 ITEM_NOISE = 0.35  # norm of an item's own noise per token; a refreshed item redraws it
 

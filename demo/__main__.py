@@ -74,7 +74,7 @@ def show(
     query = client.embed_query(text) if text is not None else client.embed(image)
     first = index.first_stage_hits(query, where=where)
     hits = index.search_embedding(query, limit, where)
-    stage = index.schema.first_stage
+    stage = index.route(query)[0]
     print(f"\n{title}\nstage 1, {stage}: {len(first)} candidates, the best {min(shown, len(first))}:")
     print(table(first[:shown]))
     print(f"stage 2, MaxSim rerank: top {len(hits)}\n{table(hits)}")

@@ -48,9 +48,13 @@ COLLECTION = "visual_embeddings"
 POOLED, MULTI, ROWS, COLS, FDE = "pooled", "colqwen2", "rows", "cols", "muvera"
 FirstStage = Literal["mean", "muvera", "rows_cols", "none"]
 FIRST_STAGES: tuple[str, ...] = ("mean", "muvera", "rows_cols", "none")
-# From `make bench-scale` (README): recall@10 against exact MaxSim, build time and memory at 10,000 and 100,000
-# items. rows_cols needs an HNSW over a multivector per point, ~97 % of the build at that scale.
-DEFAULT_FIRST_STAGE: FirstStage = "muvera"
+# From `make bench-scale` (README, "Catalog search at scale"): recall@10 against exact MaxSim and latency at 10,000
+# and 100,000 items. rows/cols finds text queries' neighbours (a few tokens) where one vector per item cannot;
+# long queries (images) go through `pooled` (LONG_QUERY_STAGE): a near-duplicate needs no more, and an image's
+# hundreds of tokens against every rows/cols vector of each HNSW node cost seconds.
+DEFAULT_FIRST_STAGE: FirstStage = "rows_cols"
+LONG_QUERY_TOKENS = 64  # queries with more vectors than this (images) take the long-query route
+LONG_QUERY_STAGE = "mean"
 QUANTIZATIONS: tuple[str, ...] = ("none", "scalar", "binary")
 DEFAULT_QUANTIZATION = "scalar"  # int8 on the stored multivector, in RAM; rescored with the float16 originals
 FILTER_TYPES: dict[str, tuple[type, ...]] = {"keyword": (str,), "integer": (int,), "bool": (bool,)}
@@ -71,6 +75,9 @@ class IndexSettings:
     # None: the collection's own (from its metadata), or DEFAULT_FIRST_STAGE for a new one.
     first_stage: FirstStage | None = None
     prefetch_limit: int = 100  # candidates the first stage passes to the rerank (each, for rows_cols)
+    # Long queries (images: hundreds of vectors): the `pooled` first stage and at most this many candidates, each of
+    # which costs the rerank (query vectors x item vectors) MACs: ~26 M for a 450-vector image against such an item.
+    long_query_prefetch: int = 20
     quantization: str = DEFAULT_QUANTIZATION  # on the stored multivector (none, scalar, binary), rescored on search
     pool_factor: int = 1  # hierarchical token pooling of image vectors at index time; 1 = off
     filter_fields: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_FILTER_FIELDS))
@@ -557,9 +564,12 @@ class VisualIndex:
     ) -> list[Hit]:
         """First stage (the collection's, or `first_stage`), then MaxSim over its candidates."""
         checked = check_where(where, self.schema.filter_fields)
-        candidates = max(prefetch_limit or self.settings.prefetch_limit, limit)
-        stages = [Stage(name, vector, candidates) for vector, name in self._first_stage_queries(query, first_stage)]
+        stage, default_prefetch = self.route(query, first_stage)
+        candidates = max(prefetch_limit or default_prefetch, limit)
+        stages = [Stage(name, vector, candidates) for vector, name in self._first_stage_queries(query, stage)]
         quantized = "rescore" if self.schema.quantization != "none" else "default"
+        if query.num_vectors > LONG_QUERY_TOKENS and quantized == "rescore":
+            quantized = "ignore"  # few candidates: scoring them with int8 first, then again with the originals, is 2x
         # The cut is made here, so tied scores (common with random weights) are ordered by key, not by whatever
         # order the engine returns them in: a few more than `limit` are fetched, more while the last one still
         # ties with the limit-th.
@@ -572,6 +582,16 @@ class VisualIndex:
             if hits[limit - 1] not in _tie_groups(hits)[-1]:  # the limit-th is clear of the last fetched
                 return hits[:limit]
             fetch *= 4
+
+    def route(self, query: Embedding, first_stage: str | None = None) -> tuple[str, int]:
+        """The first stage and prefetch a query takes: `first_stage` if given, else the collection's for short
+        (text) queries and LONG_QUERY_STAGE with `long_query_prefetch` for long ones (images)."""
+        if first_stage:
+            return first_stage, self.settings.prefetch_limit
+        stage = self.schema.first_stage
+        if stage != "none" and query.num_vectors > LONG_QUERY_TOKENS:
+            return LONG_QUERY_STAGE, min(self.settings.long_query_prefetch, self.settings.prefetch_limit)
+        return stage, self.settings.prefetch_limit
 
     def _first_stage_queries(self, query: Embedding, first_stage: str | None) -> list[tuple[np.ndarray, str]]:
         """(query vector, named vector) pairs of a first stage (the collection's, or `first_stage`); [] for none."""
@@ -597,9 +617,10 @@ class VisualIndex:
         best of the rows' and the columns' MaxSim (`rows_cols`, the union of both candidate lists), the MUVERA
         dot product (`muvera`). `none`: []."""
         checked = check_where(where, self.schema.filter_fields)
-        limit = limit or self.settings.prefetch_limit
+        stage, prefetch = self.route(query, first_stage)
+        limit = limit or prefetch
         best: dict[str, Hit] = {}
-        for vector, name in self._first_stage_queries(query, first_stage):
+        for vector, name in self._first_stage_queries(query, stage):
             for p in self.store.query(self.name, vector, name, limit, checked):
                 if p.id not in best or p.score > best[p.id].score:
                     best[p.id] = Hit(p.id, p.score, p.payload)

@@ -163,8 +163,8 @@ class EdgeStore:
         raise LegacyIndexError(
             f"{self.folder} holds an index written by an earlier version (qdrant-client's local mode"
             f"{': ' + ', '.join(names) if names else ''}), which this version does not read. Nothing was changed. "
-            f"Copy it into the new engine with `colqwen2 migrate {self.folder} NEW_FOLDER` (no re-embedding), or "
-            f"index your catalog again into another folder (--qdrant-path)"
+            f"Copy it into the new engine with `colqwen2 migrate {self.folder} --qdrant-path NEW_FOLDER` (no "
+            "re-embedding), or index your catalog again into another folder (--qdrant-path)"
         )
 
     def _meta_path(self, collection: str) -> Path:
