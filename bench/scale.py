@@ -124,7 +124,8 @@ def build(args) -> dict:
         encode += time.perf_counter() - t
         if len(batch) == 64 or i == args.items - 1:
             t = time.perf_counter()
-            index.store.upsert(index.name, batch, wait=(i == args.items - 1))
+            # as VisualIndex.index writes: batches of 64, waiting (a flush, which trims the WAL) every 8th
+            index.store.upsert(index.name, batch, wait=(i == args.items - 1 or (i + 1) % 512 == 0))
             write += time.perf_counter() - t
             batch = []
         if (i + 1) % max(1, args.items // 20) == 0:
@@ -141,7 +142,7 @@ def build(args) -> dict:
         "total_s": round(time.perf_counter() - started, 1),
         "items_per_s": round(args.items / (time.perf_counter() - started), 1),
         "peak_rss_mb": round(_rss_mb()), "disk_bytes": _du(folder),
-        "disk_bytes_per_item": round(_du(folder) / args.items),
+        "disk_bytes_per_item": round(_du(folder) / args.items), "wal_bytes": _du(folder / index.name / "wal"),
     }  # fmt: skip
 
 
@@ -554,7 +555,8 @@ def to_markdown(report: dict) -> str:
             f"- build: {b['total_s']} s ({b['items_per_s']} items/s): generate and encode {b['generate_encode_s']} s, "
             f"upsert {b['upsert_s']} s, optimize (HNSW over {', '.join(b['stages'])}; int8 quantization) "
             f"{b['optimize_s']} s; peak RSS {b['peak_rss_mb']:,} MB; on disk {b['disk_bytes'] / 2**30:.2f} GiB, "
-            f"{b['disk_bytes_per_item']:,} bytes per item; {b['segments']} segments",
+            f"{b['disk_bytes_per_item']:,} bytes per item (of which the write-ahead log, bounded: "
+            f"{b['wal_bytes'] / 2**20:.0f} MiB); {b['segments']} segments",
             f"- search process: open {s['load_s']} s, RSS {s['rss_mb']:,} MB, PSS {s['pss_mb']:,} MB "
             f"(peak RSS {s['peak_rss_mb']:,} MB)",
             "- `VisualIndex.search_embedding` with the defaults (text: rows_cols, prefetch 100; images: mean, "

@@ -169,3 +169,21 @@ def test_migrate_copies_the_previous_local_mode_without_embedding(tmp_path):
         index.close()
     meta = json.loads((tmp_path / "muvera" / "visual_embeddings.colqwen2.json").read_text())
     assert meta["colqwen2"]["first_stage"] == "muvera" and "muvera" in meta["vectors"]
+
+
+def test_cli_migrate_then_search_the_new_folder(tmp_path, capsys):
+    from colqwen2_client import cli
+    from qdrant_client import QdrantClient
+
+    old = ServerStore(QdrantClient(path=str(tmp_path / "old")))
+    fill(VisualIndex(None, old, IndexSettings(first_stage="mean", quantization="none"), OFFSET), catalog(12))
+    old.close()
+    assert cli.main(["search", "x", "--qdrant-path", str(tmp_path / "old")]) == 1
+    assert "colqwen2 migrate" in capsys.readouterr().err
+    assert cli.main(["migrate", str(tmp_path / "old"), "--qdrant-path", str(tmp_path / "new")]) == 0
+    assert json.loads(capsys.readouterr().out) == {"copied": 12, "points": 12, "first_stage": "mean"}  # kept
+    index = VisualIndex(None, open_qdrant(tmp_path / "new"))
+    assert index.count() == 12 and index.schema.first_stage == "mean"
+    index.close()
+    asked = ["migrate", str(tmp_path / "old"), "--qdrant-path", str(tmp_path / "other"), "--first-stage", "rows_cols"]
+    assert cli.main(asked) == 1 and "has no rows/cols vectors" in capsys.readouterr().err

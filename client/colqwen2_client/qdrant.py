@@ -639,9 +639,9 @@ def migrate(old: str | Path, index: VisualIndex, batch: int = 256) -> int:
     """Copy the collection `index.name` of an index written by qdrant-client's local mode (this project's
     embedded index before qdrant-edge) into `index`, without embedding anything again; how many points.
 
-    The stored vectors and payloads are kept; the filter fields and quantization too unless `index.settings`
-    name a first stage of their own; the first stage's vectors are computed from the stored ones (MUVERA, the
-    mean) or copied (rows/cols, when the old collection had them). `old` is only read."""
+    The stored vectors, payloads and filter fields are kept, and the first stage unless `index.settings` name
+    another; its vectors are computed from the stored ones (MUVERA) or copied (the mean; rows/cols, which
+    need the old collection to have them: the grid is not stored). `old` is only read."""
     from dataclasses import replace
 
     from qdrant_client import QdrantClient
@@ -654,7 +654,8 @@ def migrate(old: str | Path, index: VisualIndex, batch: int = 256) -> int:
             raise InvalidInputError(f"{old} has no collection {index.name!r}")
         meta = (source.get_collection(index.name).config.metadata or {}).get(METADATA) or {}
         fields_ = dict(meta.get("filter_fields") or DEFAULT_FILTER_FIELDS)
-        index.settings = replace(index.settings, filter_fields=fields_)
+        stage = index.settings.first_stage or meta.get("first_stage", "mean")  # unless asked: the one it had
+        index.settings = replace(index.settings, filter_fields=fields_, first_stage=stage)
         index._schema = None
         stage = index.schema.first_stage
         if stage == "rows_cols" and meta.get("first_stage") != "rows_cols":

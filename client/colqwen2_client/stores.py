@@ -120,6 +120,26 @@ def _list(vector: np.ndarray) -> list:
     return np.asarray(vector, dtype=np.float32).tolist()
 
 
+def _search_params(api: Any, quantized: str):
+    """`quantized` as search parameters of either client (both name the classes and their fields alike)."""
+    if quantized == "rescore":
+        return api.SearchParams(
+            quantization=api.QuantizationSearchParams(rescore=True, oversampling=QUANTIZED_OVERSAMPLING)
+        )
+    if quantized == "ignore":
+        return api.SearchParams(quantization=api.QuantizationSearchParams(ignore=True))
+    return None
+
+
+def _record(point: Any, payload: bool, vectors: Sequence[str]) -> Record:
+    """A point of either client as a Record: payload and named vectors as float32 arrays."""
+    return Record(
+        str(point.id),
+        dict(point.payload or {}) if payload else {},
+        {n: np.asarray(v, dtype=np.float32) for n, v in (point.vector or {}).items()} if vectors else {},
+    )
+
+
 # -- Qdrant's engine in process --------------------------------------------------------------------
 
 LEGACY_MARKER = "meta.json"  # what qdrant-client's local mode (this project's embedded index before) wrote
@@ -232,14 +252,7 @@ class EdgeStore:
         if not ids:
             return []
         found = self._shard(collection).retrieve(list(ids), payload, list(vectors) if vectors else False)
-        return [
-            Record(
-                str(r.id),
-                dict(r.payload or {}) if payload else {},
-                {n: np.asarray(v, dtype=np.float32) for n, v in (r.vector or {}).items()} if vectors else {},
-            )
-            for r in found
-        ]
+        return [_record(r, payload, vectors) for r in found]
 
     def upsert(self, collection, points, wait=True):
         e = self._edge
@@ -293,13 +306,7 @@ class EdgeStore:
     def query(self, collection, vector, using, limit, where=None, prefetch=(), quantized="default"):
         e = self._edge
         flt = self._filter(where)
-        params = None
-        if quantized == "rescore":
-            params = e.SearchParams(
-                quantization=e.QuantizationSearchParams(rescore=True, oversampling=QUANTIZED_OVERSAMPLING)
-            )
-        elif quantized == "ignore":
-            params = e.SearchParams(quantization=e.QuantizationSearchParams(ignore=True))
+        params = _search_params(e, quantized)
         prefetches = [
             e.Prefetch(limit=s.limit, query=e.Query.Nearest(_list(s.vector), using=s.using), filter=flt, params=params)
             for s in prefetch
@@ -439,14 +446,7 @@ class ServerStore:
                 collection, ids=list(ids[start : start + 256]), with_payload=payload,
                 with_vectors=list(vectors) if vectors else False,
             )  # fmt: skip
-        return [
-            Record(
-                str(p.id),
-                dict(p.payload or {}) if payload else {},
-                {n: np.asarray(v, dtype=np.float32) for n, v in (p.vector or {}).items()} if vectors else {},
-            )
-            for p in found
-        ]
+        return [_record(p, payload, vectors) for p in found]
 
     def upsert(self, collection, points, wait=True):
         # Built without pydantic's validation (the arrays have the right shapes by construction): validation
@@ -499,13 +499,7 @@ class ServerStore:
     def query(self, collection, vector, using, limit, where=None, prefetch=(), quantized="default"):
         m = self._m
         flt = self._filter(where)
-        params = None
-        if quantized == "rescore":
-            params = m.SearchParams(
-                quantization=m.QuantizationSearchParams(rescore=True, oversampling=QUANTIZED_OVERSAMPLING)
-            )
-        elif quantized == "ignore":
-            params = m.SearchParams(quantization=m.QuantizationSearchParams(ignore=True))
+        params = _search_params(m, quantized)
         stages = [m.Prefetch(query=_list(s.vector), using=s.using, limit=s.limit, filter=flt, params=params)
                   for s in prefetch]  # fmt: skip
         import warnings
