@@ -187,3 +187,19 @@ def test_cli_migrate_then_search_the_new_folder(tmp_path, capsys):
     index.close()
     asked = ["migrate", str(tmp_path / "old"), "--qdrant-path", str(tmp_path / "other"), "--first-stage", "rows_cols"]
     assert cli.main(asked) == 1 and "has no rows/cols vectors" in capsys.readouterr().err
+
+
+def test_the_build_runs_in_a_child_while_this_process_stays_free(tmp_path):
+    """optimize() holds the interpreter, so a long build runs in a child process: the parent keeps the lock, sees
+    time pass (progress, ETA), and searches the built index afterwards."""
+    index = VisualIndex(None, EdgeStore(tmp_path / "q", indexing_threshold_kb=1), visual_token_offset=OFFSET)
+    items = catalog(30)
+    fill(index, items)
+    ticks: list[float] = []
+    assert index.store.optimize_in_child(index.name, ticks.append) is True
+    assert ticks and ticks == sorted(ticks)
+    assert index.store._shard(index.name).info().indexed_vectors_count >= 30 * 3
+    assert index.search_embedding(items[9][1], limit=1)[0].id == items[9][0].id
+    with pytest.raises(InvalidInputError, match="is open in process"):
+        open_qdrant(tmp_path / "q")  # the lock stayed with the parent throughout
+    index.close()

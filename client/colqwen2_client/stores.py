@@ -20,15 +20,18 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
-from .errors import InvalidInputError
+from .errors import ColQwen2Error, InvalidInputError
 
 # The collection's vectors: what each named vector is, for both engines.
 DENSE, MULTIVECTOR = "dense", "multi"
@@ -328,6 +331,25 @@ class EdgeStore:
         shard.flush()
         return changed
 
+    def optimize_in_child(self, collection: str, tick: Callable[[float], None] | None = None) -> bool:
+        """optimize() in a child process, so that this one stays free to show progress (optimize holds the GIL):
+        the shard is closed here meanwhile (this process keeps the folder's lock) and reopened on next use."""
+        shard = self._shards.pop(collection, None)
+        if shard is not None:
+            shard.flush()
+            shard.close()
+        command = [sys.executable, "-m", "colqwen2_client.stores", "optimize", str(self.folder / collection)]
+        child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        started = time.monotonic()
+        while child.poll() is None:
+            if tick:
+                tick(time.monotonic() - started)
+            time.sleep(0.5)
+        out, err = child.communicate()
+        if child.returncode:
+            raise ColQwen2Error(f"building the index in {self.folder / collection} failed: {err.decode()[-500:]}")
+        return out.strip() == b"changed"
+
     def segments(self, collection) -> int:
         return self._shard(collection).info().segments_count
 
@@ -560,3 +582,20 @@ def open_store(path: str | Path | None = None, url: str | None = None, api_key: 
     if str(path) == ":memory:":
         return EdgeStore.in_memory()
     return EdgeStore(Path(path) if path else Path(default_qdrant_path()))
+
+
+def _optimize_shard(path: str) -> None:
+    """The child of `EdgeStore.optimize_in_child`: its parent holds the folder's lock and has closed the shard."""
+    import qdrant_edge
+
+    shard = qdrant_edge.EdgeShard.load(path)
+    changed = shard.optimize()
+    shard.flush()
+    shard.close()
+    print("changed" if changed else "unchanged")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3 or sys.argv[1] != "optimize":
+        sys.exit("usage: python -m colqwen2_client.stores optimize SHARD_FOLDER")
+    _optimize_shard(sys.argv[2])
