@@ -205,12 +205,12 @@ def test_cluster_settings_reach_a_server_collection(client, samples):
         scalar=models.ScalarQuantizationConfig(type=models.ScalarType.INT8, always_ram=True)
     )
     assert (multi.on_disk, multi.hnsw_config.m, multi.datatype) == (True, 0, models.Datatype.FLOAT16)
-    assert sent["vectors_config"]["muvera"].size == index.muvera.fde_dim
-    assert sent["metadata"]["colqwen2"] | {"muvera": None} == {
-        "first_stage": "muvera",
+    rows = sent["vectors_config"]["rows"]
+    assert rows.multivector_config is not None and rows.hnsw_config is None  # the server's HNSW defaults
+    assert sent["metadata"]["colqwen2"] == {
+        "first_stage": "rows_cols",
         "filter_fields": {"kind": "keyword", "rank": "integer"},
         "quantization": "scalar",
-        "muvera": None,
     }
     # the same semantics as the default engine: write, search, filter, refresh, delete
     items = folder_items([samples[0].parent]).items
@@ -233,10 +233,11 @@ def test_the_local_collection_keeps_its_design(client, tmp_path):
     index = VisualIndex(client, open_qdrant(tmp_path / "qdrant"), settings)
     index.ensure_collection()
     config = json.loads((tmp_path / "qdrant" / index.name / "edge_config.json").read_text())
-    multi, fde = config["vectors"][MULTI], config["vectors"]["muvera"]
+    multi, rows = config["vectors"][MULTI], config["vectors"]["rows"]
     assert multi["hnsw_config"]["m"] == 0 and multi["datatype"] == "float16" and multi["on_disk"] is True
     assert multi["quantization_config"] == {"scalar": {"type": "int8", "always_ram": True}}
-    assert fde["size"] == index.muvera.fde_dim and fde["distance"] == "Dot" and fde["hnsw_config"]["m"] == 16
+    assert rows["multivector_config"] == {"comparator": "max_sim"} and rows["hnsw_config"]["m"] == 16
+    assert set(config["vectors"]) == {MULTI, "pooled", "rows", "cols"}
     assert config["vectors"]["pooled"]["hnsw_config"]["m"] == 16 and config["on_disk_payload"] is True
     assert set(index.store._shard(index.name).info().payload_schema) == {"kind", "rank", "sha256"}
     with pytest.raises(InvalidInputError, match="is open in process"):
@@ -459,11 +460,11 @@ def test_cli_index_killed_mid_run_then_rerun_is_exact(triton_server, tmp_path):
 
     index = VisualIndex(None, open_qdrant(store))
     ids = list(index.store.ids(index.name))
-    points = index.records(ids, vectors=["pooled", "colqwen2", "muvera"])
+    points = index.records(ids, vectors=["pooled", "colqwen2", "rows", "cols"])
     index.close()
     assert len(points) == 150 and len(set(ids)) == 150  # no duplicates
     assert {p.payload["source"] for p in points} == {str(f.resolve()) for f in folder.iterdir()}
     assert {p.id for p in points} == {point_id(f.name) for f in folder.iterdir()}
     for point in points:  # no point without its vectors
         assert point.vectors["pooled"].shape == (128,) and len(point.vectors["colqwen2"]) >= 1
-        assert point.vectors["muvera"].shape == (index.muvera.fde_dim,)
+        assert point.vectors["rows"].ndim == 2 and point.vectors["cols"].shape[1] == 128
