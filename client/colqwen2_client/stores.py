@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -453,8 +454,6 @@ class ServerStore:
         )
         kinds = {"keyword": m.PayloadSchemaType.KEYWORD, "integer": m.PayloadSchemaType.INTEGER,
                  "bool": m.PayloadSchemaType.BOOL}  # fmt: skip
-        import warnings
-
         with warnings.catch_warnings():  # the local mode (tests) warns that it has no payload indexes
             warnings.simplefilter("ignore", UserWarning)
             for name, kind in spec.filter_fields.items():
@@ -524,8 +523,6 @@ class ServerStore:
         params = _search_params(m, quantized)
         stages = [m.Prefetch(query=_list(s.vector), using=s.using, limit=s.limit, filter=flt, params=params)
                   for s in prefetch]  # fmt: skip
-        import warnings
-
         with warnings.catch_warnings():  # the local mode (tests) warns that it searches exactly, params or not
             warnings.simplefilter("ignore", UserWarning)
             result = self.client.query_points(
