@@ -76,6 +76,11 @@ def _stages(items: int) -> list[str]:
     return ["mean", "rows_cols"] + (["muvera"] if items <= MUVERA_MAX else [])
 
 
+def _query_stages(kind: str, items: int) -> list[str]:
+    """The first stages measured for a query kind: `layout` is an image query's (it needs the query's grid)."""
+    return (["layout"] if kind == "image" else []) + _stages(items)
+
+
 def _index(folder: Path, items: int, create: bool):
     """A VisualIndex on `folder` whose collection carries every first stage measured at this size."""
     from colqwen2_client.qdrant import FDE, IndexSettings, VisualIndex, open_qdrant
@@ -147,12 +152,34 @@ def build(args) -> dict:
 
 
 def queries(bases, items: int, counts: dict[str, int]) -> dict[str, list]:
-    rng = np.random.default_rng([SEED, 9, items])
-    picks = rng.choice(items, size=counts["image"] + counts["text"], replace=False)
-    image = [data.image_query(data.make_item(bases, int(i), SEED), SEED) for i in picks[: counts["image"]]]
-    text = [data.text_query(data.make_item(bases, int(i), SEED), bases, SEED) for i in picks[counts["image"] :]]
+    picks = {kind: _sources(items, counts[kind], salt) for kind, salt in (("image", 9), ("text", 10))}
+    image = [data.image_query(data.make_item(bases, i, SEED), SEED) for i in picks["image"]]
+    text = [data.text_query(data.make_item(bases, i, SEED), bases, SEED) for i in picks["text"]]
     rand = [data.random_query(SEED, i) for i in range(counts["random"])]
-    return {"image": image, "text": text, "random": rand, "sources": [int(i) for i in picks]}
+    return {"image": image, "text": text, "random": rand, "sources": picks}
+
+
+def _sources(items: int, count: int, salt: int) -> list[int]:
+    """The catalog items `count` queries are drawn from: a third from each filter's items (a user who filters
+    on charts searches with a chart: a query whose source the filter excludes has a near tie for its exact top
+    10, like a random query), the rest from all. Each query counts under no filter and under every filter its
+    source passes."""
+    rng = np.random.default_rng([SEED, salt, items])
+    payloads = _payloads(items)
+    picked: list[int] = []
+    for where in WHERE.values():
+        subset = [i for i, p in enumerate(payloads) if all(p[k] == v for k, v in where.items()) and i not in picked]
+        picked += [int(i) for i in rng.choice(subset, size=count // 3, replace=False)]
+    rest = [i for i in range(items) if i not in set(picked)]
+    return picked + [int(i) for i in rng.choice(rest, size=count - len(picked), replace=False)]
+
+
+def _embedding(q: np.ndarray, grid: tuple[int, int] | None = None):
+    """A query as VisualIndex takes it: an image query carries its grid (as the server returns it)."""
+    from colqwen2_client.types import Embedding
+
+    pooled = q.mean(0)
+    return Embedding(q, (pooled / np.linalg.norm(pooled)).astype(np.float32), grid=grid)
 
 
 def exact_scores(bases, items: list[int], query_sets: dict[str, list], versions: dict[int, int] | None = None):
@@ -211,9 +238,9 @@ def _pct(values: list[float], q: float) -> float:
 def search(args) -> dict:
     """Step 3, in its own process: the query matrix on the built folder."""
     from colqwen2_client.catalog import point_id
-    from colqwen2_client.qdrant import COLS, FDE, MULTI, POOLED, ROWS
+    from colqwen2_client.qdrant import COLS, FDE, LAYOUT, MULTI, POOLED, ROWS
     from colqwen2_client.stores import Stage
-    from colqwen2_client.types import Embedding
+    from colqwen2_client.token_pooling import layout
 
     folder = args.workdir / f"edge-{args.items}"
     t = time.perf_counter()
@@ -223,13 +250,24 @@ def search(args) -> dict:
     with np.load(args.workdir / f"queries-{args.items}.npz") as f:
         sets = {k: _unpack(f, k) for k in ("image", "text", "random")}
         scores = {k: f[f"scores_{k}"] for k in ("image", "text", "random")}
+        sources = {k: [int(i) for i in f[f"sources_{k}"]] for k in ("image", "text")}
     keys = [point_id(data.make_key(i, SEED)) for i in range(args.items)]
     payloads = _payloads(args.items)
     masks = {"none": None} | {
         name: np.array([all(p[k] == v for k, v in where.items()) for p in payloads]) for name, where in WHERE.items()
     }
+    offset = len(data.load_bases(args.workdir / "bases.npz")[0].prefix)
+    grids = {"image": [data.item_grid(*data.item_size(i, SEED)[1:]) for i in sources["image"]]}
 
-    def stages_for(stage: str, q: np.ndarray, prefetch: int) -> list:
+    def selected(kind: str, where: str) -> list[int]:
+        """The queries of `kind` measured under filter `where`: those whose source passes it (random: all)."""
+        if kind == "random" or where == "none":
+            return list(range(len(sets[kind])))
+        return [j for j, i in enumerate(sources[kind]) if masks[where][i]]
+
+    def stages_for(stage: str, q: np.ndarray, prefetch: int, grid=None) -> list:
+        if stage == "layout":
+            return [Stage(LAYOUT, layout(q, grid, offset), prefetch)]
         if stage == "mean":
             pooled = q.mean(0)
             return [Stage(POOLED, pooled / np.linalg.norm(pooled), prefetch)]
@@ -239,30 +277,35 @@ def search(args) -> dict:
             return [Stage(ROWS, q, prefetch), Stage(COLS, q, prefetch)]
         return []
 
-    def run(q, stage, prefetch, where, quantized):
-        stages = stages_for(stage, q, prefetch)
+    def run(q, stage, prefetch, where, quantized, grid=None):
+        stages = stages_for(stage, q, prefetch, grid)
         t = time.perf_counter()
         found = index.store.query(index.name, q, MULTI, LIMIT, WHERE.get(where), stages, quantized)
         return time.perf_counter() - t, [p.id for p in found]
 
     rows = []
-    configs = [(stage, n) for stage in _stages(args.items) for n in args.prefetch]
     for kind in ("image", "text", "random"):
-        qs = sets[kind]
+        sizes = args.image_prefetch if kind == "image" else args.prefetch
+        configs = [(stage, n) for stage in _query_stages(kind, args.items) for n in sizes]
         for where in masks:
-            truth = _truth(scores[kind], masks[where], keys)
+            chosen = selected(kind, where)
+            qs = [sets[kind][j] for j in chosen]
+            qgrids = [grids[kind][j] for j in chosen] if kind == "image" else [None] * len(qs)
+            truth = _truth(scores[kind][chosen], masks[where], keys)
             plan = [(s, n, "rescore") for s, n in configs]
             if where == "none":
-                plan += [(s, n, "ignore") for s, n in configs if n == args.prefetch[len(args.prefetch) // 2]]
+                plan += [(s, n, "ignore") for s, n in configs if n == sizes[len(sizes) // 2]]
             for stage, prefetch, quantized in plan:
                 if kind == "random" and (where != "none" or quantized != "rescore"):
                     continue
+                if kind == "image" and stage in ("rows_cols", "muvera") and prefetch > max(args.image_prefetch[:1]):
+                    continue  # rows_cols: an image's hundreds of tokens against each HNSW node's rows/cols: seconds
                 if kind == "image" and stage == "rows_cols" and args.items > MUVERA_MAX:
-                    continue  # an image's hundreds of tokens against each HNSW node's rows/cols: seconds per query
+                    continue
                 lat, rec = [], []
-                for q, expected in zip(qs, truth, strict=True):
-                    run(q, stage, prefetch, where, quantized)  # warm: the first call maps the files
-                    dt, ids = run(q, stage, prefetch, where, quantized)
+                for q, g, expected in zip(qs, qgrids, truth, strict=True):
+                    run(q, stage, prefetch, where, quantized, g)  # warm: the first call maps the files
+                    dt, ids = run(q, stage, prefetch, where, quantized, g)
                     lat.append(dt)
                     rec.append(_recall(ids, expected))
                 rows.append({
@@ -272,16 +315,16 @@ def search(args) -> dict:
                     "p50_ms": _pct(lat, 50), "p95_ms": _pct(lat, 95), "p99_ms": _pct(lat, 99),
                 })  # fmt: skip
                 print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    # the index's own search with its defaults (text: rows_cols, prefetch 100; images: mean, prefetch 20), as a
+    # the index's own search with its defaults (text: rows_cols, prefetch 100; images: layout, prefetch 16), as a
     # user calls it: latency and recall per query kind, with and without a filter
     own = {}
     for kind in ("image", "text"):
         for where in masks:
-            truth = _truth(scores[kind], masks[where], keys)
+            chosen = selected(kind, where)
+            truth = _truth(scores[kind][chosen], masks[where], keys)
             lat, rec = [], []
-            for q, expected in zip(sets[kind], truth, strict=True):
-                pooled = q.mean(0)
-                e = Embedding(q, (pooled / np.linalg.norm(pooled)).astype(np.float32))
+            for j, expected in zip(chosen, truth, strict=True):
+                e = _embedding(sets[kind][j], grids[kind][j] if kind == "image" else None)
                 index.search_embedding(e, LIMIT, WHERE.get(where))
                 t = time.perf_counter()
                 hits = index.search_embedding(e, LIMIT, WHERE.get(where))
@@ -296,12 +339,12 @@ def search(args) -> dict:
     # 8 concurrent clients, the default configuration, image queries
     lat8: list[float] = []
     lock = threading.Lock()
-    default = ("mean", index.settings.long_query_prefetch, "none", "ignore")
+    default = ("layout", index.settings.long_query_prefetch, "none", "ignore")
 
     def client(worker: int) -> None:
         for j in range(args.concurrent_rounds):
-            q = sets["image"][(worker + j) % len(sets["image"])]
-            dt, _ = run(q, *default)
+            k = (worker + j) % len(sets["image"])
+            dt, _ = run(sets["image"][k], *default, grids["image"][k])
             with lock:
                 lat8.append(dt)
 
@@ -317,6 +360,7 @@ def search(args) -> dict:
         "defaults": own,
         "concurrent8": {"n": len(lat8), "p50_ms": _pct(lat8, 50), "p95_ms": _pct(lat8, 95), "p99_ms": _pct(lat8, 99),
                         "queries_per_s": round(len(lat8) / wall, 1)},
+        "queries_per_filter": {f"{k}/{w}": len(selected(k, w)) for k in ("image", "text") for w in masks},
         "rss_mb": round(_current_rss_mb()), "pss_mb": round(_pss_mb()), "peak_rss_mb": round(_rss_mb()),
     }  # fmt: skip
     index.close()
@@ -326,7 +370,6 @@ def search(args) -> dict:
 def refresh(args) -> dict:
     """Step 4, in its own process: 1 % redrawn and 0.1 % new, searched while they wait, then optimized."""
     from colqwen2_client.catalog import point_id
-    from colqwen2_client.types import Embedding
 
     bases = data.load_bases(args.workdir / "bases.npz")
     folder = args.workdir / f"edge-{args.items}"
@@ -345,6 +388,8 @@ def refresh(args) -> dict:
     with np.load(args.workdir / f"queries-{args.items}.npz") as f:
         sets = {k: _unpack(f, k) for k in ("image", "text")}
         scores = {k: f[f"refreshed_{k}"] for k in ("image", "text")}
+        grids = {"image": [data.item_grid(*data.item_size(int(i), SEED)[1:]) for i in f["sources_image"]],
+                 "text": [None] * len(sets["text"])}  # fmt: skip
     total = args.items + len(plan["new"])
     keys = [point_id(data.make_key(i, SEED)) for i in range(total)]
 
@@ -353,9 +398,8 @@ def refresh(args) -> dict:
         for kind in ("image", "text"):
             truth = _truth(scores[kind], None, keys)
             lat, rec = [], []
-            for q, expected in zip(sets[kind], truth, strict=True):
-                pooled = q.mean(0)
-                e = Embedding(q, (pooled / np.linalg.norm(pooled)).astype(np.float32))
+            for q, grid, expected in zip(sets[kind], grids[kind], truth, strict=True):
+                e = _embedding(q, grid)
                 index.search_embedding(e, LIMIT)
                 t = time.perf_counter()
                 hits = index.search_embedding(e, LIMIT)
@@ -479,11 +523,13 @@ def run_size(args, items: int, bases) -> dict:
         **{f"{k}_{part}": v for k in ("image", "text", "random") for part, v in _pack(sets[k]).items()},
         **{f"scores_{k}": v for k, v in scores.items()},
         **{f"refreshed_{k}": v for k, v in refreshed.items()},
+        **{f"sources_{k}": np.array(v) for k, v in sets["sources"].items()},
     )
     (args.workdir / f"refresh-{items}.json").write_text(
         json.dumps({"redrawn": redrawn, "new": new, "versions": {str(i): 1 for i in redrawn}})
     )
-    searched = _child("search", args, items, ["--prefetch", *map(str, args.prefetch)])
+    searched = _child("search", args, items, ["--prefetch", *map(str, args.prefetch), "--image-prefetch",
+                                              *map(str, args.image_prefetch)])  # fmt: skip
     refreshed_run = _child("refresh", args, items)
     result = {"items": items, "build": built, "truth_s": round(truth_s, 1), "search": searched,
               "refresh": refreshed_run, "queries": {k: len(v) for k, v in sets.items() if k != "sources"}}  # fmt: skip
@@ -500,6 +546,9 @@ def main(argv: list[str] | None = None) -> int:
                         "anchor the synthetic catalog (default %(default)s)")  # fmt: skip
     parser.add_argument("--items", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--prefetch", type=int, nargs="+", default=[50, 100, 200])
+    parser.add_argument("--image-prefetch", type=int, nargs="+", default=[12, 16, 20, 100],
+                        help="prefetch sizes for image queries (each candidate's rerank costs hundreds of tokens "
+                        "squared); rows_cols and muvera only at the first")  # fmt: skip
     parser.add_argument("--image-queries", type=int, default=20)
     parser.add_argument("--text-queries", type=int, default=20)
     parser.add_argument("--random-queries", type=int, default=10)
@@ -559,8 +608,8 @@ def to_markdown(report: dict) -> str:
             f"{b['wal_bytes'] / 2**20:.0f} MiB); {b['segments']} segments",
             f"- search process: open {s['load_s']} s, RSS {s['rss_mb']:,} MB, PSS {s['pss_mb']:,} MB "
             f"(peak RSS {s['peak_rss_mb']:,} MB)",
-            "- `VisualIndex.search_embedding` with the defaults (text: rows_cols, prefetch 100; images: mean, "
-            "prefetch 20; int8 rescored):",
+            "- `VisualIndex.search_embedding` with the defaults (text: rows_cols, prefetch 100, int8 rescored; "
+            "images: layout, prefetch 16, float16):",
             *[
                 f"  - {name}: route {d['route']}, recall@10 {d['recall_at_10']:.3f} (min {d['min_recall']}), p50 "
                 f"{d['p50_ms']} ms, p95 {d['p95_ms']} ms, p99 {d['p99_ms']} ms"
@@ -569,6 +618,8 @@ def to_markdown(report: dict) -> str:
             f"- 8 concurrent clients (image queries, default): p50 {s['concurrent8']['p50_ms']} ms, p99 "
             f"{s['concurrent8']['p99_ms']} ms, {s['concurrent8']['queries_per_s']} queries/s",
             f"- exact ground truth: {size['truth_s']} s for {size['queries']} queries",
+            "- queries per filter (a filter counts the queries whose source item passes it): "
+            + ", ".join(f"{k} {n}" for k, n in s.get("queries_per_filter", {}).items()),
             "",
             "| queries | filter | first stage | prefetch | quantization | recall@10 | min | p50 ms | p95 ms | p99 ms |",
             "|---|---|---|---|---|---|---|---|---|---|",

@@ -10,7 +10,7 @@ import pytest
 from colqwen2_client.catalog import NAMESPACE, folder_items, item_key, memory_items, point_id, read_manifest
 from colqwen2_client.errors import InvalidInputError
 from colqwen2_client.qdrant import DEFAULT_FILTER_FIELDS, check_where, parse_where
-from colqwen2_client.token_pooling import rows_cols
+from colqwen2_client.token_pooling import layout, rows_cols
 
 
 def write_jsonl(path, lines):
@@ -147,6 +147,32 @@ def test_rows_cols_are_the_row_and_column_means_of_the_visual_tokens():
     assert np.array_equal(rows[:offset], vectors[:offset]) and np.array_equal(cols[-rest:], vectors[-rest:])
     with pytest.raises(ValueError, match="does not fit"):
         rows_cols(vectors, (4, 5), offset)
+
+
+def test_layout_is_the_unit_mean_of_each_region_and_lines_up_across_sizes():
+    rng = np.random.default_rng(1)
+    offset, rest = 3, 4
+    grid = rng.standard_normal((4, 6, 128)).astype(np.float32)
+    vectors = np.concatenate([rng.standard_normal((offset, 128)), grid.reshape(24, 128),
+                              rng.standard_normal((rest, 128))]).astype(np.float32)  # fmt: skip
+    out = layout(vectors, (4, 6), offset)
+    assert out.shape == (4 * 128,) and out.dtype == np.float32
+    assert np.isclose(np.linalg.norm(out), 1.0, atol=1e-5)
+    top_right = grid[:2, 3:].reshape(-1, 128).mean(0)
+    assert np.allclose(out[128:256] * 2, top_right / np.linalg.norm(top_right), atol=1e-5)
+    # the prompt's tokens are left out
+    changed = vectors.copy()
+    changed[:offset] += 1
+    changed[-rest:] -= 1
+    assert np.array_equal(layout(changed, (4, 6), offset), out)
+    # the same picture at twice the resolution (each token repeated 2 x 2) has the same layout
+    big = np.repeat(np.repeat(grid, 2, axis=0), 2, axis=1).reshape(-1, 128)
+    assert np.allclose(layout(big, (8, 12), 0), out, atol=1e-5)
+    # a grid smaller than the cells, and a finer layout
+    assert layout(vectors[: offset + 1], (1, 1), offset).shape == (512,)
+    assert np.isclose(np.linalg.norm(layout(vectors, (4, 6), offset, cells=3)), 1.0, atol=1e-5)
+    with pytest.raises(ValueError, match="does not fit"):
+        layout(vectors, (5, 6), offset)
 
 
 def test_the_cli_writes_to_a_per_user_folder_never_the_current_one(tmp_path, monkeypatch):

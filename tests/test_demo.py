@@ -17,15 +17,15 @@ def test_demo_indexes_searches_and_stops(tiny_artifacts, tmp_path, capsys):
     assert "indexing again: 24 unchanged, 0 embedded; 24 points" in out
     assert "chart DE:B0DEMO0000:keepa_chart redrawn: 1 replaced, 23 unchanged, 1 embedded; still 24 points" in out
     assert "where kind=keepa_chart" in out and "re-listed" in out and 'text "' in out
-    # images (long queries) prefetch by the mean vector, at most 20; the text query by rows/cols, 100 (all 24)
-    assert "stage 1, mean: 12 candidates" in out and "stage 1, mean: 20 candidates" in out  # 12 charts; a photo
+    # images (long queries) prefetch by their layout vector, at most 16; the text query by rows/cols, 100 (all 24)
+    assert "stage 1, layout: 12 candidates" in out and "stage 1, layout: 16 candidates" in out  # 12 charts; a photo
     assert out.count(f"stage 1, {DEFAULT_FIRST_STAGE}: 24 candidates") == 1
     assert out.count("stage 2, MaxSim rerank: top 5") == 3
     assert "Triton stopped." in out and "RANDOM weights" in out and "vidore/colqwen2-v1.0" in out
     page = (tmp_path / "results.html").read_text()
     # each query is shown (two images, one text) beside both stages
     assert page.count("<b>query image</b>") == 2 and page.count("<b>query text</b>") == 1
-    assert page.count("<h3>Stage 1: mean candidates") == 2
+    assert page.count("<h3>Stage 1: layout candidates") == 2
     assert page.count(f"<h3>Stage 1: {DEFAULT_FIRST_STAGE} candidates") == 1
     assert page.count("<h3>Stage 2: MaxSim rerank") == 3
     assert "can and cannot show" in page

@@ -211,7 +211,10 @@ def test_cluster_settings_reach_a_server_collection(client, samples):
         "first_stage": "rows_cols",
         "filter_fields": {"kind": "keyword", "rank": "integer"},
         "quantization": "scalar",
+        "layout": 2,
     }
+    layout = sent["vectors_config"]["layout"]
+    assert layout.size == 512 and layout.multivector_config is None  # image queries' first stage, HNSW
     # the same semantics as the default engine: write, search, filter, refresh, delete
     items = folder_items([samples[0].parent]).items
     report = index.index(items)
@@ -237,7 +240,8 @@ def test_the_local_collection_keeps_its_design(client, tmp_path):
     assert multi["hnsw_config"]["m"] == 0 and multi["datatype"] == "float16" and multi["on_disk"] is True
     assert multi["quantization_config"] == {"scalar": {"type": "int8", "always_ram": True}}
     assert rows["multivector_config"] == {"comparator": "max_sim"} and rows["hnsw_config"]["m"] == 16
-    assert set(config["vectors"]) == {MULTI, "pooled", "rows", "cols"}
+    assert set(config["vectors"]) == {MULTI, "pooled", "rows", "cols", "layout"}
+    assert config["vectors"]["layout"]["size"] == 512 and config["vectors"]["layout"]["hnsw_config"]["m"] == 16
     assert config["vectors"]["pooled"]["hnsw_config"]["m"] == 16 and config["on_disk_payload"] is True
     assert set(index.store._shard(index.name).info().payload_schema) == {"kind", "rank", "sha256"}
     with pytest.raises(InvalidInputError, match="is open in process"):

@@ -12,7 +12,16 @@ import numpy as np
 import pytest
 from colqwen2_client.catalog import CatalogItem, point_id
 from colqwen2_client.errors import InvalidInputError
-from colqwen2_client.qdrant import FIRST_STAGES, MULTI, IndexSettings, VisualIndex, migrate, open_qdrant
+from colqwen2_client.qdrant import (
+    FIRST_STAGES,
+    LAYOUT,
+    LONG_QUERY_TOKENS,
+    MULTI,
+    IndexSettings,
+    VisualIndex,
+    migrate,
+    open_qdrant,
+)
 from colqwen2_client.scoring import maxsim
 from colqwen2_client.stores import EdgeStore, ServerStore
 from colqwen2_client.types import Embedding
@@ -89,6 +98,44 @@ def test_both_engines_search_exactly_within_filters(store, first_stage):
         assert 0 < len(first) <= 10 and items[7][0].id in {h.id for h in first}
 
 
+def test_image_queries_take_the_layout_route_in_both_engines(store):
+    """A long query with a grid (an image) goes through the `layout` vector with few candidates; as wide as the
+    catalog, that is the brute-force answer; a near-duplicate finds its original first. Without a grid: `pooled`."""
+    settings = IndexSettings(long_query_prefetch=40, prefetch_limit=100)
+    index = VisualIndex(None, store, settings, OFFSET)
+    rng = np.random.default_rng(5)
+    items = catalog(36)
+    fill(index, items)
+    assert store.metadata(index.name)["colqwen2"]["layout"] == 2 and index.schema.layout == 2
+    (record,) = index.records([items[3][0].id], vectors=[LAYOUT])
+    assert record.vectors[LAYOUT].shape == (512,)
+    original = items[3][1]
+    noisy = original.vectors + 0.2 * rng.standard_normal(original.vectors.shape).astype(np.float32)
+    noisy /= np.linalg.norm(noisy, axis=1, keepdims=True)
+    query = Embedding(noisy, original.pooled, grid=original.grid)
+    big = embedding(rng, 9, 9, None)  # 88 vectors: an image query even with no neighbour
+    assert big.num_vectors > LONG_QUERY_TOKENS
+    assert index.route(big) == ("layout", 40)
+    assert index.route(Embedding(big.vectors, big.pooled)) == ("mean", 40)  # no grid
+    assert index.route(items[7][1])[0] == "rows_cols"  # a short query: the collection's first stage
+    stored = index.stored_vectors([i.id for i, _, _ in items])
+    for q in (query, big):
+        brute = {pid: maxsim(q.vectors, v) for pid, v in stored.items()}
+        expected = sorted(brute, key=lambda pid: -brute[pid])[:5]
+        hits = index.search_embedding(q, limit=5, first_stage=None)
+        if q is query:
+            assert hits[0].id == items[3][0].id
+        assert len(hits) == 5 and all(np.isclose(h.score, brute[h.id], rtol=1e-4) for h in hits)
+        wide = index.search_embedding(q, limit=5, prefetch_limit=36, first_stage="layout")
+        assert [h.id for h in wide] == expected
+    with pytest.raises(InvalidInputError, match="needs an image query"):
+        index.search_embedding(Embedding(big.vectors, big.pooled), first_stage="layout")  # a query with no grid
+    first = index.first_stage_hits(query, limit=3)
+    assert first[0].id == items[3][0].id and len(first) == 3
+    none = VisualIndex(None, store, IndexSettings(collection="plain", first_stage="none"), OFFSET)
+    assert none.spec().metadata["colqwen2"].get("layout") is None and none.route(big) == ("none", 100)
+
+
 def test_both_engines_refresh_delete_and_prune(store):
     index = VisualIndex(None, store, IndexSettings(), OFFSET)
     items = catalog(24)
@@ -162,7 +209,7 @@ def test_migrate_copies_the_previous_local_mode_without_embedding(tmp_path):
     for stage in ("muvera", "rows_cols"):
         index = VisualIndex(None, open_qdrant(tmp_path / stage), IndexSettings(first_stage=stage))
         assert migrate(tmp_path / "old", index) == 30
-        assert index.count() == 30 and index.schema.first_stage == stage
+        assert index.count() == 30 and index.schema.first_stage == stage and index.schema.layout == 0  # no grid kept
         assert index.records([point_id("item-003")])[0].payload["marketplace"] == "DE"
         got = [(h.id, round(h.score, 2)) for h in index.search_embedding(query, limit=5)]
         assert got == expected

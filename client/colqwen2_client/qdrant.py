@@ -10,9 +10,12 @@ Each item (see `catalog`) is one point: id = UUID5 of its key, payload = its col
   `muvera.py`) whose dot product approximates MaxSim, HNSW-indexed.
 - `rows` and `cols` (first stage `rows_cols`): the row and column means of the visual tokens, with
   the prompt's other tokens, HNSW-indexed multivectors (Qdrant's ColPali guide).
+- `layout`: the means of the image's 2 x 2 regions in one vector (`token_pooling.layout`), HNSW-indexed:
+  the first stage of image queries (near-duplicates: a re-encoded photo, a redrawn chart).
 
 Search: a first stage over `pooled` (`mean`), `muvera`, `rows` and `cols` (`rows_cols`), or none
-(exact MaxSim over every point that passes the filter), then MaxSim on `colqwen2`. A `where`
+(exact MaxSim over every point that passes the filter), then MaxSim on `colqwen2`. Image queries
+(more than LONG_QUERY_TOKENS vectors, with a grid) take `layout` and few candidates instead. A `where`
 filter applies to both stages. The collection remembers its first stage, quantization and
 filterable fields in its metadata, so every client searching it agrees.
 
@@ -41,20 +44,22 @@ from .errors import ColQwen2Error, InvalidInputError
 from .inputs import ImageInput
 from .muvera import Muvera
 from .stores import DENSE, MULTIVECTOR, CollectionSpec, Record, Stage, Store, VectorSpec, open_store
-from .token_pooling import pool_tokens, rows_cols
+from .token_pooling import layout, pool_tokens, rows_cols
 from .types import Embedding
 
 COLLECTION = "visual_embeddings"
-POOLED, MULTI, ROWS, COLS, FDE = "pooled", "colqwen2", "rows", "cols", "muvera"
+POOLED, MULTI, ROWS, COLS, FDE, LAYOUT = "pooled", "colqwen2", "rows", "cols", "muvera", "layout"
 FirstStage = Literal["mean", "muvera", "rows_cols", "none"]
 FIRST_STAGES: tuple[str, ...] = ("mean", "muvera", "rows_cols", "none")
 # From `make bench-scale` (README, "Catalog search at scale"): recall@10 against exact MaxSim and latency at 10,000
 # and 100,000 items. rows/cols finds text queries' neighbours (a few tokens) where one vector per item cannot;
-# long queries (images) go through `pooled` (LONG_QUERY_STAGE): a near-duplicate needs no more, and an image's
-# hundreds of tokens against every rows/cols vector of each HNSW node cost seconds.
+# long queries (images) go through `layout` (one vector of the image's regions; `pooled` where the collection or the
+# query has no grid): an image's hundreds of tokens against every rows/cols vector of each HNSW node cost seconds,
+# and each candidate's rerank costs query vectors x item vectors MACs, so few candidates, found well.
 DEFAULT_FIRST_STAGE: FirstStage = "rows_cols"
 LONG_QUERY_TOKENS = 64  # queries with more vectors than this (images) take the long-query route
-LONG_QUERY_STAGE = "mean"
+LONG_QUERY_STAGE, LONG_QUERY_FALLBACK = "layout", "mean"
+LAYOUT_CELLS = 2  # regions per side of the `layout` vector: 2 x 2 x 128 = 512 dims
 QUANTIZATIONS: tuple[str, ...] = ("none", "scalar", "binary")
 DEFAULT_QUANTIZATION = "scalar"  # int8 on the stored multivector, in RAM; rescored with the float16 originals
 FILTER_TYPES: dict[str, tuple[type, ...]] = {"keyword": (str,), "integer": (int,), "bool": (bool,)}
@@ -75,9 +80,10 @@ class IndexSettings:
     # None: the collection's own (from its metadata), or DEFAULT_FIRST_STAGE for a new one.
     first_stage: FirstStage | None = None
     prefetch_limit: int = 100  # candidates the first stage passes to the rerank (each, for rows_cols)
-    # Long queries (images: hundreds of vectors): the `pooled` first stage and at most this many candidates, each of
+    # Long queries (images: hundreds of vectors): the `layout` first stage and at most this many candidates, each of
     # which costs the rerank (query vectors x item vectors) MACs: ~26 M for a 450-vector image against such an item.
-    long_query_prefetch: int = 20
+    long_query_prefetch: int = 16
+    layout_cells: int = LAYOUT_CELLS  # a new collection's `layout` vector (0: none; image queries then use `pooled`)
     quantization: str = DEFAULT_QUANTIZATION  # on the stored multivector (none, scalar, binary), rescored on search
     pool_factor: int = 1  # hierarchical token pooling of image vectors at index time; 1 = off
     filter_fields: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_FILTER_FIELDS))
@@ -99,6 +105,7 @@ class Schema:
     filter_fields: dict[str, str]
     quantization: str = "none"
     muvera: dict[str, Any] = field(default_factory=dict)  # the MUVERA parameters (first stage `muvera`)
+    layout: int = 0  # cells per side of the `layout` vector; 0: the collection has none
 
 
 @dataclass
@@ -257,7 +264,7 @@ class VisualIndex:
                 stored = stored or {"first_stage": "mean", "filter_fields": dict(DEFAULT_FILTER_FIELDS)}
                 schema = Schema(
                     stored["first_stage"], dict(stored["filter_fields"]), stored.get("quantization", "none"),
-                    dict(stored.get("muvera") or {}),
+                    dict(stored.get("muvera") or {}), int(stored.get("layout", 0)),
                 )  # fmt: skip
                 if wanted and wanted != schema.first_stage:
                     raise InvalidInputError(
@@ -267,7 +274,8 @@ class VisualIndex:
             else:
                 stage = wanted or DEFAULT_FIRST_STAGE
                 muvera = _params(Muvera()) if stage == "muvera" else {}
-                schema = Schema(stage, dict(self.settings.filter_fields), self.settings.quantization, muvera)
+                cells = self.settings.layout_cells if stage != "none" else 0
+                schema = Schema(stage, dict(self.settings.filter_fields), self.settings.quantization, muvera, cells)
             if schema.first_stage not in FIRST_STAGES:
                 raise InvalidInputError(f"first stage must be one of {', '.join(FIRST_STAGES)}")
             if metadata is None:
@@ -295,12 +303,15 @@ class VisualIndex:
                 vectors[name] = VectorSpec(EMBEDDING_DIM, MULTIVECTOR)
         if schema.first_stage == "muvera":
             vectors[FDE] = VectorSpec(self.muvera.fde_dim, DENSE, distance="dot")
+        if schema.layout:
+            vectors[LAYOUT] = VectorSpec(schema.layout**2 * EMBEDDING_DIM, DENSE)
         metadata = {
             METADATA: {
                 "first_stage": schema.first_stage,
                 "filter_fields": schema.filter_fields,
                 "quantization": schema.quantization,
                 **({"muvera": schema.muvera} if schema.muvera else {}),
+                **({"layout": schema.layout} if schema.layout else {}),
             }
         }
         return CollectionSpec(
@@ -358,13 +369,17 @@ class VisualIndex:
 
     def vectors(self, embedding: Embedding, where: str = "the image") -> dict[str, np.ndarray]:
         """Every named vector of a point from its embedding: the stored multivector (after any token pooling),
-        the mean, and the first stage's own (rows/cols from the grid, or the MUVERA encoding)."""
+        the mean, the layout, and the first stage's own (rows/cols from the grid, or the MUVERA encoding)."""
         stored = pool_tokens(embedding.vectors, self.settings.pool_factor)
         arrays: dict[str, np.ndarray] = {POOLED: embedding.pooled, MULTI: stored}
-        stage = self.schema.first_stage
+        schema = self.schema
+        stage = schema.first_stage
+        if (stage == "rows_cols" or schema.layout) and embedding.grid is None:
+            needs = "rows_cols" if stage == "rows_cols" else "its layout vector"
+            raise InvalidInputError(f"{where}: the server returned no grid: {needs} needs it")
+        if schema.layout:
+            arrays[LAYOUT] = layout(embedding.vectors, embedding.grid, self.visual_token_offset(), schema.layout)
         if stage == "rows_cols":
-            if embedding.grid is None:
-                raise InvalidInputError(f"{where}: the server returned no grid: rows_cols needs it")
             arrays[ROWS], arrays[COLS] = rows_cols(embedding.vectors, embedding.grid, self.visual_token_offset())
         elif stage == "muvera":
             arrays[FDE] = self.muvera.encode_document(embedding.vectors)
@@ -585,12 +600,14 @@ class VisualIndex:
 
     def route(self, query: Embedding, first_stage: str | None = None) -> tuple[str, int]:
         """The first stage and prefetch a query takes: `first_stage` if given, else the collection's for short
-        (text) queries and LONG_QUERY_STAGE with `long_query_prefetch` for long ones (images)."""
+        (text) queries and, for long ones (images), LONG_QUERY_STAGE (LONG_QUERY_FALLBACK where the collection
+        or the query has no layout) with `long_query_prefetch`."""
         if first_stage:
             return first_stage, self.settings.prefetch_limit
         stage = self.schema.first_stage
         if stage != "none" and query.num_vectors > LONG_QUERY_TOKENS:
-            return LONG_QUERY_STAGE, min(self.settings.long_query_prefetch, self.settings.prefetch_limit)
+            long = LONG_QUERY_STAGE if self.schema.layout and query.grid is not None else LONG_QUERY_FALLBACK
+            return long, min(self.settings.long_query_prefetch, self.settings.prefetch_limit)
         return stage, self.settings.prefetch_limit
 
     def _first_stage_queries(self, query: Embedding, first_stage: str | None) -> list[tuple[np.ndarray, str]]:
@@ -600,6 +617,10 @@ class VisualIndex:
             return []
         if stage == "mean":
             return [(query.pooled, POOLED)]
+        if stage == "layout" and self.schema.layout:
+            if query.grid is None:
+                raise InvalidInputError("first stage 'layout' needs an image query (one with a grid)")
+            return [(layout(query.vectors, query.grid, self.visual_token_offset(), self.schema.layout), LAYOUT)]
         if stage == self.schema.first_stage == "rows_cols":
             return [(query.vectors, ROWS), (query.vectors, COLS)]
         if stage == self.schema.first_stage == "muvera":
@@ -615,7 +636,7 @@ class VisualIndex:
     ) -> list[Hit]:
         """What the first stage hands the rerank, with its own scores: the pooled vector's cosine (`mean`), the
         best of the rows' and the columns' MaxSim (`rows_cols`, the union of both candidate lists), the MUVERA
-        dot product (`muvera`). `none`: []."""
+        dot product (`muvera`), the layout's cosine (`layout`, image queries). `none`: []."""
         checked = check_where(where, self.schema.filter_fields)
         stage, prefetch = self.route(query, first_stage)
         limit = limit or prefetch
@@ -655,7 +676,8 @@ def migrate(old: str | Path, index: VisualIndex, batch: int = 256) -> int:
         meta = (source.get_collection(index.name).config.metadata or {}).get(METADATA) or {}
         fields_ = dict(meta.get("filter_fields") or DEFAULT_FILTER_FIELDS)
         stage = index.settings.first_stage or meta.get("first_stage", "mean")  # unless asked: the one it had
-        index.settings = replace(index.settings, filter_fields=fields_, first_stage=stage)
+        # no layout: the old points have no grid to compute it from (image queries then take `pooled`)
+        index.settings = replace(index.settings, filter_fields=fields_, first_stage=stage, layout_cells=0)
         index._schema = None
         stage = index.schema.first_stage
         if stage == "rows_cols" and meta.get("first_stage") != "rows_cols":

@@ -1,5 +1,6 @@
 """Fewer vectors per image: hierarchical token pooling at index time, as colpali-engine's
-`HierarchicalTokenPooler` does, and the row and column means a first stage searches.
+`HierarchicalTokenPooler` does; the row and column means a first stage searches; an image's layout
+(its regions' means), the first stage of image queries.
 
 An image's vectors are clustered (Ward linkage on 1 - cosine similarity) into at most
 n // pool_factor clusters; each cluster becomes its L2-normalised mean. Storage shrinks by about
@@ -32,6 +33,19 @@ def pool_tokens(vectors: np.ndarray, pool_factor: int) -> np.ndarray:
     return np.stack(pooled).astype(np.float32)
 
 
+def _split(vectors: np.ndarray, grid: tuple[int, int], offset: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(prompt tokens before, visual tokens as [rows, cols, d] float32, prompt tokens after) of an image's vectors."""
+    r, c = grid
+    end = offset + r * c
+    if r < 1 or c < 1 or offset < 0 or end > len(vectors):
+        raise ValueError(f"a {r} x {c} grid at offset {offset} does not fit {len(vectors)} vectors")
+    return vectors[:offset], vectors[offset:end].astype(np.float32).reshape(r, c, -1), vectors[end:]
+
+
+def _normalised(pooled: np.ndarray) -> np.ndarray:
+    return pooled / np.maximum(np.linalg.norm(pooled, axis=-1, keepdims=True), 1e-12)
+
+
 def rows_cols(vectors: np.ndarray, grid: tuple[int, int], offset: int) -> tuple[np.ndarray, np.ndarray]:
     """An image's first-stage vectors, as Qdrant's ColPali guide builds them: the mean of each row and of
     each column of its visual tokens, each with the prompt's other tokens kept as they are.
@@ -40,16 +54,28 @@ def rows_cols(vectors: np.ndarray, grid: tuple[int, int], offset: int) -> tuple[
     ensemble's `visual_token_offset`); the prompt's text tokens come before and after them.
     -> (rows: [offset + r + rest, d], cols: [offset + c + rest, d]), rows L2-normalised.
     """
-    r, c = grid
-    end = offset + r * c
-    if r < 1 or c < 1 or offset < 0 or end > len(vectors):
-        raise ValueError(f"a {r} x {c} grid at offset {offset} does not fit {len(vectors)} vectors")
-    visual = vectors[offset:end].astype(np.float32).reshape(r, c, -1)
-    prefix, suffix = vectors[:offset], vectors[end:]
-
-    def normalised(pooled: np.ndarray) -> np.ndarray:
-        return pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
-
-    rows = np.concatenate([prefix, normalised(visual.mean(axis=1)), suffix]).astype(np.float32)
-    cols = np.concatenate([prefix, normalised(visual.mean(axis=0)), suffix]).astype(np.float32)
+    prefix, visual, suffix = _split(vectors, grid, offset)
+    rows = np.concatenate([prefix, _normalised(visual.mean(axis=1)), suffix]).astype(np.float32)
+    cols = np.concatenate([prefix, _normalised(visual.mean(axis=0)), suffix]).astype(np.float32)
     return rows, cols
+
+
+def layout(vectors: np.ndarray, grid: tuple[int, int], offset: int, cells: int = 2) -> np.ndarray:
+    """One vector that keeps an image's layout: its visual tokens split into cells x cells regions (by
+    relative position, so a chart at 500 x 200 and at 1000 x 400 line up), each region's L2-normalised
+    mean, concatenated: float32 [cells * cells * d], unit length. Its cosine to another image's is the mean
+    of their regions' cosines: the first stage that finds an image's near-duplicates (the prompt's tokens,
+    the same in every image, are left out).
+    `vectors`, `grid`, `offset` as for rows_cols; a grid smaller than `cells` repeats its rows or columns."""
+    _, visual, _ = _split(vectors, grid, offset)
+    r, c = grid
+    rb, cb = np.linspace(0, r, cells + 1), np.linspace(0, c, cells + 1)
+    regions = []
+    for i in range(cells):
+        r0 = min(int(rb[i]), r - 1)
+        r1 = max(int(rb[i + 1]), r0 + 1)
+        for j in range(cells):
+            c0 = min(int(cb[j]), c - 1)
+            c1 = max(int(cb[j + 1]), c0 + 1)
+            regions.append(visual[r0:r1, c0:c1].reshape(-1, visual.shape[-1]).mean(axis=0))
+    return (_normalised(np.stack(regions)) / np.float32(cells)).reshape(-1).astype(np.float32)
