@@ -72,31 +72,35 @@ def _du(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def _stages(items: int) -> list[str]:
-    return ["mean", "rows_cols"] + (["muvera"] if items <= MUVERA_MAX else [])
+def _stages(items: int, first_stage: str = "rows_cols") -> list[str]:
+    """The first stages built: the mean, the collection's first stage, MUVERA up to MUVERA_MAX items."""
+    stages = ["mean"] + (["rows_cols"] if first_stage == "rows_cols" else [])
+    return stages + (["muvera"] if items <= MUVERA_MAX else [])
 
 
-def _query_stages(kind: str, items: int) -> list[str]:
+def _query_stages(kind: str, items: int, first_stage: str = "rows_cols") -> list[str]:
     """The first stages measured for a query kind: `layout` is an image query's (it needs the query's grid)."""
-    return (["layout"] if kind == "image" else []) + _stages(items)
+    return (["layout"] if kind == "image" else []) + _stages(items, first_stage)
 
 
-def _index(folder: Path, items: int, create: bool):
+def _index(folder: Path, items: int, create: bool, first_stage: str = "rows_cols"):
     """A VisualIndex on `folder` whose collection carries every first stage measured at this size."""
     from colqwen2_client.qdrant import FDE, IndexSettings, VisualIndex, open_qdrant
     from colqwen2_client.stores import DENSE, CollectionSpec, VectorSpec
 
-    index = VisualIndex(None, open_qdrant(folder), IndexSettings(), visual_token_offset=0)  # the defaults
+    settings = IndexSettings(first_stage=first_stage)  # otherwise the defaults
+    offset = len(data.load_bases(folder.parent / "bases.npz")[0].prefix)  # the prompt tokens before the visual ones
+    index = VisualIndex(None, open_qdrant(folder), settings, visual_token_offset=offset)
     if create and not index.exists():
         spec = index.spec()
         vectors = dict(spec.vectors)
-        if "muvera" in _stages(items):
+        if "muvera" in _stages(items, first_stage):
             vectors[FDE] = VectorSpec(index.muvera.fde_dim, DENSE, distance="dot")
         index.store.create(index.name, CollectionSpec(vectors, spec.filter_fields, spec.metadata))
     return index
 
 
-def _record(index, item, bases):
+def _record(index, item):
     from colqwen2_client.catalog import point_id
     from colqwen2_client.qdrant import FDE
     from colqwen2_client.stores import Record
@@ -104,7 +108,6 @@ def _record(index, item, bases):
 
     pooled = item.vectors.mean(0)
     embedding = Embedding(item.vectors, (pooled / np.linalg.norm(pooled)).astype(np.float32), grid=item.grid)
-    index._offset = len(bases[0].prefix)  # the prompt tokens before the visual ones
     vectors = index.vectors(embedding, item.key)  # pooled, colqwen2, rows, cols: what the index writes itself
     if FDE in index.store.metadata(index.name)["vectors"]:
         vectors[FDE] = index.muvera.encode_document(item.vectors)
@@ -116,7 +119,7 @@ def build(args) -> dict:
     bases = data.load_bases(args.workdir / "bases.npz")
     folder = args.workdir / f"edge-{args.items}"
     shutil.rmtree(folder, ignore_errors=True)
-    index = _index(folder, args.items, create=True)
+    index = _index(folder, args.items, create=True, first_stage=args.first_stage)
     encode = write = 0.0
     started = time.perf_counter()
     batch: list = []
@@ -124,7 +127,7 @@ def build(args) -> dict:
     for i in range(args.items):
         t = time.perf_counter()
         item = data.make_item(bases, i, SEED)
-        batch.append(_record(index, item, bases))
+        batch.append(_record(index, item))
         vectors += len(item.vectors)
         encode += time.perf_counter() - t
         if len(batch) == 64 or i == args.items - 1:
@@ -142,7 +145,8 @@ def build(args) -> dict:
     index.close()
     return {
         "items": args.items, "vectors": vectors, "vectors_per_item": round(vectors / args.items, 1),
-        "stages": _stages(args.items), "generate_encode_s": round(encode, 1), "upsert_s": round(write, 1),
+        "stages": _stages(args.items, args.first_stage), "generate_encode_s": round(encode, 1),
+        "upsert_s": round(write, 1),
         "optimize_s": round(optimize, 1), "segments": segments,
         "total_s": round(time.perf_counter() - started, 1),
         "items_per_s": round(args.items / (time.perf_counter() - started), 1),
@@ -211,10 +215,7 @@ def exact_scores(bases, items: list[int], query_sets: dict[str, list], versions:
 
 
 def _payloads(items: int) -> list[dict]:
-    return [
-        {"kind": data.item_size(i, SEED)[0], "marketplace": data.MARKETPLACES[i % len(data.MARKETPLACES)]}
-        for i in range(items)
-    ]
+    return [{"kind": data.item_size(i, SEED)[0], "marketplace": data.marketplace(i)} for i in range(items)]
 
 
 def _truth(scores: np.ndarray, allowed: np.ndarray | None, keys: list[str]) -> list[set[str]]:
@@ -244,7 +245,7 @@ def search(args) -> dict:
 
     folder = args.workdir / f"edge-{args.items}"
     t = time.perf_counter()
-    index = _index(folder, args.items, create=False)
+    index = _index(folder, args.items, create=False, first_stage=args.first_stage)
     index.count()
     load_s = time.perf_counter() - t
     with np.load(args.workdir / f"queries-{args.items}.npz") as f:
@@ -256,7 +257,7 @@ def search(args) -> dict:
     masks = {"none": None} | {
         name: np.array([all(p[k] == v for k, v in where.items()) for p in payloads]) for name, where in WHERE.items()
     }
-    offset = len(data.load_bases(args.workdir / "bases.npz")[0].prefix)
+    offset = index.visual_token_offset()
     grids = {"image": [data.item_grid(*data.item_size(i, SEED)[1:]) for i in sources["image"]]}
 
     def selected(kind: str, where: str) -> list[int]:
@@ -286,7 +287,7 @@ def search(args) -> dict:
     rows = []
     for kind in ("image", "text", "random"):
         sizes = args.image_prefetch if kind == "image" else args.prefetch
-        configs = [(stage, n) for stage in _query_stages(kind, args.items) for n in sizes]
+        configs = [(stage, n) for stage in _query_stages(kind, args.items, args.first_stage) for n in sizes]
         for where in masks:
             chosen = selected(kind, where)
             qs = [sets[kind][j] for j in chosen]
@@ -373,12 +374,12 @@ def refresh(args) -> dict:
 
     bases = data.load_bases(args.workdir / "bases.npz")
     folder = args.workdir / f"edge-{args.items}"
-    index = _index(folder, args.items, create=False)
+    index = _index(folder, args.items, create=False, first_stage=args.first_stage)
     plan = json.loads((args.workdir / f"refresh-{args.items}.json").read_text())
     t = time.perf_counter()
     batch = []
     for i in plan["redrawn"] + plan["new"]:
-        batch.append(_record(index, data.make_item(bases, i, SEED, plan["versions"].get(str(i), 0)), bases))
+        batch.append(_record(index, data.make_item(bases, i, SEED, plan["versions"].get(str(i), 0))))
         if len(batch) == 64:
             index.store.upsert(index.name, batch, wait=False)
             batch = []
@@ -493,7 +494,7 @@ def _child(step: str, args, items: int, extra: list[str] | None = None) -> dict:
     """Run one step in its own process (its memory and its engine are its own), return its JSON."""
     out = args.workdir / f"{step}-{items}.json"
     command = [sys.executable, "-m", "bench.scale", "--step", step, "--items", str(items), "--workdir",
-               str(args.workdir), "--out", str(out), *(extra or [])]  # fmt: skip
+               str(args.workdir), "--out", str(out), "--first-stage", args.first_stage, *(extra or [])]  # fmt: skip
     subprocess.run(command, check=True)
     return json.loads(out.read_text())
 
@@ -546,6 +547,9 @@ def main(argv: list[str] | None = None) -> int:
                         "anchor the synthetic catalog (default %(default)s)")  # fmt: skip
     parser.add_argument("--items", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--prefetch", type=int, nargs="+", default=[50, 100, 200])
+    parser.add_argument("--first-stage", choices=["rows_cols", "mean"], default="rows_cols",
+                        help="the collection's first stage (text queries' route): mean leaves the rows/cols HNSW "
+                        "out of the build")  # fmt: skip
     parser.add_argument("--image-prefetch", type=int, nargs="+", default=[12, 16, 20, 100],
                         help="prefetch sizes for image queries (each candidate's rerank costs hundreds of tokens "
                         "squared); rows_cols and muvera only at the first")  # fmt: skip
@@ -608,8 +612,8 @@ def to_markdown(report: dict) -> str:
             f"{b['wal_bytes'] / 2**20:.0f} MiB); {b['segments']} segments",
             f"- search process: open {s['load_s']} s, RSS {s['rss_mb']:,} MB, PSS {s['pss_mb']:,} MB "
             f"(peak RSS {s['peak_rss_mb']:,} MB)",
-            "- `VisualIndex.search_embedding` with the defaults (text: rows_cols, prefetch 100, int8 rescored; "
-            "images: layout, prefetch 16, float16):",
+            "- `VisualIndex.search_embedding` as a user calls it (text: the collection's first stage, prefetch 100, "
+            "int8 rescored; images: layout, prefetch 16, float16):",
             *[
                 f"  - {name}: route {d['route']}, recall@10 {d['recall_at_10']:.3f} (min {d['min_recall']}), p50 "
                 f"{d['p50_ms']} ms, p95 {d['p95_ms']} ms, p99 {d['p99_ms']} ms"

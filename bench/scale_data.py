@@ -5,8 +5,8 @@ this process, `bench.references.Pipeline`) are the bases. An item is a base at t
 (nearest-neighbour resampling of the base's visual tokens to the grid its image size gets from Qwen2-VL's
 `smart_resize` under the published checkpoint's limits: 3136 to 602112 pixels, at most 768 visual tokens),
 plus the prompt's tokens, plus noise at two levels:
-- a family (a product's photos, an ASIN's charts: FAMILY items) shares a spatially coherent perturbation
-  of its base, so neighbours exist and families that share a base still differ;
+- a family (a listing, an ASIN in one marketplace: its photos and its charts, FAMILY items) shares a spatially
+  coherent perturbation of its base, so neighbours exist and families that share a base still differ;
 - each item adds its own noise; a "refreshed chart" redraws it (a new version of the same item).
 Every item is a pure function of (seed, index, version), so the ground truth regenerates items in chunks
 instead of holding 100,000 x 450 vectors in memory.
@@ -36,7 +36,7 @@ SIZES = (  # kind, width, height, share
     ("product_image", 300, 900, 0.1),
 )
 MARKETPLACES = ("US", "DE", "UK", "FR", "IT", "ES", "JP", "CA")
-FAMILY = 12  # items per family (a product's photos, an ASIN's charts over time): the exact top 10 lies in it
+FAMILY = 12  # items per family (a listing's photos, its charts over time): the exact top 10 lies in it
 FAMILY_NOISE = 0.8  # norm of a family's perturbation of its base, per token (the base tokens are unit vectors)
 ITEM_NOISE = 0.35  # norm of an item's own noise per token; a refreshed item redraws it
 
@@ -125,9 +125,14 @@ class Item:
     grid: tuple[int, int]
 
 
+def marketplace(index: int) -> str:
+    """A family is one listing (an ASIN in one marketplace, as Keepa tracks it): its marketplace is the family's."""
+    return MARKETPLACES[(index // FAMILY) % len(MARKETPLACES)]
+
+
 def make_key(index: int, seed: int) -> str:
     kind = item_size(index, seed)[0]
-    return f"{MARKETPLACES[index % len(MARKETPLACES)]}:B{index // FAMILY:09d}:{kind}:{index}"
+    return f"{marketplace(index)}:B{index // FAMILY:09d}:{kind}:{index}"
 
 
 def make_item(bases: list[Base], index: int, seed: int, version: int = 0) -> Item:
@@ -143,10 +148,9 @@ def make_item(bases: list[Base], index: int, seed: int, version: int = 0) -> Ite
     vectors = np.concatenate([prefix, _resample(grid, rows, cols).reshape(rows * cols, -1), suffix])
     irng = np.random.default_rng([seed, 4, index, version])
     vectors = _normalised(vectors + _field(irng, vectors.shape, ITEM_NOISE))
-    marketplace = MARKETPLACES[index % len(MARKETPLACES)]
     asin = f"B{family:09d}"
     key = make_key(index, seed)
-    payload = {"key": key, "kind": kind, "marketplace": marketplace, "asin": asin, "size": [width, height],
+    payload = {"key": key, "kind": kind, "marketplace": marketplace(index), "asin": asin, "size": [width, height],
                "version": version}  # fmt: skip
     return Item(index, key, payload, vectors, (rows, cols))
 
