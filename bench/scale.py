@@ -74,13 +74,15 @@ def _du(path: Path) -> int:
 
 def _stages(items: int, first_stage: str = "rows_cols") -> list[str]:
     """The first stages built: the mean, the collection's first stage, MUVERA up to MUVERA_MAX items."""
-    stages = ["mean"] + (["rows_cols"] if first_stage == "rows_cols" else [])
+    stages = ["mean"] + ([first_stage] if first_stage in ("rows_cols", "cells") else [])
     return stages + (["muvera"] if items <= MUVERA_MAX else [])
 
 
 def _query_stages(kind: str, items: int, first_stage: str = "rows_cols") -> list[str]:
     """The first stages measured for a query kind: `layout` is an image query's (it needs the query's grid)."""
-    return (["layout"] if kind == "image" else []) + _stages(items, first_stage)
+    stages = _stages(items, first_stage)
+    # cells: one search per query vector, hundreds for an image (seconds): images take layout
+    return ["layout"] + [s for s in stages if s != "cells"] if kind == "image" else stages
 
 
 def _index(folder: Path, items: int, create: bool, first_stage: str = "rows_cols"):
@@ -96,6 +98,8 @@ def _index(folder: Path, items: int, create: bool, first_stage: str = "rows_cols
         vectors = dict(spec.vectors)
         if "muvera" in _stages(items, first_stage):
             vectors[FDE] = VectorSpec(index.muvera.fde_dim, DENSE, distance="dot")
+        if first_stage == "cells":
+            index.store.create(index.cells_name, index.cells_spec())
         index.store.create(index.name, CollectionSpec(vectors, spec.filter_fields, spec.metadata))
     return index
 
@@ -133,7 +137,7 @@ def build(args) -> dict:
         if len(batch) == 64 or i == args.items - 1:
             t = time.perf_counter()
             # as VisualIndex.index writes: batches of 64, waiting (a flush, which trims the WAL) every 8th
-            index.store.upsert(index.name, batch, wait=(i == args.items - 1 or (i + 1) % 512 == 0))
+            index.upsert(batch, wait=(i == args.items - 1 or (i + 1) % 512 == 0))
             write += time.perf_counter() - t
             batch = []
         if (i + 1) % max(1, args.items // 20) == 0:
@@ -142,6 +146,8 @@ def build(args) -> dict:
     index.optimize()
     optimize = time.perf_counter() - t
     segments = index.store.segments(index.name)
+    collections = index.collections()
+    cell_points = index.store.count(index.cells_name) if len(collections) > 1 else 0
     index.close()
     return {
         "items": args.items, "vectors": vectors, "vectors_per_item": round(vectors / args.items, 1),
@@ -151,7 +157,8 @@ def build(args) -> dict:
         "total_s": round(time.perf_counter() - started, 1),
         "items_per_s": round(args.items / (time.perf_counter() - started), 1),
         "peak_rss_mb": round(_rss_mb()), "disk_bytes": _du(folder),
-        "disk_bytes_per_item": round(_du(folder) / args.items), "wal_bytes": _du(folder / index.name / "wal"),
+        "disk_bytes_per_item": round(_du(folder) / args.items),
+        "wal_bytes": sum(_du(folder / name / "wal") for name in collections), "cell_points": cell_points,
     }  # fmt: skip
 
 
@@ -281,7 +288,10 @@ def search(args) -> dict:
     def run(q, stage, prefetch, where, quantized, grid=None):
         stages = stages_for(stage, q, prefetch, grid)
         t = time.perf_counter()
-        found = index.store.query(index.name, q, MULTI, LIMIT, WHERE.get(where), stages, quantized)
+        ids = None
+        if stage == "cells":  # the candidates come as ids, from the cells collection
+            ids = [h.id for h in index.cell_candidates(_embedding(q), prefetch, WHERE.get(where))]
+        found = index.store.query(index.name, q, MULTI, LIMIT, WHERE.get(where), stages, quantized, ids)
         return time.perf_counter() - t, [p.id for p in found]
 
     rows = []
@@ -381,9 +391,9 @@ def refresh(args) -> dict:
     for i in plan["redrawn"] + plan["new"]:
         batch.append(_record(index, data.make_item(bases, i, SEED, plan["versions"].get(str(i), 0))))
         if len(batch) == 64:
-            index.store.upsert(index.name, batch, wait=False)
+            index.upsert(batch, wait=False)
             batch = []
-    index.store.upsert(index.name, batch, wait=True)
+    index.upsert(batch, wait=True)
     write_s = time.perf_counter() - t
     waiting = len(plan["redrawn"]) + len(plan["new"])
     with np.load(args.workdir / f"queries-{args.items}.npz") as f:
@@ -547,9 +557,9 @@ def main(argv: list[str] | None = None) -> int:
                         "anchor the synthetic catalog (default %(default)s)")  # fmt: skip
     parser.add_argument("--items", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--prefetch", type=int, nargs="+", default=[50, 100, 200])
-    parser.add_argument("--first-stage", choices=["rows_cols", "mean"], default="rows_cols",
+    parser.add_argument("--first-stage", choices=["rows_cols", "cells", "mean"], default="rows_cols",
                         help="the collection's first stage (text queries' route): mean leaves the rows/cols HNSW "
-                        "out of the build")  # fmt: skip
+                        "out of the build; cells adds its companion collection of pooled tokens")  # fmt: skip
     parser.add_argument("--image-prefetch", type=int, nargs="+", default=[12, 16, 20, 100],
                         help="prefetch sizes for image queries (each candidate's rerank costs hundreds of tokens "
                         "squared); rows_cols and muvera only at the first")  # fmt: skip

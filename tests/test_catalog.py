@@ -10,7 +10,7 @@ import pytest
 from colqwen2_client.catalog import NAMESPACE, folder_items, item_key, memory_items, point_id, read_manifest
 from colqwen2_client.errors import InvalidInputError
 from colqwen2_client.qdrant import DEFAULT_FILTER_FIELDS, check_where, parse_where
-from colqwen2_client.token_pooling import layout, rows_cols
+from colqwen2_client.token_pooling import cells, layout, rows_cols
 
 
 def write_jsonl(path, lines):
@@ -173,6 +173,27 @@ def test_layout_is_the_unit_mean_of_each_region_and_lines_up_across_sizes():
     assert np.isclose(np.linalg.norm(layout(vectors, (4, 6), offset, cells=3)), 1.0, atol=1e-5)
     with pytest.raises(ValueError, match="does not fit"):
         layout(vectors, (5, 6), offset)
+
+
+def test_cells_pool_the_visual_tokens_two_by_two():
+    rng = np.random.default_rng(2)
+    offset, rest = 3, 4
+    grid = rng.standard_normal((5, 3, 128)).astype(np.float32)  # odd sides: the last cells are narrower
+    vectors = np.concatenate([rng.standard_normal((offset, 128)), grid.reshape(15, 128),
+                              rng.standard_normal((rest, 128))]).astype(np.float32)  # fmt: skip
+    out = cells(vectors, (5, 3), offset)
+    assert out.shape == (3 * 2, 128) and np.allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
+
+    def unit(x):
+        return x / np.linalg.norm(x)
+
+    assert np.allclose(out[0], unit(grid[:2, :2].reshape(-1, 128).mean(0)), atol=1e-5)
+    assert np.allclose(out[1], unit(grid[:2, 2].mean(0)), atol=1e-5)  # a column of one token
+    assert np.allclose(out[5], unit(grid[4, 2]), atol=1e-5)  # the corner: one token
+    assert np.allclose(cells(vectors, (5, 3), offset, size=1), grid.reshape(15, 128) / np.linalg.norm(
+        grid.reshape(15, 128), axis=1, keepdims=True), atol=1e-5)  # fmt: skip
+    with pytest.raises(ValueError, match="does not fit"):
+        cells(vectors, (7, 3), offset)
 
 
 def test_the_cli_writes_to_a_per_user_folder_never_the_current_one(tmp_path, monkeypatch):

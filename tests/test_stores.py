@@ -24,6 +24,7 @@ from colqwen2_client.qdrant import (
 )
 from colqwen2_client.scoring import maxsim
 from colqwen2_client.stores import EdgeStore, ServerStore
+from colqwen2_client.token_pooling import cells
 from colqwen2_client.types import Embedding
 
 OFFSET = 3  # prompt tokens before the visual ones in these synthetic embeddings
@@ -151,6 +152,40 @@ def test_both_engines_refresh_delete_and_prune(store):
     assert index.delete(where={"kind": "product_image"}) == 11 and index.count() == 12
     assert index.prune([i.key for i, _, _ in items[6:9]]) == 9 and index.count() == 3
     assert sorted(store.ids(index.name)) == sorted(i.id for i, _, _ in items[6:9])
+
+
+def test_both_engines_keep_the_cells_of_live_items_only(store):
+    """First stage `cells`: the companion collection holds exactly the cells of the points there, with their
+    filter fields, through a refresh (a new grid), a payload-only change, deletes and a prune."""
+    index = VisualIndex(None, store, IndexSettings(first_stage="cells", prefetch_limit=100), OFFSET)
+    items = catalog(18)
+    fill(index, items)
+
+    def cells_of(emb):
+        return len(cells(emb.vectors, emb.grid, OFFSET))
+
+    live = {i.id: cells_of(e) for i, e, _ in items}
+    assert store.count(index.cells_name) == sum(live.values()) and index.collections()[1] == index.cells_name
+    item, _, payload = items[0]
+    new = embedding(np.random.default_rng(4), 3, 3)  # a redrawn image on a smaller grid: fewer cells
+    index.write(item, index.payload(item, item.data, "sha2") | payload, new)
+    live[item.id] = cells_of(new)
+    assert store.count(index.cells_name) == sum(live.values())
+    assert store.count(index.cells_name, {"item": item.id}) == 4
+    # a payload-only change reaches the cells' filter fields: a filtered text search finds the item by its new kind
+    other = "keepa_chart" if payload["kind"] == "product_image" else "product_image"
+    index.write(item, index.records([item.id])[0].payload | {"kind": other})
+    assert store.count(index.cells_name, {"item": item.id, "kind": other}) == 4
+    text = Embedding(new.vectors[OFFSET : OFFSET + 3], new.pooled)  # three of its visual tokens
+    assert index.search_embedding(text, limit=1, where={"kind": other})[0].id == item.id
+    assert index.first_stage_hits(text, limit=3, where={"kind": other})[0].payload["key"] == item.key
+    index.delete(keys=[items[1][0].key])
+    index.delete(where={"marketplace": "UK"})
+    index.prune([i.key for i, _, _ in items[:12]])
+    kept = set(store.ids(index.name))
+    assert store.count(index.cells_name) == sum(n for pid, n in live.items() if pid in kept) > 0
+    with pytest.raises(InvalidInputError, match="has no 'cells' first stage"):
+        VisualIndex(None, store, IndexSettings(collection="other"), OFFSET).search_embedding(text, first_stage="cells")
 
 
 def test_the_local_engine_indexes_in_steps_and_searches_what_waits(tmp_path):

@@ -125,7 +125,8 @@ def _build(index, written: int, show: bool) -> None:
         sys.stderr.flush()
 
     started = time.monotonic()
-    index.store.optimize_in_child(index.name, tick)
+    for name in index.collections():
+        index.store.optimize_in_child(name, tick)
     took = _duration(time.monotonic() - started)
     sys.stderr.write(f"\rbuilt the search index over {written} written points in {took}{' ' * 30}\n")
 

@@ -13,7 +13,13 @@ Each item (see `catalog`) is one point: id = UUID5 of its key, payload = its col
 - `layout`: the means of the image's 2 x 2 regions in one vector (`token_pooling.layout`), HNSW-indexed:
   the first stage of image queries (near-duplicates: a re-encoded photo, a redrawn chart).
 
-Search: a first stage over `pooled` (`mean`), `muvera`, `rows` and `cols` (`rows_cols`), or none
+First stage `cells` keeps a companion collection `<name>__cells`: each image's visual tokens pooled
+2 x 2 (`token_pooling.cells`), one point per cell (payload: the item's id and filter fields), HNSW.
+A text query's tokens each take their `cell_hits` nearest cells; items are ranked by the sum of their
+tokens' best cell scores (ColBERT's token-level candidate generation over pooled tokens), and the
+best `prefetch_limit` are reranked by MaxSim. The item's cells are written before its point.
+
+Search: a first stage over `pooled` (`mean`), `muvera`, `rows` and `cols` (`rows_cols`), cells, or none
 (exact MaxSim over every point that passes the filter), then MaxSim on `colqwen2`. Image queries
 (more than LONG_QUERY_TOKENS vectors, with a grid) take `layout` and few candidates instead. A `where`
 filter applies to both stages. The collection remembers its first stage, quantization and
@@ -27,6 +33,7 @@ or on a Qdrant server or cluster (`url`): `stores.py`. The choice of defaults is
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
@@ -44,13 +51,16 @@ from .errors import ColQwen2Error, InvalidInputError
 from .inputs import ImageInput
 from .muvera import Muvera
 from .stores import DENSE, MULTIVECTOR, CollectionSpec, Record, Stage, Store, VectorSpec, open_store
-from .token_pooling import layout, pool_tokens, rows_cols
+from .token_pooling import cells, layout, pool_tokens, rows_cols
 from .types import Embedding
 
 COLLECTION = "visual_embeddings"
 POOLED, MULTI, ROWS, COLS, FDE, LAYOUT = "pooled", "colqwen2", "rows", "cols", "muvera", "layout"
-FirstStage = Literal["mean", "muvera", "rows_cols", "none"]
-FIRST_STAGES: tuple[str, ...] = ("mean", "muvera", "rows_cols", "none")
+FirstStage = Literal["mean", "muvera", "rows_cols", "cells", "none"]
+FIRST_STAGES: tuple[str, ...] = ("mean", "muvera", "rows_cols", "cells", "none")
+CELL, ITEM = "cell", "item"  # first stage `cells`: the companion collection's vector, and its point's item id
+CELLS_SUFFIX = "__cells"  # the companion collection: `<name>__cells`
+CELL_SIZE = 2  # visual tokens per side pooled into one cell
 # From `make bench-scale` (README, "Catalog search at scale"): recall@10 against exact MaxSim and latency at 10,000
 # and 100,000 items. rows/cols finds text queries' neighbours (a few tokens) where one vector per item cannot;
 # long queries (images) go through `layout` (one vector of the image's regions; `pooled` where the collection or the
@@ -84,6 +94,7 @@ class IndexSettings:
     # which costs the rerank (query vectors x item vectors) MACs: ~26 M for a 450-vector image against such an item.
     long_query_prefetch: int = 16
     layout_cells: int = LAYOUT_CELLS  # a new collection's `layout` vector (0: none; image queries then use `pooled`)
+    cell_hits: int = 32  # first stage `cells`: nearest cells each query token takes
     quantization: str = DEFAULT_QUANTIZATION  # on the stored multivector (none, scalar, binary), rescored on search
     pool_factor: int = 1  # hierarchical token pooling of image vectors at index time; 1 = off
     filter_fields: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_FILTER_FIELDS))
@@ -330,7 +341,23 @@ class VisualIndex:
             raise InvalidInputError(
                 f"quantization must be one of {', '.join(QUANTIZATIONS)}, not {schema.quantization!r}"
             )
+        if schema.first_stage == "cells" and self.store.metadata(self.cells_name) is None:
+            self.store.create(self.cells_name, self.cells_spec())  # first: the collection exists once both do
         self.store.create(self.name, self.spec())
+
+    @property
+    def cells_name(self) -> str:
+        return self.name + CELLS_SUFFIX
+
+    def cells_spec(self) -> CollectionSpec:
+        """First stage `cells`' companion collection: one float16 vector per cell, HNSW; the filter fields and the
+        item's id indexed."""
+        s = self.settings
+        return CollectionSpec(
+            {CELL: VectorSpec(EMBEDDING_DIM, DENSE, float16=True)}, {**self.schema.filter_fields, ITEM: "keyword"},
+            {METADATA: {"cells_of": self.name, "cell_size": CELL_SIZE}}, s.shard_number, s.replication_factor,
+            s.write_consistency_factor,
+        )  # fmt: skip
 
     def count(self, where: Mapping[str, Any] | None = None) -> int:
         if not self.exists():
@@ -342,7 +369,14 @@ class VisualIndex:
         20 MB of vectors, about 175 items; fewer are searched exactly, and fast), vacuum of replaced ones; whether
         anything was built. qdrant-edge builds in this process and blocks its Python threads while it runs (so
         the gateway never calls it: `colqwen2 index` does); a server builds by itself (False)."""
-        return self.store.optimize(self.name) if self.exists() else False
+        changed = False
+        for name in self.collections() if self.exists() else []:
+            changed = self.store.optimize(name) or changed
+        return changed
+
+    def collections(self) -> list[str]:
+        """The store's collections this index keeps: its own, and first stage `cells`' companion."""
+        return [self.name] + ([self.cells_name] if self.schema.first_stage == "cells" else [])
 
     def visual_token_offset(self) -> int:
         if self._offset is None:
@@ -381,6 +415,10 @@ class VisualIndex:
             arrays[LAYOUT] = layout(embedding.vectors, embedding.grid, self.visual_token_offset(), schema.layout)
         if stage == "rows_cols":
             arrays[ROWS], arrays[COLS] = rows_cols(embedding.vectors, embedding.grid, self.visual_token_offset())
+        elif stage == "cells":
+            if embedding.grid is None:
+                raise InvalidInputError(f"{where}: the server returned no grid: cells needs it")
+            arrays[CELL] = cells(embedding.vectors, embedding.grid, self.visual_token_offset(), CELL_SIZE)
         elif stage == "muvera":
             arrays[FDE] = self.muvera.encode_document(embedding.vectors)
         return arrays
@@ -470,10 +508,37 @@ class VisualIndex:
     def write(self, item: CatalogItem, payload: dict[str, Any], embedding: Embedding | None = None) -> None:
         """Write one item now, waiting for Qdrant: its whole point from `embedding`, or only its payload."""
         if embedding is None:
-            self.store.overwrite_payload(self.name, item.id, payload)
+            self.update_payload(item.id, payload)
         else:
             point, _ = self.point(item, payload, embedding)
-            self.store.upsert(self.name, [point])
+            self.upsert([point])
+
+    def upsert(self, points: Sequence[Record], wait: bool = True) -> None:
+        """Write whole points (as `point` or `vectors` make them). First stage `cells`: each point's cells first, its
+        old ones deleted before, so a run killed in between leaves the point as it was (found by its old cells, or
+        by none if it is new: the rerun writes it again, its content being new to the index)."""
+        records = list(points)
+        if self.schema.first_stage == "cells":
+            fields_ = self.schema.filter_fields
+            parts = [(r, r.vectors.get(CELL)) for r in records]
+            missing = [r.id for r, c in parts if c is None]
+            if missing:
+                raise ValueError(f"points without cells in a cells collection: {missing[:3]}")
+            self.store.delete_where(self.cells_name, {ITEM: [r.id for r in records]})
+            self.store.upsert(self.cells_name, [
+                Record(str(uuid.uuid5(uuid.UUID(r.id), str(i))), {ITEM: r.id} | _filter_payload(r.payload, fields_),
+                       {CELL: cell})
+                for r, c in parts for i, cell in enumerate(c)
+            ], wait=wait)  # fmt: skip
+            records = [Record(r.id, r.payload, {n: v for n, v in r.vectors.items() if n != CELL}) for r in records]
+        self.store.upsert(self.name, records, wait=wait)
+
+    def update_payload(self, id: str, payload: dict[str, Any], wait: bool = True) -> None:
+        """Replace a point's payload (its vectors stay); first stage `cells`: its cells' filter fields too."""
+        if self.schema.first_stage == "cells":
+            fields_ = self.schema.filter_fields
+            self.store.set_payload_where(self.cells_name, {ITEM: id}, {f: payload.get(f) for f in fields_})
+        self.store.overwrite_payload(self.name, id, payload, wait=wait)
 
     def _sort(self, chunk, loads, stored, report):
         """Split a chunk into (item, data, payload) to embed and (item, payload) to update in place."""
@@ -504,10 +569,10 @@ class VisualIndex:
         try:
             for start in range(0, len(points), batch):
                 part = points[start : start + batch]
-                self.store.upsert(self.name, [p for p, _, _ in part], wait=wait)
+                self.upsert([p for p, _, _ in part], wait=wait)
                 done.extend(part)
             for item, payload in payload_only:
-                self.store.overwrite_payload(self.name, item.id, payload, wait=wait)
+                self.update_payload(item.id, payload, wait=wait)
                 updated += 1
         except Exception as exc:  # Qdrant refused or went away: what was not written is reported failed
             return done, points[len(done) :], updated, exc
@@ -531,8 +596,13 @@ class VisualIndex:
         keep_ids = {point_id(key) for key in keep}
         stale = [pid for pid in self.store.ids(self.name) if pid not in keep_ids]
         for start in range(0, len(stale), 1024):
-            self.store.delete_ids(self.name, stale[start : start + 1024])
+            self._delete_ids(stale[start : start + 1024])
         return len(stale)
+
+    def _delete_ids(self, ids: Sequence[str]) -> None:
+        self.store.delete_ids(self.name, ids)  # the point first: its cells alone find nothing
+        if self.schema.first_stage == "cells":
+            self.store.delete_where(self.cells_name, {ITEM: list(ids)})
 
     def delete(self, keys: Sequence[str] = (), where: Mapping[str, Any] | None = None) -> int:
         """Delete points by key and/or by filter; how many were deleted."""
@@ -544,11 +614,13 @@ class VisualIndex:
         if keys:
             ids = [point_id(k) for k in keys]
             deleted += len(self._stored(ids))
-            self.store.delete_ids(self.name, ids)
+            self._delete_ids(ids)
         if where:
             checked = check_where(where, self.schema.filter_fields)
             deleted += self.store.count(self.name, checked)
             self.store.delete_where(self.name, checked)
+            if self.schema.first_stage == "cells":  # the cells carry the filter fields
+                self.store.delete_where(self.cells_name, checked)
         return deleted
 
     # -- searching -----------------------------------------------------------------------------
@@ -581,6 +653,9 @@ class VisualIndex:
         checked = check_where(where, self.schema.filter_fields)
         stage, default_prefetch = self.route(query, first_stage)
         candidates = max(prefetch_limit or default_prefetch, limit)
+        ids = None
+        if stage == "cells":
+            ids = [h.id for h in self.cell_candidates(query, candidates, checked)]
         stages = [Stage(name, vector, candidates) for vector, name in self._first_stage_queries(query, stage)]
         quantized = "rescore" if self.schema.quantization != "none" else "default"
         if query.num_vectors > LONG_QUERY_TOKENS and quantized == "rescore":
@@ -590,7 +665,7 @@ class VisualIndex:
         # ties with the limit-th.
         cap, fetch = max(limit, candidates), limit + TIE_LOOKAHEAD
         while True:
-            found = self.store.query(self.name, query.vectors, MULTI, min(fetch, cap), checked, stages, quantized)
+            found = self.store.query(self.name, query.vectors, MULTI, min(fetch, cap), checked, stages, quantized, ids)
             hits = ordered(Hit(p.id, p.score, p.payload) for p in found)
             if len(hits) < min(fetch, cap) or fetch >= cap or len(hits) <= limit:
                 return hits[:limit]
@@ -613,7 +688,9 @@ class VisualIndex:
     def _first_stage_queries(self, query: Embedding, first_stage: str | None) -> list[tuple[np.ndarray, str]]:
         """(query vector, named vector) pairs of a first stage (the collection's, or `first_stage`); [] for none."""
         stage = first_stage or self.schema.first_stage
-        if stage == "none":
+        if stage in ("none", "cells"):  # cells: the candidates come as ids (cell_candidates)
+            if stage == "cells" and self.schema.first_stage != "cells":
+                raise InvalidInputError(f"collection {self.name!r} has no 'cells' first stage")
             return []
         if stage == "mean":
             return [(query.pooled, POOLED)]
@@ -640,12 +717,29 @@ class VisualIndex:
         checked = check_where(where, self.schema.filter_fields)
         stage, prefetch = self.route(query, first_stage)
         limit = limit or prefetch
+        if stage == "cells":
+            found = self.cell_candidates(query, limit, checked)
+            payloads = {r.id: r.payload for r in self.records([h.id for h in found])}
+            return ordered(Hit(h.id, h.score, payloads.get(h.id, {})) for h in found)
         best: dict[str, Hit] = {}
         for vector, name in self._first_stage_queries(query, stage):
             for p in self.store.query(self.name, vector, name, limit, checked):
                 if p.id not in best or p.score > best[p.id].score:
                     best[p.id] = Hit(p.id, p.score, p.payload)
         return ordered(best.values())
+
+    def cell_candidates(self, query: Embedding, limit: int, where: Mapping[str, Any] | None = None) -> list[Hit]:
+        """First stage `cells`: each query vector's `cell_hits` nearest cells (within `where`); an item scores the
+        sum over query vectors of its best cell (MaxSim over the cells found); the best `limit` items (no
+        payload). A query vector that finds none of an item's cells adds nothing to it."""
+        self._first_stage_queries(query, "cells")  # refuses a collection without cells
+        best: dict[str, dict[int, float]] = {}
+        for t, vector in enumerate(query.vectors):
+            for p in self.store.query(self.cells_name, vector, CELL, self.settings.cell_hits, where):
+                item = best.setdefault(str(p.payload[ITEM]), {})
+                item[t] = max(item.get(t, -1.0), p.score)
+        totals = sorted(((sum(v.values()), pid) for pid, v in best.items()), reverse=True)[:limit]
+        return [Hit(pid, score, {}) for score, pid in totals]
 
     def stored_vectors(self, ids: Sequence[str], name: str = MULTI) -> dict[str, np.ndarray]:
         """A named vector as stored (`colqwen2`: after any token pooling, in float16), by point id."""
@@ -682,6 +776,8 @@ def migrate(old: str | Path, index: VisualIndex, batch: int = 256) -> int:
         stage = index.schema.first_stage
         if stage == "rows_cols" and meta.get("first_stage") != "rows_cols":
             raise InvalidInputError(f"{old} has no rows/cols vectors: migrate with first stage muvera or mean")
+        if stage == "cells":
+            raise InvalidInputError(f"{old} keeps no grids to pool cells from: migrate with first stage muvera or mean")
         index.ensure_collection()
         names = [POOLED, MULTI] + ([ROWS, COLS] if stage == "rows_cols" else [])
         copied, offset = 0, None
@@ -696,7 +792,7 @@ def migrate(old: str | Path, index: VisualIndex, batch: int = 256) -> int:
                     arrays[FDE] = index.muvera.encode_document(arrays[MULTI])
                 records.append(Record(str(p.id), dict(p.payload or {}), arrays))
             if records:
-                index.store.upsert(index.name, records)
+                index.upsert(records)
             copied += len(records)
             if offset is None:
                 return copied
@@ -707,6 +803,10 @@ def migrate(old: str | Path, index: VisualIndex, batch: int = 256) -> int:
 def _params(encoder: Muvera) -> dict[str, Any]:
     """An encoder's parameters, as a collection's schema keeps them (the same ones rebuild the same encoder)."""
     return {f.name: getattr(encoder, f.name) for f in fields(encoder) if f.init}
+
+
+def _filter_payload(payload: Mapping[str, Any], fields_: Mapping[str, str]) -> dict[str, Any]:
+    return {f: payload[f] for f in fields_ if f in payload}
 
 
 def _unique(items: list[CatalogItem], report: IndexReport) -> list[CatalogItem]:

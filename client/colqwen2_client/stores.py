@@ -102,6 +102,7 @@ class Store(Protocol):
     ) -> list[Record]: ...
     def upsert(self, collection: str, points: Sequence[Record], wait: bool = True) -> None: ...
     def overwrite_payload(self, collection: str, id: str, payload: dict[str, Any], wait: bool = True) -> None: ...
+    def set_payload_where(self, collection: str, where: Mapping[str, Any], payload: dict[str, Any]) -> None: ...
     def delete_ids(self, collection: str, ids: Sequence[str]) -> None: ...
     def delete_where(self, collection: str, where: Mapping[str, Any]) -> None: ...
     def count(self, collection: str, where: Mapping[str, Any] | None = None) -> int: ...
@@ -115,6 +116,7 @@ class Store(Protocol):
         where: Mapping[str, Any] | None = None,
         prefetch: Sequence[Stage] = (),
         quantized: str = "default",
+        ids: Sequence[str] | None = None,  # only these points (and `where`)
     ) -> list[Scored]: ...
     def optimize(self, collection: str) -> bool: ...
     def close(self) -> None: ...
@@ -275,6 +277,11 @@ class EdgeStore:
         if wait:
             shard.flush()
 
+    def set_payload_where(self, collection, where, payload):
+        shard = self._shard(collection)
+        shard.update(self._edge.UpdateOperation.set_payload_by_filter(self._filter(where), payload))
+        shard.flush()
+
     def delete_ids(self, collection, ids):
         shard = self._shard(collection)
         shard.update(self._edge.UpdateOperation.delete_points(list(ids)))
@@ -296,20 +303,19 @@ class EdgeStore:
             if offset is None:
                 return
 
-    def _filter(self, where):
+    def _filter(self, where, ids=None):
         e = self._edge
-        if not where:
+        if not where and ids is None:
             return None
-        return e.Filter(
-            must=[
-                e.FieldCondition(name, match=e.MatchAny(value) if isinstance(value, list) else e.MatchValue(value))
-                for name, value in where.items()
-            ]
-        )
+        must = [
+            e.FieldCondition(name, match=e.MatchAny(value) if isinstance(value, list) else e.MatchValue(value))
+            for name, value in (where or {}).items()
+        ]
+        return e.Filter(must=must + ([e.HasIdCondition(set(ids))] if ids is not None else []))
 
-    def query(self, collection, vector, using, limit, where=None, prefetch=(), quantized="default"):
+    def query(self, collection, vector, using, limit, where=None, prefetch=(), quantized="default", ids=None):
         e = self._edge
-        flt = self._filter(where)
+        flt = self._filter(where, ids)
         params = _search_params(e, quantized)
         prefetches = [
             e.Prefetch(limit=s.limit, query=e.Query.Nearest(_list(s.vector), using=s.using), filter=flt, params=params)
@@ -487,6 +493,10 @@ class ServerStore:
     def overwrite_payload(self, collection, id, payload, wait=True):
         self.client.overwrite_payload(collection, payload=payload, points=[id], wait=wait)
 
+    def set_payload_where(self, collection, where, payload):
+        selector = self._m.FilterSelector(filter=self._filter(where))
+        self.client.set_payload(collection, payload=payload, points=selector, wait=True)
+
     def delete_ids(self, collection, ids):
         self.client.delete(collection, points_selector=self._m.PointIdsList(points=list(ids)), wait=True)
 
@@ -504,22 +514,21 @@ class ServerStore:
             if offset is None:
                 return
 
-    def _filter(self, where):
+    def _filter(self, where, ids=None):
         m = self._m
-        if not where:
+        if not where and ids is None:
             return None
-        return m.Filter(
-            must=[
-                m.FieldCondition(
-                    key=name, match=m.MatchAny(any=value) if isinstance(value, list) else m.MatchValue(value=value)
-                )
-                for name, value in where.items()
-            ]
-        )
+        must: list = [
+            m.FieldCondition(
+                key=name, match=m.MatchAny(any=value) if isinstance(value, list) else m.MatchValue(value=value)
+            )
+            for name, value in (where or {}).items()
+        ]
+        return m.Filter(must=must + ([m.HasIdCondition(has_id=list(ids))] if ids is not None else []))
 
-    def query(self, collection, vector, using, limit, where=None, prefetch=(), quantized="default"):
+    def query(self, collection, vector, using, limit, where=None, prefetch=(), quantized="default", ids=None):
         m = self._m
-        flt = self._filter(where)
+        flt = self._filter(where, ids)
         params = _search_params(m, quantized)
         stages = [m.Prefetch(query=_list(s.vector), using=s.using, limit=s.limit, filter=flt, params=params)
                   for s in prefetch]  # fmt: skip

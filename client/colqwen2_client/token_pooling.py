@@ -79,3 +79,22 @@ def layout(vectors: np.ndarray, grid: tuple[int, int], offset: int, cells: int =
             c1 = max(int(cb[j + 1]), c0 + 1)
             regions.append(visual[r0:r1, c0:c1].reshape(-1, visual.shape[-1]).mean(axis=0))
     return (_normalised(np.stack(regions)) / np.float32(cells)).reshape(-1).astype(np.float32)
+
+
+def cells(vectors: np.ndarray, grid: tuple[int, int], offset: int, size: int = 2) -> np.ndarray:
+    """An image's visual tokens pooled `size` x `size` (a grid's last row or column of cells may be narrower): each
+    cell's L2-normalised mean, row by row: float32 [ceil(rows / size) * ceil(cols / size), d]. The points of first
+    stage `cells`, which text queries search token by token (the prompt's tokens, alike in every image, are left
+    out). `vectors`, `grid`, `offset` as for rows_cols."""
+    _, visual, _ = _split(vectors, grid, offset)
+    r, c, d = visual.shape
+    pr, pc = -r % size, -c % size
+    # pad to whole cells with zeros and divide by each cell's real token count
+    padded = np.zeros((r + pr, c + pc, d), np.float32)
+    padded[:r, :c] = visual
+    counts = np.zeros((r + pr, c + pc, 1), np.float32)
+    counts[:r, :c] = 1
+    shape = ((r + pr) // size, size, (c + pc) // size, size)
+    sums = padded.reshape(*shape, d).sum(axis=(1, 3))
+    n = counts.reshape(*shape, 1).sum(axis=(1, 3))
+    return _normalised((sums / n).reshape(-1, d)).astype(np.float32)
