@@ -197,7 +197,10 @@ def test_cluster_settings_reach_a_server_collection(client, samples):
     recording = Recording(QdrantClient(location=":memory:"))
     index = VisualIndex(client, ServerStore(recording), settings)
     index.ensure_collection()
-    (sent,) = recording.created
+    cells_sent, sent = recording.created  # the default first stage's cells first, then the collection
+    assert cells_sent["metadata"]["colqwen2"]["cells_of"] == index.name and cells_sent["shard_number"] == 3
+    cell = cells_sent["vectors_config"]["cell"]
+    assert (cell.size, cell.datatype, cell.hnsw_config) == (128, models.Datatype.FLOAT16, None)  # HNSW, defaults
     assert (sent["shard_number"], sent["replication_factor"], sent["write_consistency_factor"]) == (3, 2, 2)
     assert sent["on_disk_payload"] is True
     multi = sent["vectors_config"][MULTI]
@@ -205,10 +208,9 @@ def test_cluster_settings_reach_a_server_collection(client, samples):
         scalar=models.ScalarQuantizationConfig(type=models.ScalarType.INT8, always_ram=True)
     )
     assert (multi.on_disk, multi.hnsw_config.m, multi.datatype) == (True, 0, models.Datatype.FLOAT16)
-    rows = sent["vectors_config"]["rows"]
-    assert rows.multivector_config is not None and rows.hnsw_config is None  # the server's HNSW defaults
+    assert "rows" not in sent["vectors_config"] and "cols" not in sent["vectors_config"]
     assert sent["metadata"]["colqwen2"] == {
-        "first_stage": "rows_cols",
+        "first_stage": "cells",
         "filter_fields": {"kind": "keyword", "rank": "integer"},
         "quantization": "scalar",
         "layout": 2,
@@ -236,11 +238,14 @@ def test_the_local_collection_keeps_its_design(client, tmp_path):
     index = VisualIndex(client, open_qdrant(tmp_path / "qdrant"), settings)
     index.ensure_collection()
     config = json.loads((tmp_path / "qdrant" / index.name / "edge_config.json").read_text())
-    multi, rows = config["vectors"][MULTI], config["vectors"]["rows"]
+    multi = config["vectors"][MULTI]
     assert multi["hnsw_config"]["m"] == 0 and multi["datatype"] == "float16" and multi["on_disk"] is True
     assert multi["quantization_config"] == {"scalar": {"type": "int8", "always_ram": True}}
-    assert rows["multivector_config"] == {"comparator": "max_sim"} and rows["hnsw_config"]["m"] == 16
-    assert set(config["vectors"]) == {MULTI, "pooled", "rows", "cols", "layout"}
+    assert set(config["vectors"]) == {MULTI, "pooled", "layout"}
+    cells_config = json.loads((tmp_path / "qdrant" / index.cells_name / "edge_config.json").read_text())
+    cell = cells_config["vectors"]["cell"]
+    assert cell["datatype"] == "float16" and cell["hnsw_config"]["m"] == 16
+    assert set(index.store._shard(index.cells_name).info().payload_schema) == {"kind", "rank", "item", "sha256"}
     assert config["vectors"]["layout"]["size"] == 512 and config["vectors"]["layout"]["hnsw_config"]["m"] == 16
     assert config["vectors"]["pooled"]["hnsw_config"]["m"] == 16 and config["on_disk_payload"] is True
     assert set(index.store._shard(index.name).info().payload_schema) == {"kind", "rank", "sha256"}
@@ -464,11 +469,13 @@ def test_cli_index_killed_mid_run_then_rerun_is_exact(triton_server, tmp_path):
 
     index = VisualIndex(None, open_qdrant(store))
     ids = list(index.store.ids(index.name))
-    points = index.records(ids, vectors=["pooled", "colqwen2", "rows", "cols"])
+    points = index.records(ids, vectors=["pooled", "colqwen2", "layout"])
+    cells = {i: index.store.count(index.cells_name, {"item": i}) for i in ids}  # the default first stage's cells
     index.close()
+    assert min(cells.values()) >= 1
     assert len(points) == 150 and len(set(ids)) == 150  # no duplicates
     assert {p.payload["source"] for p in points} == {str(f.resolve()) for f in folder.iterdir()}
     assert {p.id for p in points} == {point_id(f.name) for f in folder.iterdir()}
     for point in points:  # no point without its vectors
         assert point.vectors["pooled"].shape == (128,) and len(point.vectors["colqwen2"]) >= 1
-        assert point.vectors["rows"].ndim == 2 and point.vectors["cols"].shape[1] == 128
+        assert point.vectors["layout"].shape == (512,)

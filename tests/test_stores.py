@@ -118,7 +118,7 @@ def test_image_queries_take_the_layout_route_in_both_engines(store):
     assert big.num_vectors > LONG_QUERY_TOKENS
     assert index.route(big) == ("layout", 40)
     assert index.route(Embedding(big.vectors, big.pooled)) == ("mean", 40)  # no grid
-    assert index.route(items[7][1])[0] == "rows_cols"  # a short query: the collection's first stage
+    assert index.route(items[7][1]) == ("cells", 100)  # a short query: the collection's first stage
     stored = index.stored_vectors([i.id for i, _, _ in items])
     for q in (query, big):
         brute = {pid: maxsim(q.vectors, v) for pid, v in stored.items()}
@@ -134,7 +134,7 @@ def test_image_queries_take_the_layout_route_in_both_engines(store):
     first = index.first_stage_hits(query, limit=3)
     assert first[0].id == items[3][0].id and len(first) == 3
     none = VisualIndex(None, store, IndexSettings(collection="plain", first_stage="none"), OFFSET)
-    assert none.spec().metadata["colqwen2"].get("layout") is None and none.route(big) == ("none", 100)
+    assert none.spec().metadata["colqwen2"].get("layout") is None and none.route(big) == ("none", 200)
 
 
 def test_both_engines_refresh_delete_and_prune(store):
@@ -185,7 +185,8 @@ def test_both_engines_keep_the_cells_of_live_items_only(store):
     kept = set(store.ids(index.name))
     assert store.count(index.cells_name) == sum(n for pid, n in live.items() if pid in kept) > 0
     with pytest.raises(InvalidInputError, match="has no 'cells' first stage"):
-        VisualIndex(None, store, IndexSettings(collection="other"), OFFSET).search_embedding(text, first_stage="cells")
+        other = VisualIndex(None, store, IndexSettings(collection="other", first_stage="mean"), OFFSET)
+        other.search_embedding(text, first_stage="cells")
 
 
 def test_the_local_engine_indexes_in_steps_and_searches_what_waits(tmp_path):
