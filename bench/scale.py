@@ -3,8 +3,9 @@
     python -m bench.scale --artifacts artifacts/tiny --items 10000 100000
 
 For each size, on a synthetic catalog anchored on the served model's embeddings (`bench.scale_data`):
-1. build: items generated, encoded into every first stage's vectors (`VisualIndex.vectors`: mean, MUVERA,
-   rows/cols where asked) and upserted into one collection (qdrant-edge, float16 multivector with int8
+1. build: items generated, encoded into every first stage's vectors (`VisualIndex.vectors`: mean, layout,
+   MUVERA up to MUVERA_MAX items, and the collection's first stage, `--first-stage`: cells, the default, in
+   their companion collection, or rows/cols) and upserted (qdrant-edge, float16 multivector with int8
    scalar quantization, no graph), then `optimize()` (HNSW over each first stage, quantization): time and
    rate of each step, peak RSS, bytes on disk per item. It runs in its own process, so its peak is its own.
 2. ground truth: exact MaxSim (float32 GEMM over the stored float16 vectors) of every query against every
@@ -72,20 +73,20 @@ def _du(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def _stages(items: int, first_stage: str = "rows_cols") -> list[str]:
+def _stages(items: int, first_stage: str) -> list[str]:
     """The first stages built: the mean, the collection's first stage, MUVERA up to MUVERA_MAX items."""
     stages = ["mean"] + ([first_stage] if first_stage in ("rows_cols", "cells") else [])
     return stages + (["muvera"] if items <= MUVERA_MAX else [])
 
 
-def _query_stages(kind: str, items: int, first_stage: str = "rows_cols") -> list[str]:
+def _query_stages(kind: str, items: int, first_stage: str) -> list[str]:
     """The first stages measured for a query kind: `layout` is an image query's (it needs the query's grid)."""
     stages = _stages(items, first_stage)
     # cells: one search per query vector, hundreds for an image (seconds): images take layout
     return ["layout"] + [s for s in stages if s != "cells"] if kind == "image" else stages
 
 
-def _index(folder: Path, items: int, create: bool, first_stage: str = "rows_cols"):
+def _index(folder: Path, items: int, create: bool, first_stage: str):
     """A VisualIndex on `folder` whose collection carries every first stage measured at this size."""
     from colqwen2_client.qdrant import FDE, IndexSettings, VisualIndex, open_qdrant
     from colqwen2_client.stores import DENSE, CollectionSpec, VectorSpec
@@ -557,10 +558,10 @@ def main(argv: list[str] | None = None) -> int:
                         "anchor the synthetic catalog (default %(default)s)")  # fmt: skip
     parser.add_argument("--items", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--prefetch", type=int, nargs="+", default=[50, 100, 200])
-    parser.add_argument("--first-stage", choices=["rows_cols", "cells", "mean"], default="rows_cols",
+    parser.add_argument("--first-stage", choices=["cells", "rows_cols", "mean"], default="cells",
                         help="the collection's first stage (text queries' route): mean leaves the rows/cols HNSW "
                         "out of the build; cells adds its companion collection of pooled tokens")  # fmt: skip
-    parser.add_argument("--image-prefetch", type=int, nargs="+", default=[12, 16, 20, 100],
+    parser.add_argument("--image-prefetch", type=int, nargs="+", default=[12, 16, 24],
                         help="prefetch sizes for image queries (each candidate's rerank costs hundreds of tokens "
                         "squared); rows_cols and muvera only at the first")  # fmt: skip
     parser.add_argument("--image-queries", type=int, default=20)
