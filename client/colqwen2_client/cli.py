@@ -314,8 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
         "migrate", help="copy an index written by an earlier version (qdrant-client's local mode) into --qdrant-path"
     )
     migrate.add_argument("old", help="the earlier version's folder (it is only read)")
-    migrate.add_argument("--first-stage", choices=list(FIRST_STAGES),
-                         help=f"the new collection's first stage (default {DEFAULT_FIRST_STAGE})")  # fmt: skip
+    migrate.add_argument("--first-stage", choices=[s for s in FIRST_STAGES if s != "cells"],
+                         help="the new collection's first stage (default: the old collection's; rows_cols only from "
+                         "a rows_cols collection: the old index keeps no grids, so no cells)")  # fmt: skip
     _qdrant_options(migrate)
     migrate.set_defaults(run=_migrate)
     return parser
