@@ -109,11 +109,9 @@ def _record(index, item):
     from colqwen2_client.catalog import point_id
     from colqwen2_client.qdrant import FDE
     from colqwen2_client.stores import Record
-    from colqwen2_client.types import Embedding
 
-    pooled = item.vectors.mean(0)
-    embedding = Embedding(item.vectors, (pooled / np.linalg.norm(pooled)).astype(np.float32), grid=item.grid)
-    vectors = index.vectors(embedding, item.key)  # pooled, colqwen2, rows, cols: what the index writes itself
+    # every vector the index writes itself: pooled, colqwen2, layout, and the first stage's (cells or rows/cols)
+    vectors = index.vectors(_embedding(item.vectors, item.grid), item.key)
     if FDE in index.store.metadata(index.name)["vectors"]:
         vectors[FDE] = index.muvera.encode_document(item.vectors)
     return Record(point_id(item.key), item.payload, vectors)
@@ -182,7 +180,8 @@ def _sources(items: int, count: int, salt: int) -> list[int]:
     for where in WHERE.values():
         subset = [i for i, p in enumerate(payloads) if all(p[k] == v for k, v in where.items()) and i not in picked]
         picked += [int(i) for i in rng.choice(subset, size=count // 3, replace=False)]
-    rest = [i for i in range(items) if i not in set(picked)]
+    taken = set(picked)
+    rest = [i for i in range(items) if i not in taken]
     return picked + [int(i) for i in rng.choice(rest, size=count - len(picked), replace=False)]
 
 
@@ -310,7 +309,7 @@ def search(args) -> dict:
             for stage, prefetch, quantized in plan:
                 if kind == "random" and (where != "none" or quantized != "rescore"):
                     continue
-                if kind == "image" and stage in ("rows_cols", "muvera") and prefetch > max(args.image_prefetch[:1]):
+                if kind == "image" and stage in ("rows_cols", "muvera") and prefetch > args.image_prefetch[0]:
                     continue  # rows_cols: an image's hundreds of tokens against each HNSW node's rows/cols: seconds
                 if kind == "image" and stage == "rows_cols" and args.items > MUVERA_MAX:
                     continue
@@ -327,7 +326,7 @@ def search(args) -> dict:
                     "p50_ms": _pct(lat, 50), "p95_ms": _pct(lat, 95), "p99_ms": _pct(lat, 99),
                 })  # fmt: skip
                 print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    # the index's own search with its defaults (text: rows_cols, prefetch 100; images: layout, prefetch 16), as a
+    # the index's own search with its defaults (text: the collection's first stage; images: layout), as a
     # user calls it: latency and recall per query kind, with and without a filter
     own = {}
     for kind in ("image", "text"):
@@ -623,8 +622,8 @@ def to_markdown(report: dict) -> str:
             f"{b['wal_bytes'] / 2**20:.0f} MiB); {b['segments']} segments",
             f"- search process: open {s['load_s']} s, RSS {s['rss_mb']:,} MB, PSS {s['pss_mb']:,} MB "
             f"(peak RSS {s['peak_rss_mb']:,} MB)",
-            "- `VisualIndex.search_embedding` as a user calls it (text: the collection's first stage, prefetch 100, "
-            "int8 rescored; images: layout, prefetch 16, float16):",
+            "- `VisualIndex.search_embedding` as a user calls it (route: first stage / candidates; text int8 "
+            "rescored, images float16):",
             *[
                 f"  - {name}: route {d['route']}, recall@10 {d['recall_at_10']:.3f} (min {d['min_recall']}), p50 "
                 f"{d['p50_ms']} ms, p95 {d['p95_ms']} ms, p99 {d['p99_ms']} ms"

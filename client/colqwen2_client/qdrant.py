@@ -690,8 +690,6 @@ class VisualIndex:
         """(query vector, named vector) pairs of a first stage (the collection's, or `first_stage`); [] for none."""
         stage = first_stage or self.schema.first_stage
         if stage in ("none", "cells"):  # cells: the candidates come as ids (cell_candidates)
-            if stage == "cells" and self.schema.first_stage != "cells":
-                raise InvalidInputError(f"collection {self.name!r} has no 'cells' first stage")
             return []
         if stage == "mean":
             return [(query.pooled, POOLED)]
@@ -733,7 +731,8 @@ class VisualIndex:
         """First stage `cells`: each query vector's `cell_hits` nearest cells (within `where`); an item scores the
         sum over query vectors of its best cell (MaxSim over the cells found); the best `limit` items (no
         payload). A query vector that finds none of an item's cells adds nothing to it."""
-        self._first_stage_queries(query, "cells")  # refuses a collection without cells
+        if self.schema.first_stage != "cells":
+            raise InvalidInputError(f"collection {self.name!r} has no 'cells' first stage")
         best: dict[str, dict[int, float]] = {}
         for t, vector in enumerate(query.vectors):
             for p in self.store.query(self.cells_name, vector, CELL, self.settings.cell_hits, where):
