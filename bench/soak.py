@@ -36,7 +36,6 @@ import io
 import json
 import os
 import random
-import subprocess
 import sys
 import threading
 import time
@@ -47,10 +46,12 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from colqwen2_client._constants import EMBEDDING_DIM
 from PIL import Image
 
 from bench.load import payloads, process_tree, pss_bytes, rss_bytes
-from model_repository.server import free_port, python_stubs
+from model_repository.processes import Process, free_ports
+from model_repository.server import python_stubs
 
 WARMUP_FRACTION = 0.2  # of a long run, when that is longer than --warmup
 LONG_RUN = 600.0  # seconds: from here the slope is judged
@@ -100,7 +101,7 @@ def worker(seed: int, grpc_url: str, gateway: str, images: list[bytes], stop: th
             try:
                 if kind == "sdk_image":
                     result = client.embed(image)
-                    if result.vectors.shape[1] != 128 or not result.grid:
+                    if result.vectors.shape[1] != EMBEDDING_DIM or not result.grid:
                         outcome, failure = "wrong", f"shape {result.vectors.shape}, grid {result.grid}"
                 elif kind == "gateway_image":
                     reply = http.post(f"{gateway}/embed", json={"image": base64.b64encode(image).decode()})
@@ -112,7 +113,7 @@ def worker(seed: int, grpc_url: str, gateway: str, images: list[bytes], stop: th
                     if reply.status_code != 200 or reply.json()["count"] != 3:
                         outcome, failure = "error", f"HTTP {reply.status_code}: {reply.text[:200]}"
                 elif kind == "sdk_query":
-                    if client.embed_query(rng.choice(QUERIES)).vectors.shape[1] != 128:
+                    if client.embed_query(rng.choice(QUERIES)).vectors.shape[1] != EMBEDDING_DIM:
                         outcome, failure = "wrong", "query vectors of the wrong width"
                 elif kind == "gateway_query":
                     reply = http.post(f"{gateway}/embed_query", json={"text": rng.choice(QUERIES)})
@@ -152,26 +153,6 @@ def fitted_growth(times: np.ndarray, rss_mb: np.ndarray) -> tuple[float, float]:
     return float(slope * 3600), float(slope * (times[-1] - times[0]))
 
 
-def start(command: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
-    with open(log, "w") as out:
-        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-
-
-def wait_http(url: str, process: subprocess.Popen, timeout: float, log: Path) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{process.args[2] if len(process.args) > 2 else process.args[0]} exited: "
-                               f"{log.read_text()[-3000:]}")  # fmt: skip
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"{url} not ready after {timeout:.0f} s: {log.read_text()[-3000:]}")
-
-
 def triton_parts(serve_pid: int) -> dict[str, list[int]]:
     """The processes under `make serve`, by part: the launcher and supervisor, tritonserver, each model's stubs."""
     tree = [pid for pid in process_tree(serve_pid) if pid != serve_pid]  # parents come before their children
@@ -188,25 +169,24 @@ def triton_parts(serve_pid: int) -> dict[str, list[int]]:
 def run(args: argparse.Namespace) -> dict:
     work = Path("build/soak") / args.out.name  # logs and the rendered repository; reports go to --out
     work.mkdir(parents=True, exist_ok=True)
-    http_port, grpc_port, metrics_port, gateway_port = free_port(), free_port(), free_port(), free_port()
+    http_port, grpc_port, metrics_port, gateway_port = free_ports(4)
     bin_dir = Path(sys.executable).parent
-    serve_log, gateway_log = work / "triton.log", work / "gateway.log"
-    serve = start(
+    serve = Process(
         [sys.executable, "-m", "model_repository.serve", "--artifacts", str(args.artifacts), "--device", "cpu",
          "--repository", str(work / "repository"), "--http-port", str(http_port),
          "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port), "--supervisor-port", "0"],
-        serve_log,
-    )  # fmt: skip
+        work / "triton.log", name="serve",
+    ).start()  # fmt: skip
     gateway = None
     try:
-        wait_http(f"http://127.0.0.1:{http_port}/v2/health/ready", serve, 600, serve_log)
-        gateway = start(
+        serve.wait_ready(url=f"http://127.0.0.1:{http_port}/v2/health/ready", timeout=600)
+        gateway = Process(
             [str(bin_dir / "colqwen2-gateway"), "--triton-url", f"grpc://127.0.0.1:{grpc_port}",
              "--port", str(gateway_port)],
-            gateway_log,
-        )  # fmt: skip
+            work / "gateway.log",
+        ).start()  # fmt: skip
         gateway_url = f"http://127.0.0.1:{gateway_port}"
-        wait_http(f"{gateway_url}/health", gateway, 60, gateway_log)
+        gateway.wait_ready(url=f"{gateway_url}/health", timeout=60)
         images = [*payloads(8), thumbnail()]
         traffic, stop = Traffic(), threading.Event()
         threads = [
@@ -232,16 +212,12 @@ def run(args: argparse.Namespace) -> dict:
         stop.set()
         for thread in threads:
             thread.join(300)
-        if serve.poll() is not None:
-            traffic.failures.append(f"the server exited with code {serve.returncode}")
+        if not serve.running():
+            traffic.failures.append(f"the server exited with code {serve.process.returncode}")
     finally:
         for process in (gateway, serve):
-            if process is not None and process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(60)
-                except subprocess.TimeoutExpired:
-                    process.kill()
+            if process is not None:
+                process.stop(60)
     return verdict(args, samples, traffic)
 
 

@@ -301,13 +301,27 @@ def manifest(ckpt, layout: Layout, opts: ExportOptions, inputs: ValidationInputs
 
 
 def run_export(opts: ExportOptions) -> Path:
-    """Export, check and validate; returns the finished artifact folder."""
+    """Export, check and validate; returns the finished artifact folder. An export of the same checkpoint,
+    options and sources done before is taken from the cache (`export/cache.py`) instead."""
+    from . import cache
+
+    check_options(opts)
+    out = Path(opts.out_dir).resolve()
+    key = cache.cache_key(opts.checkpoint, opts)
+    with cache.locked(key):
+        hit = cache.restore(key, out)
+        if not hit:
+            _export(opts, out)
+            cache.store(key, out)
+    cache.record(key, opts.checkpoint, out, hit=hit)
+    return out
+
+
+def _export(opts: ExportOptions, out: Path) -> None:
     from .checkpoint import load_checkpoint
     from .validate import write_report
 
-    check_options(opts)
     started = time.time()
-    out = Path(opts.out_dir).resolve()
     tmp, failed = out.with_name(out.name + ".partial"), out.with_name(out.name + ".failed")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -336,4 +350,3 @@ def run_export(opts: ExportOptions) -> Path:
     shutil.rmtree(failed, ignore_errors=True)
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
-    return out

@@ -8,7 +8,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 OPSET = 18
-EMBEDDING_DIM = 128
 # Ops that TensorRT cannot build or builds slowly; an export that emits one fails.
 FORBIDDEN_OPS = frozenset({"NonZero", "ScatterND", "Loop", "If"})
 MAX_BATCH = 256

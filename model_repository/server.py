@@ -16,19 +16,20 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import sysconfig
 import tempfile
-import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from .processes import ProcessError, free_ports, http_ok, wait_until
 
-class TritonError(RuntimeError):
+__all__ = ["TritonError", "TritonServer", "make_backend_dir", "python_stubs", "triton_home"]
+
+
+class TritonError(ProcessError):
     pass
 
 
@@ -46,13 +47,6 @@ def triton_home() -> Path:
     except ImportError:
         raise TritonError("nvidia-pytriton is not installed: run `make setup`") from None
     return Path(pytriton.__file__).resolve().parent / "tritonserver"
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now (for servers started beside others)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass(frozen=True)
@@ -152,7 +146,8 @@ class TritonServer:
     @classmethod
     def on_free_ports(cls, repository: Path, **options) -> TritonServer:
         """A server on 127.0.0.1 with three free ports (the demo, benchmarks, tests)."""
-        return cls(repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), **options)
+        http, grpc, metrics = free_ports(3)
+        return cls(repository, http_port=http, grpc_port=grpc, metrics_port=metrics, **options)
 
     @property
     def http_url(self) -> str:
@@ -234,23 +229,14 @@ class TritonServer:
         return self
 
     def ready(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=2) as reply:
-                return reply.status == 200
-        except OSError:
-            return False
+        return http_ok(f"http://{self.http_url}/v2/health/ready")
 
-    def wait_ready(self, timeout: float = 120.0) -> float:
-        """Seconds until every model is loaded; raises if the server exits or the time runs out."""
-        start = time.monotonic()
-        while time.monotonic() - start < timeout:
-            if self.process is None or self.process.poll() is not None:
-                code = None if self.process is None else self.process.returncode
-                raise TritonError(f"tritonserver exited with code {code} before it was ready")
-            if self.ready():
-                return time.monotonic() - start
-            time.sleep(0.25)
-        raise TritonError(f"tritonserver not ready after {timeout:.0f} s")
+    def wait_ready(self, timeout: float = 120.0, log: Path | None = None) -> float:
+        """Seconds until every model is loaded; raises if the server exits or the time runs out (quoting `log`)."""
+        try:
+            return wait_until(self.ready, self.process, timeout, "tritonserver", log)
+        except ProcessError as exc:
+            raise TritonError(str(exc)) from None
 
     def interrupt(self, force: bool = False) -> None:
         """Ask the server to shut down (SIGINT), or kill its whole process group; never waits."""

@@ -5,9 +5,12 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+
+from model_repository.processes import Process, answers, free_port
 
 logging.getLogger("transformers").setLevel(logging.ERROR)
 
@@ -93,35 +96,25 @@ def _console_script(name: str) -> str:
     return str(bin_dir / name)
 
 
+@contextmanager
+def gateway(triton_url: str, *args: str, log: Path | None = None, env: dict[str, str] | None = None,
+            ready: str = "/openapi.json"):  # fmt: skip
+    """`colqwen2-gateway` as users run it (uvicorn, real sockets) on a free port: yields (url, Process)."""
+    port = free_port()
+    command = [_console_script("colqwen2-gateway"), "--triton-url", triton_url, "--port", str(port), *args]
+    with Process(command, log, env=env, name="colqwen2-gateway") as process:
+        url = f"http://127.0.0.1:{port}"
+        process.wait_ready(check=lambda: answers(url + ready), timeout=30)
+        yield url, process
+
+
 @pytest.fixture(scope="session")
 def gateway_url(triton_server, tmp_path_factory: pytest.TempPathFactory):
-    """`colqwen2-gateway` as users run it (uvicorn, real sockets), in front of the session's Triton."""
-    import subprocess
-    import time
-    import urllib.request
-
-    from model_repository.server import free_port
-
-    port = free_port()
-    log_file = tmp_path_factory.mktemp("gateway") / "gateway.log"
-    command = [
-        _console_script("colqwen2-gateway"), "--triton-url", f"grpc://{triton_server.grpc_url}",
-        "--port", str(port), "--health-ttl", "0", "--max-body-mb", "4", "--max-batch", "8",
-        "--qdrant-path", str(tmp_path_factory.mktemp("gateway-qdrant") / "qdrant"),
-    ]  # fmt: skip
-    with open(log_file, "w") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/openapi.json", timeout=1)
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    process.kill()
-                    raise RuntimeError(f"gateway did not start: {log_file.read_text()[-3000:]}") from None
-                time.sleep(0.2)
+    """The gateway in front of the session's Triton, with its own embedded index."""
+    args = ("--health-ttl", "0", "--max-body-mb", "4", "--max-batch", "8",
+            "--qdrant-path", str(tmp_path_factory.mktemp("gateway-qdrant") / "qdrant"))  # fmt: skip
+    with gateway(f"grpc://{triton_server.grpc_url}", *args, log=tmp_path_factory.mktemp("gateway") / "gateway.log") as (
+        url,
+        _,
+    ):
         yield url
-        process.terminate()
-        process.wait(10)

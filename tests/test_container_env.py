@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-import signal
 import subprocess
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +19,8 @@ import pytest
 
 from export.sample_images import keepa_chart
 from export.validate import per_token_cosine
-from model_repository.server import free_port, make_backend_dir, triton_home
+from model_repository.processes import Process, free_ports
+from model_repository.server import make_backend_dir, triton_home
 from scripts.container_env import read_base_image, requirement_lines
 from tests.conftest import SERVING_VENV, _console_script, serving_python
 from tests.images import encode
@@ -79,26 +77,11 @@ def test_the_stubs_run_on_the_images_python_and_packages(triton_server):
             assert any(f.startswith(venv) and "onnxruntime/capi" in f for f in files), name
 
 
-def wait_until_ready(url: str, process: subprocess.Popen, log: Path, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"serve exited with {process.returncode}: {log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=2) as reply:
-                if reply.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"serve not ready after {timeout} s: {log.read_text()[-3000:]}")
-
-
 def test_the_entrypoint_command_serves_colpalis_vectors_on_the_images_python(tiny_artifacts, tiny_reference, tmp_path):
     """docker/entrypoint.sh's `serve` (render, supervisor, Triton) run by the venv's Python, as the image runs
     it with its own tritonserver; pytriton's binary and a backend folder with this Python's stub stand in."""
     backends = make_backend_dir(tmp_path / "backends", image_python())
-    http, grpc, metrics, supervisor = free_port(), free_port(), free_port(), free_port()
+    http, grpc, metrics, supervisor = free_ports(4)
     command = [
         serving_python(), "-m", "model_repository.serve", "--artifacts", str(tiny_artifacts),
         "--repository", str(tmp_path / "repository"), "--device", "cpu", "--precision", "fp16",
@@ -109,26 +92,24 @@ def test_the_entrypoint_command_serves_colpalis_vectors_on_the_images_python(tin
     log = tmp_path / "serve.log"
     chart = keepa_chart(7, 1000, 400)
     (tmp_path / "chart.png").write_bytes(encode(chart, "PNG"))
-    with open(log, "w") as out:
-        env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}  # the image's PYTHONPATH
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-        try:
-            wait_until_ready(f"http://127.0.0.1:{http}", process, log)
-            url = f"http://127.0.0.1:{http}"
-            cli = _console_script("colqwen2")
-            health = subprocess.run([cli, "--url", url, "health"], capture_output=True, text=True, timeout=60)
-            assert health.returncode == 0, health.stdout + health.stderr
-            embed = subprocess.run(
-                [cli, "--url", f"grpc://127.0.0.1:{grpc}", "embed", str(tmp_path / "chart.png"), "--vectors"],
-                capture_output=True, text=True, timeout=120,
-            )  # fmt: skip
-            assert embed.returncode == 0, embed.stderr
-            got = np.array(json.loads(embed.stdout.splitlines()[0])["vectors"], np.float32)
-            ref = reference_image(tiny_reference, chart)
-            assert got.shape == ref.shape
-            cos = per_token_cosine(got, ref)
-            assert cos.min() >= 0.999 and np.abs(got - ref).max() <= 1e-4, (cos.min(), np.abs(got - ref).max())
-        finally:
-            process.send_signal(signal.SIGTERM)
-            code = process.wait(60)
-    assert code == 0, log.read_text()[-3000:]
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}  # the image's PYTHONPATH
+    process = Process(command, log, env=env, cwd=ROOT, name="serve").start()
+    try:
+        url = f"http://127.0.0.1:{http}"
+        process.wait_ready(url=f"{url}/v2/health/ready", timeout=180)
+        cli = _console_script("colqwen2")
+        health = subprocess.run([cli, "--url", url, "health"], capture_output=True, text=True, timeout=60)
+        assert health.returncode == 0, health.stdout + health.stderr
+        embed = subprocess.run(
+            [cli, "--url", f"grpc://127.0.0.1:{grpc}", "embed", str(tmp_path / "chart.png"), "--vectors"],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert embed.returncode == 0, embed.stderr
+        got = np.array(json.loads(embed.stdout.splitlines()[0])["vectors"], np.float32)
+        ref = reference_image(tiny_reference, chart)
+        assert got.shape == ref.shape
+        cos = per_token_cosine(got, ref)
+        assert cos.min() >= 0.999 and np.abs(got - ref).max() <= 1e-4, (cos.min(), np.abs(got - ref).max())
+    finally:
+        code = process.stop(60)
+    assert code == 0, process.tail()

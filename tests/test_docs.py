@@ -21,7 +21,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +28,7 @@ import pytest
 
 from demo.samples import write_catalog, write_samples
 from export.sample_images import keepa_chart, product_image
+from model_repository.processes import Process
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = (ROOT / "README.md", ROOT / "client" / "README.md")
@@ -118,45 +118,27 @@ def port_open(port: int) -> bool:
 
 
 class Server:
-    """One server line in the background: started in its own process group, ready when its output says so."""
+    """One server line in the background: started in its own process group, ready when its output says so,
+    stopped with Ctrl-C to the group (a server that ignores it is killed, and its exit code says so)."""
 
     def __init__(self, line: str, work: Path, env: dict[str, str], log: Path) -> None:
-        self.line, self.log = line, log
-        self.out = open(log, "w")
-        self.process = subprocess.Popen(
-            ["bash", "-c", line], cwd=work, env=env, stdout=self.out, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
+        self.line = line
+        self.process = Process(["bash", "-c", line], log, env=env, cwd=work, name=f"`{line}`").start()
 
     def ready(self) -> bool:
         if "make " in self.line:
-            return "is ready in" in self.log.read_text()  # make serve's own line, once every model is loaded
+            return "is ready in" in self.process.tail(1 << 30)  # make serve's own line, once every model is loaded
         port = re.search(r"--port (\d+)", self.line)
         return port_open(int(port.group(1)) if port else 8080)
 
     def wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while not self.ready():
-            if self.process.poll() is not None:
-                raise AssertionError(f"`{self.line}` exited with {self.process.returncode}:\n{self.tail()}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"`{self.line}` not ready after {timeout:.0f} s:\n{self.tail()}")
-            time.sleep(0.3)
+        self.process.wait_ready(check=self.ready, timeout=timeout)
 
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGINT)  # Ctrl-C in the terminal reaches the whole group
-            try:
-                self.process.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-                raise AssertionError(f"`{self.line}` ignored Ctrl-C:\n{self.tail()}") from None
-        self.out.close()
-        return self.process.returncode
+    def stop(self) -> int | None:
+        return self.process.stop(60, sig=signal.SIGINT, group=True)  # Ctrl-C in a terminal reaches the group
 
     def tail(self) -> str:
-        return self.log.read_text()[-4000:]
+        return self.process.tail(4000)
 
 
 def test_the_docs_name_their_skips_and_nothing_else_is_skipped():

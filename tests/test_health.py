@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
 
 import httpx
@@ -17,8 +16,8 @@ import pytest
 import tritonclient.http as httpclient
 from colqwen2_client import ColQwen2Client
 
-from model_repository.server import TritonServer, free_port, python_stubs
-from tests.conftest import _console_script, serving_python
+from model_repository.server import TritonServer, python_stubs
+from tests.conftest import gateway, serving_python
 
 
 def stub_pids(server_pid: int, model: str) -> list[int]:
@@ -28,13 +27,7 @@ def stub_pids(server_pid: int, model: str) -> list[int]:
 
 @pytest.fixture(scope="module")
 def own_server(tiny_repository, tmp_path_factory):
-    server = TritonServer(
-        tiny_repository,
-        http_port=free_port(),
-        grpc_port=free_port(),
-        metrics_port=free_port(),
-        python=serving_python(),
-    )
+    server = TritonServer.on_free_ports(tiny_repository, python=serving_python())
     with open(tmp_path_factory.mktemp("health") / "triton.log", "w") as log:
         server.start(log)
         server.wait_ready(180)
@@ -45,22 +38,8 @@ def own_server(tiny_repository, tmp_path_factory):
 @pytest.fixture(scope="module")
 def own_gateway(own_server):
     own_server, _ = own_server
-    port = free_port()
-    command = [
-        _console_script("colqwen2-gateway"), "--triton-url", f"http://{own_server.http_url}",
-        "--port", str(port), "--health-ttl", "0", "--timeout", "20",
-    ]  # fmt: skip
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(150):
-        try:
-            httpx.get(f"{url}/openapi.json", timeout=1)
-            break
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    yield url
-    process.terminate()
-    process.wait(10)
+    with gateway(f"http://{own_server.http_url}", "--health-ttl", "0", "--timeout", "20") as (url, _):
+        yield url
 
 
 def test_health_follows_a_dead_model_and_its_recovery(own_server, own_gateway):

@@ -9,10 +9,8 @@ from __future__ import annotations
 import base64
 import io
 import socket
-import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -22,8 +20,8 @@ import tritonclient.grpc as grpcclient
 from colqwen2_client import ColQwen2Client
 from tritonclient.utils import InferenceServerException
 
-from model_repository.server import ADMIN_APIS, GRPC_ADMIN_HEADER, TritonServer, free_port
-from tests.conftest import _console_script, serving_python
+from model_repository.server import ADMIN_APIS, GRPC_ADMIN_HEADER, TritonServer
+from tests.conftest import gateway, serving_python
 from tests.images import square_chart
 
 TOKEN = "s3cret-token-for-tests"
@@ -33,30 +31,6 @@ def _png(size: tuple[int, int] = (448, 448), seed: int = 0) -> bytes:
     buffer = io.BytesIO()
     square_chart(512, seed=seed).resize(size).save(buffer, "PNG")
     return buffer.getvalue()
-
-
-@contextmanager
-def gateway(triton_url: str, *args: str, env: dict[str, str] | None = None, log: Path | None = None):
-    port = free_port()
-    command = [_console_script("colqwen2-gateway"), "--triton-url", triton_url, "--port", str(port), *args]
-    out = open(log, "w") if log else subprocess.DEVNULL
-    process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(150):
-            try:
-                httpx.get(f"{url}/health", timeout=1)
-                break
-            except httpx.HTTPError:
-                if process.poll() is not None:
-                    raise RuntimeError(f"gateway exited with {process.returncode}") from None
-                time.sleep(0.2)
-        yield url, process
-    finally:
-        process.terminate()
-        process.wait(10)
-        if log:
-            out.close()
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +95,7 @@ def test_a_huge_header_is_refused_cleanly(locked):
     url, process, _ = locked
     reply = httpx.get(f"{url}/health", headers={"x-padding": "a" * 40_000}, timeout=30)
     assert reply.status_code == 431 and reply.json() == {"detail": "request headers over 16384 bytes"}
-    assert httpx.get(f"{url}/health", timeout=30).status_code == 200 and process.poll() is None
+    assert httpx.get(f"{url}/health", timeout=30).status_code == 200 and process.running()
 
 
 def test_a_body_sent_byte_by_byte_ends_at_the_deadline(locked):
@@ -157,7 +131,7 @@ def test_a_body_sent_byte_by_byte_ends_at_the_deadline(locked):
     assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
     assert b"not received within 3 s" in reply
     assert took < 10
-    assert httpx.get(f"{url}/health", timeout=30).status_code == 200 and process.poll() is None
+    assert httpx.get(f"{url}/health", timeout=30).status_code == 200 and process.running()
 
 
 def test_unknown_precision_and_unknown_model_are_clear_4xx(locked, triton_server):
@@ -218,14 +192,7 @@ ADMIN_KEY = "admin-key-for-tests"
 
 @pytest.fixture(scope="module")
 def restricted(tiny_repository, tmp_path_factory):
-    server = TritonServer(
-        tiny_repository,
-        http_port=free_port(),
-        grpc_port=free_port(),
-        metrics_port=free_port(),
-        admin_key=ADMIN_KEY,
-        python=serving_python(),
-    )
+    server = TritonServer.on_free_ports(tiny_repository, admin_key=ADMIN_KEY, python=serving_python())
     with open(tmp_path_factory.mktemp("restricted") / "triton.log", "w") as log:
         server.start(log)
         server.wait_ready(180)

@@ -5,38 +5,30 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
-from model_repository.server import free_port
+from model_repository.processes import Process, free_ports
 
 
 def test_serve_starts_answers_and_stops_on_sigint(tiny_artifacts, tmp_path):
-    ports = [free_port() for _ in range(3)]
+    ports = free_ports(3)
     command = [
         sys.executable, "-m", "model_repository.serve", "--artifacts", str(tiny_artifacts),
         "--repository", str(tmp_path / "repo"), "--device", "cpu",
         "--http-port", str(ports[0]), "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2]),
     ]  # fmt: skip
     log = tmp_path / "serve.log"
-    with open(log, "w") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + 60  # the bound for the tiny checkpoint on this machine
-            while "is ready in" not in log.read_text():
-                assert process.poll() is None, log.read_text()[-3000:]
-                assert time.monotonic() < deadline, "not ready within 60 s"
-                time.sleep(0.2)
-            with urllib.request.urlopen(f"http://127.0.0.1:{ports[0]}/v2/models/colqwen2/ready") as reply:
-                assert reply.status == 200
-            with urllib.request.urlopen(f"http://127.0.0.1:{ports[2]}/metrics") as reply:
-                assert b"nv_inference_request_success" in reply.read()
-            process.send_signal(signal.SIGINT)
-            assert process.wait(30) == 0
-        finally:
-            if process.poll() is None:
-                process.kill()
+    process = Process(command, log, name="serve").start()
+    try:
+        process.wait_ready(line="is ready in", timeout=60)  # the bound for the tiny checkpoint here
+        with urllib.request.urlopen(f"http://127.0.0.1:{ports[0]}/v2/models/colqwen2/ready") as reply:
+            assert reply.status == 200
+        with urllib.request.urlopen(f"http://127.0.0.1:{ports[2]}/metrics") as reply:
+            assert b"nv_inference_request_success" in reply.read()
+        assert process.stop(30, sig=signal.SIGINT) == 0
+    finally:
+        process.stop(5, sig=signal.SIGKILL)
     text = log.read_text()
     assert "SIGINT: stopping Triton" in text and "successfully unloaded 'colqwen2_preprocess'" in text
     # a CPU host: no GPU metrics or pinned-memory errors, and one line explaining the CUDA lines that remain

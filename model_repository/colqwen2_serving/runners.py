@@ -32,8 +32,6 @@ from .grid import PATCH_VALUES, PATCHES_PER_TOKEN
 
 log = logging.getLogger(__name__)
 
-EMBEDDING_DIM = 128
-
 
 @dataclass(frozen=True)
 class Embedded:
@@ -53,9 +51,9 @@ def pooled_vectors(vectors: np.ndarray, counts: np.ndarray) -> np.ndarray:
 
 
 def pack(rows: Sequence[np.ndarray]) -> Embedded:
-    """Per-item vectors of different lengths -> one request's padded outputs."""
+    """Per-item vectors of different lengths -> one request's padded outputs (as wide as the model's vectors)."""
     counts = np.array([len(r) for r in rows], dtype=np.int32)
-    out = np.zeros((len(rows), int(counts.max()), EMBEDDING_DIM), dtype=np.float32)
+    out = np.zeros((len(rows), int(counts.max()), rows[0].shape[-1]), dtype=np.float32)
     for i, r in enumerate(rows):
         out[i, : len(r)] = r
     return Embedded(out, counts[:, None], pooled_vectors(out, counts))
