@@ -1,23 +1,30 @@
-"""What the sync and async clients share: options, model choice, results and the health verdict."""
+"""What the sync and async clients share: options, model choice, backoff, results and the health verdict.
+
+`BaseClient` holds the options and the transport; what each method does is in `_plans`.
+"""
 
 from __future__ import annotations
 
 import io
+import random
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from PIL import Image
 
 from ._constants import (
+    DEFAULT_BACKOFF,
     DEFAULT_BATCH_SIZE,
     DEFAULT_MAX_RETRIES,
     DEFAULT_TIMEOUT,
+    DEFAULT_URL,
     EMBEDDING_DIM,
+    MAX_BACKOFF,
     MODELS,
     PROVIDER_OUTPUT,
 )
@@ -38,14 +45,8 @@ class ClientOptions:
     batch_size: int
 
     @classmethod
-    def create(
-        cls,
-        url: str,
-        precision: str = "fp16",
-        timeout: float = DEFAULT_TIMEOUT,
-        max_retries: int = DEFAULT_MAX_RETRIES,
-        batch_size: int = DEFAULT_BATCH_SIZE,
-    ) -> ClientOptions:
+    def create(cls, url: str, precision: str, timeout: float, max_retries: int, batch_size: int) -> ClientOptions:
+        """Checked options; the defaults are `BaseClient`'s."""
         if precision not in MODELS:
             raise ValueError(f"precision must be one of {', '.join(MODELS)}, not {precision!r}")
         if timeout <= 0 or max_retries < 0 or batch_size < 1:
@@ -68,6 +69,35 @@ class ClientOptions:
     @property
     def query_model(self) -> str:
         return MODELS[self.precision][1]
+
+
+class BaseClient:
+    """The options and the transport both clients hold; a subclass names its transport and runs the plans."""
+
+    _transport_type: ClassVar[Callable[[Endpoint, float, int], Any]]
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        *,
+        precision: str = "fp16",
+        timeout: float = DEFAULT_TIMEOUT,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> None:
+        self.options = ClientOptions.create(url, precision, timeout, max_retries, batch_size)
+        self._transport = self._transport_type(self.options.endpoint, timeout, batch_size)
+
+    @property
+    def url(self) -> str:
+        return self.options.endpoint.url
+
+
+def backoff_delay(attempt: int, base: float = DEFAULT_BACKOFF) -> float:
+    """Equal jitter: half of min(cap, base * 2**attempt) for sure, the other half uniform, so the retries
+    spread out and their sum has a floor (a restart they must outlast)."""
+    ceiling = min(MAX_BACKOFF, base * 2**attempt)
+    return ceiling / 2 + random.uniform(0, ceiling / 2)
 
 
 def encode_images(images: Sequence[Any]) -> tuple[list[Any], list[int]]:

@@ -7,25 +7,22 @@ own exceptions, so callers see one hierarchy whatever the protocol.
 from __future__ import annotations
 
 import asyncio
-import random
+import importlib
 import re
 import socket
 import threading
-import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 from urllib.parse import urlparse
 
 import numpy as np
 
 from ._constants import (
     CANARY_PRIORITY,
-    DEFAULT_BACKOFF,
     DEFAULT_PORTS,
     IMAGE_INPUT,
     IMAGE_OUTPUTS,
-    MAX_BACKOFF,
     OUTPUTS,
     PROVIDER_OUTPUT,
 )
@@ -103,35 +100,6 @@ def translate(exc: BaseException, model: str = "") -> ColQwen2Error:
     return ServerError(f"server error{where}: {message}")
 
 
-def backoff_delay(attempt: int, base: float = DEFAULT_BACKOFF) -> float:
-    """Equal jitter: half of min(cap, base * 2**attempt) for sure, the other half uniform, so the retries
-    spread out and their sum has a floor (a restart they must outlast)."""
-    ceiling = min(MAX_BACKOFF, base * 2**attempt)
-    return ceiling / 2 + random.uniform(0, ceiling / 2)
-
-
-def retrying(call: Callable[[], T], retries: int) -> T:
-    for attempt in range(retries + 1):
-        try:
-            return call()
-        except ColQwen2Error as exc:
-            if not exc.retryable or attempt == retries:
-                raise
-        time.sleep(backoff_delay(attempt))
-    raise AssertionError("unreachable")
-
-
-async def retrying_async(call: Callable[[], Awaitable[T]], retries: int) -> T:
-    for attempt in range(retries + 1):
-        try:
-            return await call()
-        except ColQwen2Error as exc:
-            if not exc.retryable or attempt == retries:
-                raise
-        await asyncio.sleep(backoff_delay(attempt))
-    raise AssertionError("unreachable")
-
-
 def _bytes_input(module: Any, protocol: str, name: str, items: Sequence[bytes]) -> Any:
     """A [n, 1] BYTES input of tritonclient's `module` (http, grpc or their aio twins)."""
     tensor = module.InferInput(name, [len(items), 1], "BYTES")
@@ -157,30 +125,40 @@ def _parameters(config: dict) -> dict[str, str]:
     return {k: v.get("string_value", v.get("stringValue", "")) for k, v in (config.get("parameters") or {}).items()}
 
 
-class SyncTransport:
-    """Blocking calls; `infer_each` keeps up to `concurrency` single-item requests in flight."""
+class _Transport:
+    """What both transports share: the endpoint, the timeout, tritonclient's client and request building."""
+
+    aio: ClassVar[bool]  # tritonclient's asyncio client (`tritonclient.http.aio`, `tritonclient.grpc.aio`)
 
     def __init__(self, endpoint: Endpoint, timeout: float, concurrency: int) -> None:
         self.endpoint, self.timeout = endpoint, timeout
-        if endpoint.protocol == "http":
-            import tritonclient.http as module
+        self.module: Any = importlib.import_module(f"tritonclient.{endpoint.protocol}{'.aio' if self.aio else ''}")
+        http = self._http_options(timeout, max(1, concurrency)) if endpoint.protocol == "http" else {}
+        self.client = self.module.InferenceServerClient(endpoint.address, ssl=endpoint.ssl, **http)
 
-            self.module = module
-            self.client = module.InferenceServerClient(
-                endpoint.address,
-                ssl=endpoint.ssl,
-                concurrency=max(1, concurrency),
-                connection_timeout=timeout,
-                network_timeout=timeout,
-            )
-        else:
-            import tritonclient.grpc as module
-
-            self.module = module
-            self.client = module.InferenceServerClient(endpoint.address, ssl=endpoint.ssl)
+    @staticmethod
+    def _http_options(timeout: float, connections: int) -> dict[str, Any]:
+        raise NotImplementedError
 
     def _input(self, name: str, items: Sequence[bytes]) -> Any:
         return _bytes_input(self.module, self.endpoint.protocol, name, items)
+
+    def _infer_options(self, canary: bool) -> dict[str, Any]:
+        """A canary rides the health lane; gRPC takes the timeout per request."""
+        options: dict[str, Any] = {"priority": CANARY_PRIORITY if canary else 0}
+        if self.endpoint.protocol == "grpc":
+            options["client_timeout"] = self.timeout
+        return options
+
+
+class SyncTransport(_Transport):
+    """Blocking calls; `infer_each` keeps up to `concurrency` single-item requests in flight."""
+
+    aio = False
+
+    @staticmethod
+    def _http_options(timeout: float, connections: int) -> dict[str, Any]:
+        return {"concurrency": connections, "connection_timeout": timeout, "network_timeout": timeout}
 
     def _outputs_requested(self, input_name: str, canary: bool = False) -> list:
         if self.endpoint.protocol == "http":
@@ -189,12 +167,7 @@ class SyncTransport:
 
     def infer(self, model: str, input_name: str, items: Sequence[bytes], canary: bool = False) -> Outputs:
         """One request carrying every item; a canary rides the health lane and asks which provider ran it."""
-        kwargs: dict[str, Any] = {
-            "outputs": self._outputs_requested(input_name, canary),
-            "priority": CANARY_PRIORITY if canary else 0,
-        }
-        if self.endpoint.protocol == "grpc":
-            kwargs["client_timeout"] = self.timeout
+        kwargs = self._infer_options(canary) | {"outputs": self._outputs_requested(input_name, canary)}
         try:
             return _outputs(self.client.infer(model, [self._input(input_name, items)], **kwargs), input_name, canary)
         except Exception as exc:
@@ -281,26 +254,14 @@ class SyncTransport:
             pass
 
 
-class AsyncTransport:
+class AsyncTransport(_Transport):
     """The same calls on asyncio (tritonclient's `aio` clients)."""
 
-    def __init__(self, endpoint: Endpoint, timeout: float, concurrency: int) -> None:
-        self.endpoint, self.timeout = endpoint, timeout
-        if endpoint.protocol == "http":
-            import tritonclient.http.aio as module
+    aio = True
 
-            self.module = module
-            self.client = module.InferenceServerClient(
-                endpoint.address, ssl=endpoint.ssl, conn_limit=max(1, concurrency), conn_timeout=timeout
-            )
-        else:
-            import tritonclient.grpc.aio as module
-
-            self.module = module
-            self.client = module.InferenceServerClient(endpoint.address, ssl=endpoint.ssl)
-
-    def _input(self, name: str, items: Sequence[bytes]) -> Any:
-        return _bytes_input(self.module, self.endpoint.protocol, name, items)
+    @staticmethod
+    def _http_options(timeout: float, connections: int) -> dict[str, Any]:
+        return {"conn_limit": connections, "conn_timeout": timeout}
 
     async def _call(self, awaitable: Awaitable[T], model: str = "") -> T:
         try:
@@ -309,9 +270,7 @@ class AsyncTransport:
             raise translate(exc, model) from None
 
     async def infer(self, model: str, input_name: str, items: Sequence[bytes], canary: bool = False) -> Outputs:
-        kwargs: dict[str, Any] = {"priority": CANARY_PRIORITY if canary else 0}  # no outputs named: all come
-        if self.endpoint.protocol == "grpc":
-            kwargs["client_timeout"] = self.timeout
+        kwargs = self._infer_options(canary)  # no outputs named: all come
         result = await self._call(self.client.infer(model, [self._input(input_name, items)], **kwargs), model)
         return _outputs(result, input_name, canary)
 

@@ -2,28 +2,21 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
-from . import _base
-from ._constants import (
-    CANARY_QUERY,
-    DEFAULT_MAX_RETRIES,
-    DEFAULT_TIMEOUT,
-    DEFAULT_URL,
-    IMAGE_INPUT,
-    TEXT_INPUT,
-)
-from ._transport import SyncTransport, retrying
-from .errors import ColQwen2Error
-from .inputs import ImageInput, image_bytes, text_bytes
-from .scoring import maxsim_scores
+from . import _base, _plans
+from ._transport import SyncTransport
+from .inputs import ImageInput
 from .types import Embedding
 
+T = TypeVar("T")
 
-class ColQwen2Client:
+
+class ColQwen2Client(_base.BaseClient):
     """Embed images and queries with the ColQwen2 service.
 
     >>> with ColQwen2Client("grpc://127.0.0.1:8001") as client:
@@ -31,46 +24,27 @@ class ColQwen2Client:
     ...     scores = client.score("lego price drop", [page])
     """
 
-    def __init__(
-        self,
-        url: str = DEFAULT_URL,
-        *,
-        precision: str = "fp16",
-        timeout: float = DEFAULT_TIMEOUT,
-        max_retries: int = DEFAULT_MAX_RETRIES,
-        batch_size: int = _base.DEFAULT_BATCH_SIZE,
-    ) -> None:
-        self.options = _base.ClientOptions.create(url, precision, timeout, max_retries, batch_size)
-        self._transport = SyncTransport(self.options.endpoint, timeout, batch_size)
+    _transport_type = SyncTransport
+    _transport: SyncTransport
 
-    @property
-    def url(self) -> str:
-        return self.options.endpoint.url
+    def _run(self, plan: _plans.Plan[T]) -> T:
+        """Make each call the plan asks for, blocking; its answer (or its exception) goes back in."""
+        run = _plans.Run(plan)
+        for step in run:
+            try:
+                run.reply = self._do(step)
+            except Exception as exc:
+                run.error = exc
+        return run.result
 
-    def _infer(self, model: str, name: str, items: list[bytes]) -> dict[str, np.ndarray]:
-        return retrying(lambda: self._transport.infer(model, name, items), self.options.max_retries)
-
-    def _infer_each(
-        self, model: str, name: str, items: list[bytes], progress: _base.Progress | None, window: int | None = None
-    ) -> list:
-        window = window or self.options.batch_size
-        results: list = []
-        for chunk in _base.chunks(items, window * 4):
-            results.extend(self._transport.infer_each(model, name, chunk, window))
-            # Retry, one at a time, only the items whose failure is safe to retry.
-            for i in range(len(results) - len(chunk), len(results)):
-                if isinstance(results[i], ColQwen2Error) and results[i].retryable:
-                    try:
-                        results[i] = self._infer(model, name, [items[i]])
-                    except ColQwen2Error as exc:
-                        results[i] = exc
-            if progress:
-                progress(len(results), len(items))
-        return results
+    def _do(self, step: _plans.Step) -> Any:
+        if isinstance(step, _plans.Sleep):
+            return time.sleep(step.seconds)
+        return step.on(self._transport)
 
     def embed(self, image: ImageInput) -> Embedding:
         """One image (a path, bytes, a PIL image or a base64 string) -> its Embedding."""
-        return _base.single(self._infer(self.options.image_model, IMAGE_INPUT, [image_bytes(image)]))
+        return self._run(_plans.embed(self.options, image))
 
     def embed_batch(
         self,
@@ -84,59 +58,32 @@ class ColQwen2Client:
         A bad image raises its error naming its index, unless `return_exceptions`, which puts
         the error in its place and keeps the rest.
         """
-        data, sendable = _base.encode_images(images)
-        sent = self._infer_each(
-            self.options.image_model,
-            IMAGE_INPUT,
-            [data[i] for i in sendable],
-            _base.progress_callback(progress, skipped=len(data) - len(sendable)),
-            batch_size,
-        )
-        for i, result in zip(sendable, sent, strict=True):
-            data[i] = result
-        return _base.collect(data, return_exceptions, "image")
+        return self._run(_plans.embed_batch(self.options, images, batch_size, progress, return_exceptions))
 
     def embed_query(self, text: str) -> Embedding:
         """One text query -> its Embedding (one vector per token, augmentation tokens included)."""
-        items = [text_bytes(text)]
-        return _base.single(self._infer(self.options.query_model, TEXT_INPUT, items))
+        return self._run(_plans.embed_query(self.options, text))
 
     def embed_queries(self, texts: Sequence[str], return_exceptions: bool = False) -> list[Embedding]:
-        items = [text_bytes(t) for t in texts]
-        results = self._infer_each(self.options.query_model, TEXT_INPUT, items, None)
-        return _base.collect(results, return_exceptions, "query")
+        return self._run(_plans.embed_queries(self.options, texts, return_exceptions))
 
     def score(self, query: str | Embedding, images: Sequence[Embedding | ImageInput]) -> np.ndarray:
         """MaxSim of the query against each image, float32 [len(images)]."""
-        q = query if isinstance(query, Embedding) else self.embed_query(query)
-        todo = [i for i, image in enumerate(images) if not isinstance(image, Embedding)]
-        done = dict(zip(todo, self.embed_batch([images[i] for i in todo]), strict=True))
-        return maxsim_scores(q, [done.get(i, image) for i, image in enumerate(images)])
+        return self._run(_plans.score(self.options, query, images))
 
     def canary(self) -> dict[str, Any]:
         """Embed a small image and a query on the health lane (Triton priority 1: served before
         user traffic, never refused by a full queue). Raises the SDK error that stopped it; no retries."""
-        return self._canary_inferences(self._transport.model_parameters(self.options.image_model))
-
-    def _canary_inferences(self, parameters: dict[str, str]) -> dict[str, Any]:
-        image = self._transport.infer(self.options.image_model, IMAGE_INPUT, [_base.canary_png()], canary=True)
-        query = self._transport.infer(self.options.query_model, TEXT_INPUT, [CANARY_QUERY.encode()], canary=True)
-        return _base.canary_info(parameters, image, query)
+        return self._run(_plans.canary(self.options))
 
     def health(self) -> dict[str, Any]:
         """`{"status", "gpu_available", "model_loaded", "execution_provider"}`; `model_loaded` only after real
         canary inferences."""
-        parameters = None
-        try:
-            parameters = self._transport.model_parameters(self.options.image_model)
-            info = self._canary_inferences(parameters)
-        except ColQwen2Error:
-            return _base.health_verdict(False, parameters)
-        return _base.health_verdict(True, parameters, info["execution_provider"])
+        return self._run(_plans.health(self.options))
 
     def server_info(self) -> dict[str, str]:
         """The image ensemble's config parameters: precision, device, resolution, max_visual_tokens, checkpoint."""
-        return self._transport.model_parameters(self.options.image_model)
+        return self._run(_plans.server_info(self.options))
 
     def with_options(self, **overrides: Any) -> ColQwen2Client:
         """A new client with some options changed, e.g. `client.with_options(timeout=5)`."""

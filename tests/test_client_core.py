@@ -1,0 +1,158 @@
+"""The clients' sans-IO core (`_plans`) without a server: plans driven by hand, and both clients over fakes."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import numpy as np
+import pytest
+from colqwen2_client import (
+    AsyncColQwen2Client,
+    ColQwen2Client,
+    Embedding,
+    InvalidInputError,
+    ServerBusyError,
+    ServerUnavailableError,
+    _base,
+    _plans,
+)
+from colqwen2_client._constants import IMAGE_INPUT, TEXT_INPUT
+
+OPTIONS = _base.ClientOptions.create("grpc://triton:8001", "fp16", 60.0, 2, 1)
+
+
+def outputs(n: int = 3, provider: bytes | None = None) -> dict[str, np.ndarray]:
+    """One item's ensemble outputs: n unit vectors."""
+    vectors = np.zeros((1, n, 128), np.float32)
+    vectors[0, :, 0] = 1.0
+    out = {"embeddings": vectors, "num_vectors": np.array([[n]]), "pooled": vectors[:, 0]}
+    if provider is not None:
+        out["execution_provider"] = np.array([[provider]], dtype=np.object_)
+    return out
+
+
+def test_infer_retries_with_backoff_only_what_is_safe_to_retry():
+    plan = _plans.infer(OPTIONS, "colqwen2", IMAGE_INPUT, [b"png"])
+    assert next(plan) == _plans.Call("infer", ("colqwen2", IMAGE_INPUT, [b"png"]))
+    pause = plan.throw(ServerBusyError("queue full"))
+    assert isinstance(pause, _plans.Sleep) and 0.125 <= pause.seconds <= 0.25
+    assert plan.send(None) == _plans.Call("infer", ("colqwen2", IMAGE_INPUT, [b"png"]))
+    with pytest.raises(StopIteration) as stop:
+        plan.send(answer := outputs())
+    assert stop.value.value is answer
+
+    refused = _plans.infer(OPTIONS, "colqwen2", IMAGE_INPUT, [b"png"])
+    next(refused)
+    with pytest.raises(InvalidInputError):  # not retryable: raised at once, no pause
+        refused.throw(InvalidInputError("bad image"))
+
+    down = _plans.infer(OPTIONS, "colqwen2", IMAGE_INPUT, [b"png"])
+    next(down)
+    for _ in range(OPTIONS.max_retries):
+        assert isinstance(down.throw(ServerUnavailableError("down")), _plans.Sleep)
+        next(down)
+    with pytest.raises(ServerUnavailableError):  # max_retries spent
+        down.throw(ServerUnavailableError("down"))
+
+
+def test_infer_each_sends_chunks_and_retries_failed_items_one_at_a_time():
+    items = [bytes([i]) for i in range(6)]
+    seen: list[tuple[int, int]] = []
+    plan = _plans.infer_each(OPTIONS, "colqwen2", IMAGE_INPUT, items, lambda done, total: seen.append((done, total)))
+    assert next(plan) == _plans.Call("infer_each", ("colqwen2", IMAGE_INPUT, items[:4], 1))  # 4 windows a chunk
+    first = [outputs(), ServerBusyError("busy"), InvalidInputError("bad"), outputs()]
+    assert plan.send(first) == _plans.Call("infer", ("colqwen2", IMAGE_INPUT, [items[1]]))
+    assert plan.send(retried := outputs()) == _plans.Call("infer_each", ("colqwen2", IMAGE_INPUT, items[4:], 1))
+    assert seen == [(4, 6)]
+    with pytest.raises(StopIteration) as stop:
+        plan.send([outputs(), outputs()])
+    results = stop.value.value
+    assert results[1] is retried and isinstance(results[2], InvalidInputError) and len(results) == 6
+    assert seen == [(4, 6), (6, 6)]
+
+
+class FakeTransport:
+    """Answers like a server: `fail` maps a method to the errors its next calls raise, in turn."""
+
+    def __init__(self, fail: dict[str, list[Exception]] | None = None) -> None:
+        self.calls: list[tuple[str, Any]] = []
+        self.fail = fail or {}
+
+    def _answer(self, method: str, args: Any, reply: Any) -> Any:
+        self.calls.append((method, args))
+        if self.fail.get(method):
+            raise self.fail[method].pop(0)
+        return reply
+
+    def infer(self, model: str, name: str, items: list[bytes], canary: bool = False) -> Any:
+        provider = b"cpu" if canary else None
+        return self._answer(
+            "infer", (model, name, len(items), canary), outputs(2 if name == TEXT_INPUT else 3, provider)
+        )
+
+    def infer_each(self, model: str, name: str, items: list[bytes], window: int) -> Any:
+        return self._answer("infer_each", (model, name, len(items), window), [outputs() for _ in items])
+
+    def model_parameters(self, model: str) -> Any:
+        return self._answer("model_parameters", (model,), {"device": "cpu"})
+
+    def close(self) -> None:
+        pass
+
+
+class AsyncFakeTransport(FakeTransport):
+    async def infer(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        return FakeTransport.infer(self, *args, **kwargs)
+
+    async def infer_each(self, *args: Any) -> Any:  # type: ignore[override]
+        return FakeTransport.infer_each(self, *args)
+
+    async def model_parameters(self, model: str) -> Any:  # type: ignore[override]
+        return FakeTransport.model_parameters(self, model)
+
+    async def close(self) -> None:  # type: ignore[override]
+        pass
+
+
+def both_clients(monkeypatch: pytest.MonkeyPatch, fail: dict[str, list[Exception]] | None = None) -> list:
+    """A sync and an async client over fakes that fail the same way; no backoff pauses."""
+    monkeypatch.setattr(_base, "backoff_delay", lambda attempt: 0.0)
+    fail = fail or {}
+    sync_fake, async_fake = FakeTransport({k: list(v) for k, v in fail.items()}), AsyncFakeTransport(fail)
+    monkeypatch.setattr(ColQwen2Client, "_transport_type", staticmethod(lambda *args: sync_fake))
+    monkeypatch.setattr(AsyncColQwen2Client, "_transport_type", staticmethod(lambda *args: async_fake))
+    return [
+        ColQwen2Client("grpc://triton:8001", max_retries=1),
+        AsyncColQwen2Client("grpc://triton:8001", max_retries=1),
+    ]
+
+
+def call(client: Any, method: str, *args: Any, **kwargs: Any) -> Any:
+    result = getattr(client, method)(*args, **kwargs)
+    return asyncio.run(result) if asyncio.iscoroutine(result) else result
+
+
+def test_both_clients_make_the_same_calls_and_return_the_same(monkeypatch):
+    answers = []
+    for client in both_clients(monkeypatch, {"infer": [ServerBusyError("busy")]}):
+        embedded = call(client, "embed", b"png")
+        batch = call(client, "embed_batch", [b"a", 42, b"c"], return_exceptions=True)
+        scores = call(client, "score", "query", [embedded, b"d"])
+        answers.append((client._transport.calls, embedded.num_vectors, [type(b) for b in batch], scores.tolist()))
+    assert answers[0] == answers[1]
+    calls, vectors, kinds, scores = answers[0]
+    assert calls[:2] == [("infer", ("colqwen2", IMAGE_INPUT, 1, False))] * 2  # the busy one retried
+    assert ("infer_each", ("colqwen2", IMAGE_INPUT, 2, 16)) in calls  # 42 refused locally, never sent
+    assert vectors == 3 and kinds == [Embedding, InvalidInputError, Embedding] and len(scores) == 2
+
+
+def test_both_clients_agree_on_errors_and_health(monkeypatch):
+    for client in both_clients(monkeypatch):
+        assert call(client, "health")["status"] == "healthy"
+        with pytest.raises(InvalidInputError, match=r"^image 1: unsupported image input"):
+            call(client, "embed_batch", [b"a", 42])
+    for client in both_clients(monkeypatch, {"model_parameters": [ServerUnavailableError("down")] * 2}):
+        assert call(client, "health") == {"status": "unhealthy", "gpu_available": False, "model_loaded": False}
+        with pytest.raises(ServerUnavailableError):  # the canary raises; no retries
+            call(client, "canary")
