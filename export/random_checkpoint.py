@@ -25,6 +25,8 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from model_repository.colqwen2_serving.grid import PUBLISHED_MAX_PIXELS, PUBLISHED_MIN_PIXELS
+
 # The Qwen2-VL special tokens, in the order the real tokenizer numbers them after its vocabulary.
 QWEN2_VL_SPECIAL_TOKENS = (
     "<|endoftext|>",
@@ -113,10 +115,6 @@ SIZES: dict[str, CheckpointSize] = {
         vocab_size=151936,
     ),
 }
-
-# vidore/colqwen2-v1.0's processor limits (colpali-engine issue 292): 56 x 56 to 768 x 28 x 28 pixels.
-PUBLISHED_MIN_PIXELS = 3136
-PUBLISHED_MAX_PIXELS = 602112
 
 # A small English corpus in the service's domain, so the BPE learns useful merges offline.
 _CORPUS_WORDS = (

@@ -34,6 +34,8 @@ from pathlib import Path
 import numpy as np
 from colqwen2_client._constants import CANARY_PRIORITY, USER_PRIORITY
 
+from .budgets import SESSION_BUDGETS
+
 HERE = Path(__file__).resolve().parent
 TEMPLATES = HERE / "templates"
 LIBRARY = HERE / "colqwen2_serving"
@@ -114,26 +116,6 @@ class RenderOptions:
     max_session_images: int = 0
     max_session_tokens: int = 0
     max_session_sequences: int = 0
-
-
-# What one ONNX Runtime call may hold, per host and precision: vision (patches, images), text (tokens,
-# sequences); 0 images or sequences: as many of the longest item (an image at the token cap, a prompt at the
-# cap) as the budget holds, which also makes the TensorRT profile's box (items x longest) the budget itself.
-# On a CPU, calls over many large images cost gigabytes and no speed. On a GPU the budgets keep the
-# activations inside the card with the weights (`python -m bench.memory`, README "Memory"): an fp16
-# deployment of the real checkpoint takes 2 images and 8192 tokens per call within 8 GB, an int8 one
-# 1 image and 1566 tokens (2 prompts at the cap) within 4 GB.
-_CPU_BUDGETS = {"max_session_patches": 4096, "max_session_images": 8, "max_session_tokens": 8192,
-                "max_session_sequences": 32}  # fmt: skip
-SESSION_BUDGETS = {
-    "cpu": {"fp16": _CPU_BUDGETS, "int8": _CPU_BUDGETS},
-    "gpu": {
-        "fp16": {"max_session_patches": 6144, "max_session_images": 0, "max_session_tokens": 8192,
-                 "max_session_sequences": 0},
-        "int8": {"max_session_patches": 3072, "max_session_images": 0, "max_session_tokens": 1566,
-                 "max_session_sequences": 0},
-    },
-}  # fmt: skip
 
 
 def precision_of(variant: str) -> str:
@@ -379,8 +361,16 @@ def _comma_list(text: str) -> tuple[str, ...]:
 
 
 def add_render_arguments(parser: argparse.ArgumentParser) -> None:
-    d = RenderOptions(Path(), Path())
-    budgets = SESSION_BUDGETS
+    """The render options, in this order: what is served, capacity and queues, call budgets, runtime."""
+    defaults = RenderOptions(Path(), Path())
+    _add_serving_arguments(parser, defaults)
+    _add_capacity_arguments(parser, defaults)
+    _add_budget_arguments(parser)
+    _add_runtime_arguments(parser, defaults)
+
+
+def _add_serving_arguments(parser: argparse.ArgumentParser, d: RenderOptions) -> None:
+    """The export, the host, the precisions and the image resolution."""
     parser.add_argument(
         "--artifacts", type=Path, required=True, metavar="DIR", help="an export folder (with manifest.json): required"
     )
@@ -408,6 +398,10 @@ def add_render_arguments(parser: argparse.ArgumentParser) -> None:
         help="comma list of variants (fp32, fp16, int8, int8_dynamic) whose encoders are loaded too, without a "
         "public ensemble (default: none)",
     )
+
+
+def _add_capacity_arguments(parser: argparse.ArgumentParser, d: RenderOptions) -> None:
+    """Batching, instances, threads and the queue bounds."""
     parser.add_argument(
         "--max-batch-size",
         type=int,
@@ -442,22 +436,29 @@ def add_render_arguments(parser: argparse.ArgumentParser) -> None:
         default=d.queue_timeout_ms,
         help="a user request waiting longer in a model's queue is refused (default: %(default)s; 0: never)",
     )
+
+
+def _add_budget_arguments(parser: argparse.ArgumentParser) -> None:
+    """What one ONNX Runtime call may hold; the defaults are the host's (`budgets.SESSION_BUDGETS`)."""
+    cpu, gpu = SESSION_BUDGETS["cpu"]["fp16"], SESSION_BUDGETS["gpu"]
     parser.add_argument(
         "--max-session-patches",
         type=int,
         default=0,
-        help=f"vision patches per ONNX Runtime call (default: {budgets['cpu']['fp16']['max_session_patches']} on "
-        f"CPU; on GPU {budgets['gpu']['fp16']['max_session_patches']} fp16, "
-        f"{budgets['gpu']['int8']['max_session_patches']} int8)",
+        help=f"vision patches per ONNX Runtime call (default: {cpu['max_session_patches']} on CPU; on GPU "
+        f"{gpu['fp16']['max_session_patches']} fp16, {gpu['int8']['max_session_patches']} int8)",
     )
     parser.add_argument(
         "--max-session-tokens",
         type=int,
         default=0,
-        help=f"text tokens per ONNX Runtime call (default: {budgets['cpu']['fp16']['max_session_tokens']} on CPU; "
-        f"on GPU {budgets['gpu']['fp16']['max_session_tokens']} fp16, "
-        f"{budgets['gpu']['int8']['max_session_tokens']} int8)",
+        help=f"text tokens per ONNX Runtime call (default: {cpu['max_session_tokens']} on CPU; on GPU "
+        f"{gpu['fp16']['max_session_tokens']} fp16, {gpu['int8']['max_session_tokens']} int8)",
     )
+
+
+def _add_runtime_arguments(parser: argparse.ArgumentParser, d: RenderOptions) -> None:
+    """Input limits, execution providers, the TensorRT cache and how ONNX files are placed."""
     parser.add_argument(
         "--max-query-tokens",
         type=int,

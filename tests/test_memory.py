@@ -3,6 +3,7 @@ work out by hand, and the activation peaks of the tiny export."""
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import shutil
@@ -14,7 +15,31 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from bench import memory
+from bench.memory.activations import (
+    ActivationModel,
+    ShapeInferenceError,
+    activation_peak,
+    execution_order,
+    graph_skeleton,
+    infer_shapes,
+    simulate,
+    text_shapes,
+    vision_shapes,
+)
+from bench.memory.budgets import (
+    DEPLOYMENTS,
+    LIMITS,
+    gpu_budgets,
+    image_tokens,
+    largest_call,
+    recommend,
+    scenarios,
+    text_call_peak,
+)
+from bench.memory.model import GRAPH_NAMES, graph_modules
+from bench.memory.weights import GraphWeights, initializer_bytes, real_weights, trace_graph_weights, weight_bytes
+from model_repository.budgets import CAP_TOKENS, GPU_MEMORY, SESSION_BUDGETS, GpuMemory, gpu_call_budgets
+from model_repository.colqwen2_serving.prompts import PROMPT_EXTRA_TOKENS
 
 VARIANTS = ("fp32", "fp16", "int8", "int8_dynamic")
 # Shape vectors and scalars the exporter and the quantizer's preprocessing add: graph constants, not parameters.
@@ -34,30 +59,30 @@ def _split_initializers(path: Path) -> tuple[int, int]:
 
 
 @pytest.fixture(scope="module")
-def tiny_weights(tiny_reference) -> dict[str, memory.GraphWeights]:
-    graphs = memory.graph_modules(tiny_reference.model, tiny_reference.processor)
-    return {name: memory.trace_graph_weights(graph) for name, graph in graphs.items()}
+def tiny_weights(tiny_reference) -> dict[str, GraphWeights]:
+    graphs = graph_modules(tiny_reference.model, tiny_reference.processor)
+    return {name: trace_graph_weights(graph) for name, graph in graphs.items()}
 
 
 # --- weight bytes ----------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-@pytest.mark.parametrize("graph", memory.GRAPH_NAMES)
+@pytest.mark.parametrize("graph", GRAPH_NAMES)
 def test_weight_bytes_match_the_tiny_export(tiny_artifacts: Path, tiny_weights, graph: str, variant: str) -> None:
     """The rules predict every initializer byte of the real export but the graph's own constants (shape vectors
     and scalars, under 400 B: the whole gap, well under 1 %). The exporter merges identical small initializers
     (the random tiny checkpoint's zero biases and unit norms); the prediction models that from the values."""
     path = tiny_artifacts / variant / f"{graph}.onnx"
     constants, actual = _split_initializers(path)
-    predicted = memory.weight_bytes(tiny_weights[graph], variant)["total"]
-    assert memory.initializer_bytes(path) == actual
+    predicted = weight_bytes(tiny_weights[graph], variant)["total"]
+    assert initializer_bytes(path) == actual
     assert predicted + constants == actual, (predicted, constants, actual)
     assert abs(actual - predicted) <= 0.01 * actual
     assert constants < 400  # a few shape vectors and scalars
 
 
-def _table_elements(weights: memory.GraphWeights) -> int:
+def _table_elements(weights: GraphWeights) -> int:
     (table,) = [t for t in weights.tensors if t.role == "embedding"]
     return table.numel
 
@@ -72,10 +97,10 @@ def test_half_embedding_rule(tiny_artifacts: Path, tiny_weights, tmp_path: Path,
     shutil.copy(tiny_artifacts / variant / "text_encoder.onnx", path)
     assert half_embeddings(path, external=False, min_elements=1) == ["lm.embed_tokens.weight"]
     constants, actual = _split_initializers(path)
-    rows = memory.weight_bytes(tiny_weights["text_encoder"], variant, embedding_min_elements=1)
+    rows = weight_bytes(tiny_weights["text_encoder"], variant, embedding_min_elements=1)
     assert rows["embedding"] == _table_elements(tiny_weights["text_encoder"]) * 2
     assert rows["total"] + constants == actual
-    unchanged = memory.weight_bytes(tiny_weights["text_encoder"], variant)
+    unchanged = weight_bytes(tiny_weights["text_encoder"], variant)
     assert unchanged["embedding"] == 2 * rows["embedding"]
 
 
@@ -94,9 +119,9 @@ def test_tiny_graphs_read_what_they_should(tiny_weights) -> None:
 
 
 def test_real_size_weights_from_the_meta_model() -> None:
-    weights = memory.real_weights()
+    weights = real_weights()
     assert weights["parameters"] == 2_209_182_336
-    for graph in memory.GRAPH_NAMES:
+    for graph in GRAPH_NAMES:
         assert weights["bytes"]["fp32"][graph]["total"] == 4 * weights["graph_parameters"][graph]
     text = weights["bytes"]["int8"]["text_encoder"]
     assert text["embedding"] == 151936 * 1536 * 2  # float16 above the threshold
@@ -140,19 +165,19 @@ def test_simulation_by_hand(tmp_path: Path) -> None:
     With c fused away: n5 x+a+d+e = 14000 is reached first there."""
     path = tmp_path / "hand.onnx"
     onnx.save(_hand_graph(), str(path))
-    skeleton = memory.graph_skeleton(path)
+    skeleton = graph_skeleton(path)
     assert skeleton.inputs == ("x",) and {"s", "w"} <= skeleton.weights
-    infos = memory.infer_shapes(skeleton, {"x": (10, 100)})
+    infos = infer_shapes(skeleton, {"x": (10, 100)})
     assert infos["b"].shape == (1000,) and infos["d"].dtype == "float16" and infos["y"].nbytes == 2000
     graph = skeleton.model.graph
-    peak = memory.simulate(graph, infos, skeleton.weights)
+    peak = simulate(graph, infos, skeleton.weights)
     assert (peak.bytes, peak.node) == (14000, "Cast n4")
     assert {name for name, *_ in peak.largest} == {"x", "a", "c", "d"}
-    no_views = memory.simulate(graph, infos, skeleton.weights, views=False)
+    no_views = simulate(graph, infos, skeleton.weights, views=False)
     assert (no_views.bytes, no_views.node) == (16000, "Add n3")
-    fused = memory.simulate(graph, infos, skeleton.weights, free={"c"})
+    fused = simulate(graph, infos, skeleton.weights, free={"c"})
     assert (fused.bytes, fused.node) == (14000, "Mul n5")
-    assert memory.activation_peak(path, {"x": (10, 100)}) == 14000
+    assert activation_peak(path, {"x": (10, 100)}) == 14000
 
 
 def _dequantized_weight_graph() -> onnx.ModelProto:
@@ -186,13 +211,13 @@ def _dequantized_weight_graph() -> onnx.ModelProto:
 def test_weight_only_nodes_run_before_their_consumer(tmp_path: Path) -> None:
     path = tmp_path / "dq.onnx"
     onnx.save(_dequantized_weight_graph(), str(path))
-    skeleton = memory.graph_skeleton(path)
+    skeleton = graph_skeleton(path)
     graph = skeleton.model.graph
-    order = [n.name for n in memory.execution_order(graph, skeleton.weights)]
+    order = [n.name for n in execution_order(graph, skeleton.weights)]
     assert order == ["n1", "n2", "n3", "n4", "n0", "n5"]
-    infos = memory.infer_shapes(skeleton, {"x": (1000,)})
+    infos = infer_shapes(skeleton, {"x": (1000,)})
     assert infos["m"].shape == (1000,)  # ReduceMax with its axes as an input
-    peak = memory.simulate(graph, infos, skeleton.weights)
+    peak = simulate(graph, infos, skeleton.weights)
     assert (peak.bytes, peak.node) == (16000, "Concat n2")
 
 
@@ -206,10 +231,10 @@ def test_unknown_shapes_fail_loudly(tmp_path: Path) -> None:
     )
     path = tmp_path / "nz.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
-    with pytest.raises(memory.ShapeInferenceError):
-        memory.infer_shapes(memory.graph_skeleton(path), {"x": (8,)})
+    with pytest.raises(ShapeInferenceError):
+        infer_shapes(graph_skeleton(path), {"x": (8,)})
     with pytest.raises(ValueError, match="inputs"):
-        memory.infer_shapes(memory.graph_skeleton(path), {"z": (8,)})
+        infer_shapes(graph_skeleton(path), {"z": (8,)})
 
 
 # --- the tiny export's graphs ----------------------------------------------------------------------
@@ -236,15 +261,15 @@ def _feeds(graph: str, batch: int, length: int, hidden: int, vocab: int) -> dict
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-@pytest.mark.parametrize("graph", memory.GRAPH_NAMES)
+@pytest.mark.parametrize("graph", GRAPH_NAMES)
 def test_inferred_shapes_are_the_ones_onnx_runtime_produces(tiny_artifacts: Path, graph: str, variant: str) -> None:
     """Every intermediate tensor of a real run has the shape and type the inference gave it."""
     import onnxruntime as ort
 
     path = tiny_artifacts / variant / f"{graph}.onnx"
-    skeleton = memory.graph_skeleton(path)
+    skeleton = graph_skeleton(path)
     feeds = _feeds(graph, 3, 24, 64, 600)
-    infos = memory.infer_shapes(skeleton, {name: value.shape for name, value in feeds.items()})
+    infos = infer_shapes(skeleton, {name: value.shape for name, value in feeds.items()})
     model = onnx.load(str(path))
     names = [o for n in model.graph.node if n.op_type != "Constant" for o in n.output if o]
     outputs = {o.name for o in model.graph.output}
@@ -262,11 +287,11 @@ def test_inferred_shapes_are_the_ones_onnx_runtime_produces(tiny_artifacts: Path
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_tiny_activation_peaks_grow_with_the_batch(tiny_artifacts: Path, variant: str) -> None:
-    vision = memory.ActivationModel(tiny_artifacts / variant / "vision_encoder.onnx")
-    text = memory.ActivationModel(tiny_artifacts / variant / "text_encoder.onnx")
+    vision = ActivationModel(tiny_artifacts / variant / "vision_encoder.onnx")
+    text = ActivationModel(tiny_artifacts / variant / "text_encoder.onnx")
     for model, shapes in (
-        (vision, lambda b, n: memory.vision_shapes(b, 4 * n)),
-        (text, lambda b, n: memory.text_shapes(b, n, b * n, 64)),
+        (vision, lambda b, n: vision_shapes(b, 4 * n)),
+        (text, lambda b, n: text_shapes(b, n, b * n, 64)),
     ):
         by_batch = [model.peak(shapes(b, 64)) for b in (1, 2, 4, 8)]
         assert by_batch[0] > 0
@@ -279,38 +304,57 @@ def test_tiny_activation_peaks_grow_with_the_batch(tiny_artifacts: Path, variant
 
 
 def test_scenarios_follow_the_rendered_gpu_budgets() -> None:
-    assert memory.image_tokens(500, 200) == 7 * 18
-    assert memory.image_tokens(448, 448) == 16 * 16
-    assert memory.image_tokens(4000, 3000) <= memory.CAP_TOKENS
-    assert memory.largest_call(8192, 32, 783) == 10
-    assert memory.largest_call(8192, 32, 32) == 32
-    assert memory.largest_call(100, 0, 783) == 1  # an item over the budget gets a call of its own
-    fp16, int8 = memory.gpu_budgets("fp16"), memory.gpu_budgets("int8")
+    assert image_tokens(500, 200) == 7 * 18
+    assert image_tokens(448, 448) == 16 * 16
+    assert image_tokens(4000, 3000) <= CAP_TOKENS
+    assert largest_call(8192, 32, 783) == 10
+    assert largest_call(8192, 32, 32) == 32
+    assert largest_call(100, 0, 783) == 1  # an item over the budget gets a call of its own
+    fp16, int8 = gpu_budgets("fp16"), gpu_budgets("int8")
     assert (fp16["max_session_images"], fp16["max_session_sequences"]) == (2, 10)  # derived: items at the cap
     assert (int8["max_session_images"], int8["max_session_sequences"]) == (1, 2)
-    calls = {s.name: s for s in memory.scenarios(fp16)}
+    calls = {s.name: s for s in scenarios(fp16)}
     vision = calls["GPU call budget: largest call"]
     assert (vision.batch, vision.length, vision.in_gpu_budget, vision.trt_box) == (2, 3072, True, True)
     box = calls["GPU TensorRT box"]
     assert (box.batch, box.length) == (10, 783)  # the box is the call budget: 10 prompts at the cap
     assert not calls["32 queries of 32 tokens"].in_gpu_budget  # 10 sequences per call at most
     assert not calls["32 images 448x448"].in_gpu_budget  # 32 x 1024 patches are over the 6144 budget
-    small = {s.name: s for s in memory.scenarios(int8)}["GPU call budget: largest call"]
+    small = {s.name: s for s in scenarios(int8)}["GPU call budget: largest call"]
     assert (small.batch, small.length) == (1, 3072)
 
 
+def test_the_gpu_budgets_are_derived_from_the_recorded_run() -> None:
+    """`model_repository.budgets` holds the weights and per-item peaks of the committed run, and the GPU budgets it
+    derives from them are the ones that run checked."""
+    record = json.loads((Path(__file__).parents[1] / "bench" / "results" / "memory-real.json").read_text())
+    rows = {a["name"]: a for a in record["activations"]}
+    for precision, variant in DEPLOYMENTS.items():
+        measured = GpuMemory(
+            limit=LIMITS[precision],
+            weights=sum(record["weights"]["bytes"][variant][g]["total"] for g in GRAPH_NAMES),
+            image_peak=rows["1 image at the cap"]["peak"][variant],
+            prompt_peak=rows["1 image prompt at the cap"]["peak"][variant],
+            overhead=record["overhead_per_process_bytes"],
+        )
+        assert measured == GPU_MEMORY[precision]
+        assert measured.room == record["recommended_gpu_budgets"][precision]["unfused"]["room_bytes"]
+        assert gpu_call_budgets(measured) == SESSION_BUDGETS["gpu"][precision]
+        assert gpu_budgets(precision) == record["gpu_budgets_today"][precision]
+
+
 def test_recommend_finds_the_largest_budget_that_fits(tiny_artifacts: Path) -> None:
-    vision = memory.ActivationModel(tiny_artifacts / "fp32" / "vision_encoder.onnx")
-    text = memory.ActivationModel(tiny_artifacts / "fp32" / "text_encoder.onnx")
-    prompt = memory.CAP_TOKENS + memory.PROMPT_EXTRA_TOKENS
-    one = vision.peak(memory.vision_shapes(1, 4 * memory.CAP_TOKENS))
-    room = one + memory.text_call_peak(text, 64, 32, 3 * prompt)
-    rec = memory.recommend(vision, text, 64, room, 32, 8192)
+    vision = ActivationModel(tiny_artifacts / "fp32" / "vision_encoder.onnx")
+    text = ActivationModel(tiny_artifacts / "fp32" / "text_encoder.onnx")
+    prompt = CAP_TOKENS + PROMPT_EXTRA_TOKENS
+    one = vision.peak(vision_shapes(1, 4 * CAP_TOKENS))
+    room = one + text_call_peak(text, 64, 32, 3 * prompt)
+    rec = recommend(vision, text, 64, room, 32, 8192)
     budgets = rec["budgets"]
     assert budgets["max_session_images"] == 1 and budgets["max_session_sequences"] == 32
     tokens = budgets["max_session_tokens"]
     assert tokens >= 3 * prompt
-    assert one + memory.text_call_peak(text, 64, 32, tokens) <= room
-    assert one + memory.text_call_peak(text, 64, 32, tokens + 1) > room
-    nothing = memory.recommend(vision, text, 64, 0, 32, 8192)
+    assert one + text_call_peak(text, 64, 32, tokens) <= room
+    assert one + text_call_peak(text, 64, 32, tokens + 1) > room
+    nothing = recommend(vision, text, 64, 0, 32, 8192)
     assert nothing["max_visual_tokens"] == 0 and "budgets" not in nothing

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 
 import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
+from model_repository.budgets import GPU_MEMORY, PROMPT_TOKENS, SESSION_BUDGETS, gpu_call_budgets
 from model_repository.render import RenderError, RenderOptions, fill_template, render
 
 
@@ -92,6 +94,25 @@ def test_max_visual_tokens_caps_the_pixels_and_is_checked(tiny_artifacts, tmp_pa
     assert fixed["colqwen2_preprocess"].parameters["resolution"].string_value == "fixed-448"
     with pytest.raises(RenderError, match="fixed image size 450 must be a multiple of 28"):
         render(RenderOptions(tiny_artifacts, tmp_path / "bad", device="cpu", fixed_image_size=450))
+
+
+def test_gpu_budgets_are_derived_from_the_memory_each_precision_has(tiny_artifacts, tmp_path):
+    """fp16 keeps 2 images and 8192 tokens per call; int8's room takes 1 image and 2 prompts at the cap. A prompt at
+    the cap is as long as a render at the cap makes it."""
+    gpu = SESSION_BUDGETS["gpu"]
+    assert gpu["fp16"] == {"max_session_patches": 6144, "max_session_images": 0, "max_session_tokens": 8192,
+                           "max_session_sequences": 0}  # fmt: skip
+    assert gpu["int8"] == {"max_session_patches": 3072, "max_session_images": 0, "max_session_tokens": 1566,
+                           "max_session_sequences": 0}  # fmt: skip
+    int8 = GPU_MEMORY["int8"]
+    assert gpu_call_budgets(replace(int8, limit=int8.limit - int8.prompt_peak))["max_session_tokens"] == PROMPT_TOKENS
+    with pytest.raises(ValueError, match="one image and one prompt at the cap need"):
+        gpu_call_budgets(replace(int8, limit=int8.weights + int8.overhead + int8.image_peak))
+    models = configs(render(RenderOptions(tiny_artifacts, tmp_path / "gpu", device="gpu", precisions=("fp16", "int8"))))
+    for precision in ("fp16", "int8"):
+        parameters = models[f"colqwen2_encoder_{precision}"].parameters
+        assert {name: int(parameters[name].string_value) for name in gpu[precision]} == gpu[precision]
+    assert models["colqwen2_encoder_fp16"].parameters["max_prompt_tokens"].string_value == str(PROMPT_TOKENS)
 
 
 def test_copy_makes_a_self_contained_repository(tiny_artifacts, tmp_path):

@@ -34,6 +34,10 @@ PATCHES_PER_TOKEN = MERGE_SIZE * MERGE_SIZE
 PATCH_VALUES = 3 * PATCH_SIZE * PATCH_SIZE  # 588 uint8 values per patch
 MAX_ASPECT_RATIO = 200  # the processor refuses anything longer
 MIN_VISUAL_TOKENS = 4  # 56 x 56 pixels, Qwen2-VL's own minimum
+# vidore/colqwen2-v1.0's processor limits (colpali-engine issue 292): 56 x 56 to 768 x 28 x 28 pixels, 4 to 768
+# visual tokens per image. A deployment reads its own from the export; the random checkpoints copy these.
+PUBLISHED_MIN_PIXELS = 3136
+PUBLISHED_MAX_PIXELS = 602112
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,10 @@ IMAGE_TOKEN = "<|image_pad|>"
 # colpali-engine's `ColQwen2Processor.visual_prompt_prefix` (a test holds the two equal).
 IMAGE_PROMPT = "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Describe the image.<|im_end|><|endoftext|>"
 AUGMENTATION_COUNT = 10
+# Tokens of IMAGE_PROMPT besides its visual tokens, as the random checkpoints' tokenizer splits it: an image prompt
+# at the 768-token cap is 783 tokens (tests/test_render.py holds this to a render). A deployment reads its own
+# length from its tokenizer (`max_prompt_tokens`); the GPU call budgets (`model_repository.budgets`) use this one.
+PROMPT_EXTRA_TOKENS = 15
 DEFAULT_MAX_TOKENS = 512
 
 

@@ -1,0 +1,5 @@
+"""`python -m bench.memory`: see `bench.memory.cli`."""
+
+from .cli import main
+
+raise SystemExit(main())
