@@ -6,7 +6,9 @@ Qdrant server or cluster gets; its local mode stands in for the server, which ca
 
 from __future__ import annotations
 
+import hashlib
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -187,6 +189,75 @@ def test_both_engines_keep_the_cells_of_live_items_only(store):
     with pytest.raises(InvalidInputError, match="has no 'cells' first stage"):
         other = VisualIndex(None, store, IndexSettings(collection="other", first_stage="mean"), OFFSET)
         other.search_embedding(text, first_stage="cells")
+
+
+class BytesEmbedder:
+    """A stand-in for the SDK client: the same bytes, the same synthetic embedding; bytes starting `bad` fail."""
+
+    def __init__(self) -> None:
+        self.embedded: list[bytes] = []
+
+    def one(self, data: bytes) -> Embedding:
+        seed = int.from_bytes(hashlib.sha256(data).digest()[:8], "little")
+        return embedding(np.random.default_rng(seed), 3 + seed % 3, 4)
+
+    def embed_batch(self, images, return_exceptions: bool = False) -> list:
+        self.embedded += images
+        return [InvalidInputError("corrupt image") if d.startswith(b"bad") else self.one(d) for d in images]
+
+
+def test_one_item_at_a_time_and_the_bulk_index_take_the_same_path(store):
+    """`plan`, embed, `apply` (the gateway's /index, one item) and `index` (a catalog, in chunks) decide, embed and
+    write alike: new, unchanged, payload-only and replaced items, the same points and cells, nothing re-embedded."""
+    embedder = BytesEmbedder()
+    settings = IndexSettings(first_stage="cells", chunk=3)
+    bulk = VisualIndex(embedder, store, replace(settings, collection="bulk"), OFFSET)
+    single = VisualIndex(None, store, replace(settings, collection="single"), OFFSET)
+
+    def item(key: str, data: bytes, **payload) -> CatalogItem:
+        return CatalogItem(key, f"memory:{key}", payload | {"kind": "keepa_chart"}, data=data)
+
+    def one_by_one(items: list[CatalogItem]) -> list[str]:
+        single.ensure_collection()
+        statuses = []
+        for it in items:
+            (change,) = single.plan([it], [it.data])
+            single.apply([change], [embedder.one(it.data)] if change.embeds else [])
+            statuses.append(change.status)
+        return statuses
+
+    first = [item(f"k{i}", f"chart {i}".encode(), marketplace="DE") for i in range(7)]
+    report = bulk.index(first)
+    assert (report.new, report.failed, one_by_one(first)) == (7, [], ["new"] * 7)
+    second = [
+        first[0],  # unchanged
+        item("k1", b"chart 1", marketplace="US"),  # payload only
+        item("k2", b"chart 2, redrawn", marketplace="DE"),  # replaced
+        item("k7", b"chart 7", marketplace="UK"),  # new
+        item("k8", b"bad bytes", marketplace="UK"),  # its embedding fails
+    ]
+    embedder.embedded.clear()
+    report = bulk.index(second)
+    summary = report.summary()
+    assert [summary[k] for k in ("new", "replaced", "updated", "unchanged", "failed")] == [1, 1, 1, 1, 1]
+    assert report.failed == [("key k8", "corrupt image")]
+    assert embedder.embedded == [b"chart 2, redrawn", b"chart 7", b"bad bytes"]  # not the unchanged content
+    assert one_by_one(second[:4]) == ["unchanged", "updated", "replaced", "new"]
+    (bad,) = single.plan([second[4]], [second[4].data])
+    with pytest.raises(InvalidInputError, match="corrupt image"):
+        single.apply([bad], embedder.embed_batch([bad.data]))
+    ids = sorted(store.ids(bulk.name))
+    assert ids == sorted(store.ids(single.name)) and len(ids) == 8
+    volatile = {"indexed_at"}
+    for a, b in zip(bulk.records(ids, [MULTI]), single.records(ids, [MULTI]), strict=True):
+        assert {k: v for k, v in a.payload.items() if k not in volatile} == {
+            k: v for k, v in b.payload.items() if k not in volatile
+        }
+        assert np.array_equal(a.vectors[MULTI], b.vectors[MULTI])
+    for pid in ids:
+        for where in ({"item": pid}, {"item": pid, "marketplace": "US"}):
+            assert store.count(bulk.cells_name, where) == store.count(single.cells_name, where)
+    assert store.count(bulk.cells_name, {"marketplace": "US"}) > 0  # the payload-only change reached the cells
 
 
 def test_the_local_engine_indexes_in_steps_and_searches_what_waits(tmp_path):

@@ -39,7 +39,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
@@ -151,6 +151,25 @@ class IndexReport:
             "seconds": round(self.seconds, 2),
             "images_per_s": round(self.embedded / self.seconds, 2) if self.seconds else None,
         }
+
+
+Status = Literal["new", "replaced", "updated", "unchanged"]
+
+
+@dataclass(frozen=True)
+class Change:
+    """One item as indexing finds it (`VisualIndex.plan`): its bytes, its new payload and what writing it takes:
+    "new" or "replaced" (embed it, then write its whole point), "updated" (same content, other payload: write the
+    payload) or "unchanged" (nothing)."""
+
+    item: CatalogItem
+    data: bytes = field(repr=False)
+    payload: dict[str, Any]
+    status: Status
+
+    @property
+    def embeds(self) -> bool:
+        return self.status in ("new", "replaced")
 
 
 @dataclass(frozen=True)
@@ -442,7 +461,8 @@ class VisualIndex:
         embedded, and a writer thread upserts the previous chunk (waiting for Qdrant to apply the
         writes every `checkpoint_every` chunks and at the end). Progress counts items written.
         Each point's vectors and payload go in one upsert, so a killed run leaves whole points; run
-        it again to finish.
+        it again to finish. Each chunk goes the way one item goes through `plan` and `apply` (the gateway's
+        /index): `plan` decides, the changes that `embeds` are embedded, `_points` and `_write` write them.
         `prune`: afterwards delete every point whose key is not among `items` (a full catalog).
         """
         started = time.monotonic()
@@ -457,35 +477,25 @@ class VisualIndex:
         size = max(self.settings.chunk, 1)
         chunks = [catalog[i : i + size] for i in range(0, len(catalog), size)]
         with ThreadPoolExecutor(8, "colqwen2-read") as reader, ThreadPoolExecutor(1, "colqwen2-write") as writer:
-            writes: list[tuple[Future, int]] = []  # a chunk being written, and its size
+            writes: list[tuple[Future[_Written], int]] = []  # a chunk being written, and its size
             finished = 0
             loads = [reader.submit(item.read) for item in chunks[0]] if chunks else []
             for n, chunk in enumerate(chunks):
                 current = loads
                 if n + 1 < len(chunks):
                     loads = [reader.submit(item.read) for item in chunks[n + 1]]
-                todo, payload_only = self._sort(chunk, current, stored, report)
-                embedded = self.embedder.embed_batch([data for _, data, _ in todo], return_exceptions=True)
+                changes = self.plan(*_read(chunk, current, report), stored)
+                report.unchanged += sum(c.status == "unchanged" for c in changes)
+                todo = [c for c in changes if c.embeds]
+                embedded = self.embedder.embed_batch([c.data for c in todo], return_exceptions=True)
                 report.embedded += len(todo)
-                points = []
-                for (item, _data, payload), result in zip(todo, embedded, strict=True):
-                    if isinstance(result, Exception):
-                        report.failed.append((item.where, str(result)))
-                        continue
-                    try:
-                        point, kept = self.point(item, payload, result)
-                    except (ColQwen2Error, ValueError) as exc:
-                        report.failed.append((item.where, str(exc)))
-                        continue
-                    report.raw_vectors += result.num_vectors
-                    report.stored_vectors += kept
-                    points.append((point, item, item.id in stored))
+                points = self._points(changes, embedded, report)
                 last = n + 1 == len(chunks)
                 wait = last or (n + 1) % self.settings.checkpoint_every == 0
-                writes.append((writer.submit(self._write, points, payload_only, wait), len(chunk)))
+                writes.append((writer.submit(self._write, points, _updates(changes), wait), len(chunk)))
                 while len(writes) > 1 or (last and writes):  # one chunk written while the next is embedded
                     write, count = writes.pop(0)
-                    self._collect(write, report)
+                    _collect(write.result(), report)
                     finished += count
                     if bar:
                         bar(finished, len(catalog))
@@ -494,17 +504,39 @@ class VisualIndex:
         report.seconds = time.monotonic() - started
         return report
 
-    def decide(self, item: CatalogItem, data: bytes, stored: dict[str, Any] | None) -> tuple[str, dict[str, Any]]:
-        """What writing `item` takes, given its stored payload (None: no point yet), and its new payload:
-        "embed" (new or changed content), "update" (same content, other payload) or "unchanged"."""
+    def plan(
+        self,
+        items: Sequence[CatalogItem],
+        data: Sequence[bytes],
+        stored: Mapping[str, dict[str, Any]] | None = None,
+    ) -> list[Change]:
+        """What writing each item (with its bytes) takes, given the stored payloads by point id (None: read
+        them from the collection, which must exist). The first step of `index`, and of a caller that embeds
+        itself (the gateway): plan, embed the changes that `embeds`, then `apply`."""
+        if stored is None:
+            stored = self._stored([item.id for item in items])
+        return [self.decide(item, blob, stored.get(item.id)) for item, blob in zip(items, data, strict=True)]
+
+    def decide(self, item: CatalogItem, data: bytes, stored: dict[str, Any] | None) -> Change:
+        """What writing `item` takes, given its stored payload (None: no point yet): new or changed content is
+        embedded, the same content with another payload is updated in place, the same payload is left alone."""
         sha = sha256_hex(data)
         payload = self.payload(item, data, sha)
-        if stored is None or stored.get("sha256") != sha:
-            return "embed", payload
-        return ("unchanged" if _same(stored, payload) else "update"), payload
+        if stored is None:
+            status: Status = "new"
+        elif stored.get("sha256") != sha:
+            status = "replaced"
+        else:
+            status = "unchanged" if _same(stored, payload) else "updated"
+        return Change(item, data, payload, status)
 
-    def stored_payload(self, item: CatalogItem) -> dict[str, Any] | None:
-        return self._stored([item.id]).get(item.id)
+    def apply(self, changes: Sequence[Change], embeddings: Sequence[Embedding]) -> None:
+        """Write planned changes now, waiting for Qdrant: the whole point of each change that `embeds`, from
+        `embeddings` (theirs, in order), the payload of each "updated" one. Raises the first failure."""
+        points = self._points(changes, embeddings)
+        error = self._write(points, _updates(changes), wait=True).error
+        if error is not None:
+            raise error
 
     def write(self, item: CatalogItem, payload: dict[str, Any], embedding: Embedding | None = None) -> None:
         """Write one item now, waiting for Qdrant: its whole point from `embedding`, or only its payload."""
@@ -541,56 +573,57 @@ class VisualIndex:
             self.store.set_payload_where(self.cells_name, {ITEM: id}, {f: payload.get(f) for f in fields_})
         self.store.overwrite_payload(self.name, id, payload, wait=wait)
 
-    def _sort(self, chunk, loads, stored, report):
-        """Split a chunk into (item, data, payload) to embed and (item, payload) to update in place."""
-        todo, payload_only = [], []
-        for item, load in zip(chunk, loads, strict=True):
-            try:
-                data = load.result()
-            except ColQwen2Error as exc:
-                report.failed.append((item.where, str(exc)))
+    def _points(
+        self,
+        changes: Sequence[Change],
+        embeddings: Sequence[Embedding | Exception],
+        report: IndexReport | None = None,
+    ) -> list[tuple[Record, Change]]:
+        """The whole points of the changes that embed, from their embeddings in order (an exception: that item's
+        embedding failed). A failure (no embedding, or no point from it) goes to `report`; with none, it is raised."""
+        points = []
+        for change, embedding in zip([c for c in changes if c.embeds], embeddings, strict=True):
+            built = self._built(change, embedding)
+            if isinstance(built, Exception):
+                if report is None:
+                    raise built
+                report.failed.append((change.item.where, str(built)))
                 continue
-            except Exception as exc:  # an unexpected read failure is this item's alone
-                report.failed.append((item.where, f"{type(exc).__name__}: {exc}"))
-                continue
-            action, payload = self.decide(item, data, stored.get(item.id))
-            if action == "embed":
-                todo.append((item, data, payload))
-            elif action == "update":
-                payload_only.append((item, payload))
-            else:
-                report.unchanged += 1
-        return todo, payload_only
+            point, kept, raw = built
+            if report is not None:
+                report.raw_vectors += raw
+                report.stored_vectors += kept
+            points.append((point, change))
+        return points
 
-    def _write(self, points, payload_only, wait: bool) -> tuple[list, list, int, Exception | None]:
-        """Upsert whole points, then the payload-only updates: (written, not written, payloads updated, error)."""
+    def _built(self, change: Change, embedding: Embedding | Exception) -> tuple[Record, int, int] | Exception:
+        """A change's point with its stored and raw vector counts, or why there is none: its embedding failed,
+        or its point cannot be built from it."""
+        if isinstance(embedding, Exception):
+            return embedding
+        try:
+            point, kept = self.point(change.item, change.payload, embedding)
+        except (ColQwen2Error, ValueError) as exc:
+            return exc
+        return point, kept, embedding.num_vectors
+
+    def _write(self, points: Sequence[tuple[Record, Change]], updates: Sequence[Change], wait: bool) -> _Written:
+        """Upsert whole points, then the payload-only updates; stops at the first error (Qdrant refused or went
+        away) and says what was written and what was not."""
         batch = self.settings.upsert_batch
-        done: list = []
+        done: list[tuple[Record, Change]] = []
         updated = 0
         try:
             for start in range(0, len(points), batch):
                 part = points[start : start + batch]
-                self.upsert([p for p, _, _ in part], wait=wait)
+                self.upsert([point for point, _ in part], wait=wait)
                 done.extend(part)
-            for item, payload in payload_only:
-                self.update_payload(item.id, payload, wait=wait)
+            for change in updates:
+                self.update_payload(change.item.id, change.payload, wait=wait)
                 updated += 1
-        except Exception as exc:  # Qdrant refused or went away: what was not written is reported failed
-            return done, points[len(done) :], updated, exc
-        return done, [], updated, None
-
-    def _collect(self, write: Future, report: IndexReport) -> None:
-        done, lost, updated, error = write.result()
-        for _point, _item, existed in done:
-            if existed:
-                report.replaced += 1
-            else:
-                report.new += 1
-        report.updated += updated
-        for _point, item, _existed in lost:
-            report.failed.append((item.where, f"Qdrant: {error}"))
-        if error is not None and not lost:  # the payload-only updates failed; the next run finds them again
-            report.failed.append(("payload updates", f"Qdrant: {error}"))
+        except Exception as exc:  # what was not written is reported failed
+            return _Written(done, list(points[len(done) :]), updated, exc)
+        return _Written(done, [], updated, None)
 
     def prune(self, keep: Iterable[str]) -> int:
         """Delete every point whose key is not in `keep`; how many."""
@@ -817,6 +850,53 @@ def _unique(items: list[CatalogItem], report: IndexReport) -> list[CatalogItem]:
         else:
             seen[item.key] = item
     return list(seen.values())
+
+
+class _Written(NamedTuple):
+    """What one write of `_write` did: points written, points not written, payloads updated, the error."""
+
+    done: list[tuple[Record, Change]]
+    lost: list[tuple[Record, Change]]
+    updated: int
+    error: Exception | None
+
+
+def _read(
+    chunk: Sequence[CatalogItem], loads: Sequence[Future[bytes]], report: IndexReport
+) -> tuple[list[CatalogItem], list[bytes]]:
+    """The items of a chunk whose bytes could be read, and their bytes; each failed read goes to `report`."""
+    items: list[CatalogItem] = []
+    data: list[bytes] = []
+    for item, load in zip(chunk, loads, strict=True):
+        try:
+            blob = load.result()
+        except ColQwen2Error as exc:
+            report.failed.append((item.where, str(exc)))
+        except Exception as exc:  # an unexpected read failure is this item's alone
+            report.failed.append((item.where, f"{type(exc).__name__}: {exc}"))
+        else:
+            items.append(item)
+            data.append(blob)
+    return items, data
+
+
+def _updates(changes: Sequence[Change]) -> list[Change]:
+    """The payload-only changes."""
+    return [c for c in changes if c.status == "updated"]
+
+
+def _collect(written: _Written, report: IndexReport) -> None:
+    """Count a write into `report`: its new and replaced points, its payload updates, what it failed to write."""
+    for _point, change in written.done:
+        if change.status == "replaced":
+            report.replaced += 1
+        else:
+            report.new += 1
+    report.updated += written.updated
+    for _point, change in written.lost:
+        report.failed.append((change.item.where, f"Qdrant: {written.error}"))
+    if written.error is not None and not written.lost:  # the payload-only updates failed; the next run finds them
+        report.failed.append(("payload updates", f"Qdrant: {written.error}"))
 
 
 def _same(old: dict[str, Any], new: dict[str, Any]) -> bool:

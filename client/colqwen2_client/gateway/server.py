@@ -35,8 +35,8 @@ def positive_int(text: str) -> int:
     return value
 
 
-def main(argv: list[str] | None = None) -> int:
-    defaults = GatewaySettings()
+def build_parser(defaults: GatewaySettings) -> argparse.ArgumentParser:
+    """`colqwen2-gateway`'s options, defaulting to `defaults` (the environment's settings)."""
     parser = argparse.ArgumentParser(prog="colqwen2-gateway", description=__doc__)
     parser.add_argument("--triton-url", default=defaults.triton_url, help="env COLQWEN2_TRITON_URL; %(default)s")
     parser.add_argument("--host", default=os.environ.get("COLQWEN2_GATEWAY_HOST", "127.0.0.1"))
@@ -65,6 +65,12 @@ def main(argv: list[str] | None = None) -> int:
         default=defaults.request_timeout,
         help="seconds per request: 408 for a slow body, 504 for a slow answer (default: %(default)s; 0: none)",
     )
+    add_index_options(parser, defaults)
+    return parser
+
+
+def add_index_options(parser: argparse.ArgumentParser, defaults: GatewaySettings) -> None:
+    """The catalog index behind /search and /index, and a new collection's settings."""
     parser.add_argument("--qdrant-url", default=defaults.qdrant_url,
                         help="the catalog index behind /search and /index: a Qdrant server (env QDRANT_URL; its key "
                         "in QDRANT_API_KEY)")  # fmt: skip
@@ -79,18 +85,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--on-disk", action="store_true", help="keep the multivectors and payload on disk")
     parser.add_argument("--quantization", choices=list(QUANTIZATIONS),
                         help=f"a new collection's quantization (default: {DEFAULT_QUANTIZATION})")  # fmt: skip
-    args = parser.parse_args(argv)
-    try:
-        token = read_token(args.token_file)
-    except ValueError as exc:
-        print(f"colqwen2-gateway: {exc}", file=sys.stderr)
-        return 2
-    try:
-        import uvicorn
-    except ImportError:
-        print("colqwen2-gateway needs the gateway extra: pip install 'colqwen2-client[gateway]'", file=sys.stderr)
-        return 2
-    settings = GatewaySettings(
+
+
+def settings_from(args: argparse.Namespace, token: str, defaults: GatewaySettings) -> GatewaySettings:
+    """The gateway's settings from its parsed options (the Qdrant API key from the environment only)."""
+    return GatewaySettings(
         triton_url=args.triton_url,
         precision=args.precision,
         max_body_bytes=int(args.max_body_mb * 2**20),
@@ -110,6 +109,22 @@ def main(argv: list[str] | None = None) -> int:
         on_disk=args.on_disk,
         quantization=args.quantization,
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    defaults = GatewaySettings()
+    args = build_parser(defaults).parse_args(argv)
+    try:
+        token = read_token(args.token_file)
+    except ValueError as exc:
+        print(f"colqwen2-gateway: {exc}", file=sys.stderr)
+        return 2
+    try:
+        import uvicorn
+    except ImportError:
+        print("colqwen2-gateway needs the gateway extra: pip install 'colqwen2-client[gateway]'", file=sys.stderr)
+        return 2
+    settings = settings_from(args, token, defaults)
     if not token and args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"colqwen2-gateway: no token on {args.host}: anyone who reaches it can embed", file=sys.stderr)
     uvicorn.run(

@@ -1,0 +1,165 @@
+"""The gateway's request and response bodies (the original service's JSON), and the status codes of its errors."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field, create_model
+
+from .._constants import EMBEDDING_DIM
+from ..errors import (
+    ColQwen2Error,
+    InvalidInputError,
+    ModelNotFoundError,
+    RequestTimeoutError,
+    ServerUnavailableError,
+)
+
+Precision = Literal["fp16", "int8"]
+
+
+class ErrorResponse(BaseModel):
+    detail: str
+
+
+class EmbedRequest(BaseModel):
+    image: str = Field(description="the image file's bytes (PNG, JPEG, WebP, GIF, BMP, TIFF), base64-encoded")
+    precision: Precision | None = Field(default=None, description="fp16 (default ensembles) or int8")
+
+
+class QueryRequest(BaseModel):
+    text: str = Field(description="a UTF-8 text query")
+    precision: Precision | None = None
+
+
+Vector = Annotated[list[float], Field(min_length=EMBEDDING_DIM, max_length=EMBEDDING_DIM)]
+
+
+Grid = Annotated[list[int], Field(min_length=2, max_length=2)]
+
+
+class EmbedResponse(BaseModel):
+    embedding: Vector = Field(description="the pooled vector: mean of `vectors`, L2-normalised")
+    dim: int = EMBEDDING_DIM
+    vectors: list[Vector] = Field(description="every vector of the image or query (late interaction)")
+    num_vectors: int
+    grid: Grid | None = Field(
+        default=None,
+        description="images only: [rows, cols] of visual tokens at the image's native resolution; its rows x cols "
+        "vectors are one run of `vectors`, row by row (for row and column pooling)",
+    )
+
+
+# /embed_batch's body; each gateway's own model (`embed_batch_request`) bounds `images` by its max_batch. (No
+# docstring: it would become the model's description in the OpenAPI.)
+class EmbedBatchRequest(BaseModel):
+    images: list[str] = Field(description="base64-encoded image files")
+    precision: Precision | None = None
+    partial: bool = Field(
+        default=False,
+        description="false (the original API): one bad image fails the whole call with its index in the detail; "
+        "true: the good images get their vectors and each bad one an entry in `errors` (null in its place)",
+    )
+
+
+def embed_batch_request(max_batch: int) -> type[EmbedBatchRequest]:
+    """The /embed_batch body of a gateway that takes at most `max_batch` images (422 beyond, said in the OpenAPI)."""
+    images = (list[str], Field(max_length=max_batch, description="base64-encoded image files"))
+    return create_model("EmbedBatchRequest", __base__=EmbedBatchRequest, images=images)
+
+
+class BatchError(BaseModel):
+    index: int = Field(description="the image's position in `images`")
+    detail: str = Field(description="what was wrong, as /embed would answer it")
+    status: int = Field(description="the status /embed would answer for it: 400 the input's fault, 5xx the service's")
+
+
+class EmbedBatchResponse(BaseModel):
+    embeddings: list[Vector | None] = Field(description="pooled vectors in request order (null: that image failed)")
+    count: int = Field(description="images in the request")
+    vectors: list[list[Vector] | None]
+    grids: list[Grid | None] | None = Field(default=None, description="each image's [rows, cols] of visual tokens")
+    errors: list[BatchError] | None = Field(
+        default=None, description="with `partial`: one entry per failed image, in request order (empty: none failed)"
+    )
+
+
+class HealthResponse(BaseModel):
+    status: Literal["healthy", "unhealthy"]
+    gpu_available: bool
+    model_loaded: bool
+    execution_provider: str | None = Field(
+        default=None,
+        description="the ONNX Runtime provider the encoder really runs on (tensorrt, cuda, cpu); a GPU deployment "
+        "that fell back to cpu is unhealthy unless rendered with --allow-cpu-fallback",
+    )
+
+
+FilterValue = str | int | bool | list[str] | list[int]
+
+
+class SearchRequest(BaseModel):
+    text: str | None = Field(default=None, description="a text query (give this or `image`)")
+    image: str | None = Field(default=None, description="a base64-encoded image to search with")
+    where: dict[str, FilterValue] = Field(
+        default_factory=dict,
+        description="payload filter applied in both stages: field -> value, or a list (any of); the fields are the "
+        "collection's filterable ones (default: key, kind, marketplace, asin, category)",
+    )
+    limit: int = Field(default=10, ge=1, le=100)
+    precision: Precision | None = None
+
+
+class SearchHit(BaseModel):
+    id: str
+    key: str | None = None
+    score: float = Field(description="MaxSim of the query against the item's vectors")
+    payload: dict[str, Any]
+
+
+class SearchResponse(BaseModel):
+    hits: list[SearchHit]
+
+
+class IndexRequest(BaseModel):
+    key: str = Field(min_length=1, max_length=1024, description="the item's key: the same key replaces its point")
+    image: str = Field(description="the image file's bytes, base64-encoded")
+    payload: dict[str, Any] = Field(default_factory=dict, description="any other fields, e.g. asin, kind, marketplace")
+    source: str | None = Field(default=None, description="where the image lives (kept in the payload)")
+    precision: Precision | None = None
+
+
+class IndexResponse(BaseModel):
+    id: str = Field(description="the point id: UUID5 of the key")
+    key: str
+    status: Literal["new", "replaced", "updated", "unchanged"] = Field(
+        description="new point; new content replaced the vectors and payload; payload-only change; nothing to do"
+    )
+    sha256: str
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "bad base64, a bad image or a bad query; the detail says which"},
+    401: {"model": ErrorResponse, "description": "missing or invalid bearer token (when the gateway requires one)"},
+    408: {"model": ErrorResponse, "description": "the request body did not arrive within the request timeout"},
+    413: {"model": ErrorResponse, "description": "request body over the size limit"},
+    503: {"model": ErrorResponse, "description": "gateway or Triton busy (retry), Triton unreachable, or not served"},
+    504: {"model": ErrorResponse, "description": "no answer within the request timeout"},
+    502: {"model": ErrorResponse, "description": "Triton failed on a valid request"},
+}
+
+
+def status_for(error: ColQwen2Error) -> int:
+    """The HTTP status an SDK error answers with."""
+    if isinstance(error, InvalidInputError):
+        return 400
+    if isinstance(error, (ServerUnavailableError, ModelNotFoundError)):
+        return 503
+    if isinstance(error, RequestTimeoutError):
+        return 504
+    return 502
+
+
+def batch_status(error: BaseException) -> int:
+    """The status /embed would answer for one image's failure (502 for anything unexpected)."""
+    return status_for(error) if isinstance(error, ColQwen2Error) else 502
