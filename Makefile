@@ -24,7 +24,7 @@ STAMP := $(VENV)/.installed
 RANDOM_SIZES := tiny medium wide real
 RANDOM_SIZE = $(filter $(notdir $(CHECKPOINT)),$(RANDOM_SIZES))
 
-.PHONY: help setup checkpoint export serve gateway demo helm-lint test test-container-env gpu-check test-slow lint format bench bench-export bench-memory bench-pooling bench-catalog bench-scale soak clean
+.PHONY: help setup checkpoint export serve gateway demo helm-lint test test-fast container-venv test-container-env gpu-check test-slow lint format bench bench-export bench-memory bench-pooling bench-catalog bench-scale soak clean
 
 help: ## list the targets (bold names on a terminal, plain text when piped)
 	@if [ -t 1 ]; then bold='\033[1m'; plain='\033[0m'; else bold=; plain=; fi; \
@@ -46,8 +46,11 @@ export: $(STAMP) ## export CHECKPOINT to validated ONNX in OUT (VARIANTS); a mis
 		$(PY) -m export.random_checkpoint $(CHECKPOINT) --size $(RANDOM_SIZE); fi
 	$(PY) -m export --checkpoint $(CHECKPOINT) --out $(OUT) --variants $(VARIANTS)
 
+# What this host serves for PRECISION (a CPU host: fp16 -> fp32, int8 -> int8_dynamic): all `make serve` and
+# `make demo` export when OUT is missing (a full export of the same checkpoint, cached, answers it too).
+SERVED_VARIANTS = $(shell $(PY) -c 'from model_repository.render import served_variants; print(served_variants("$(PRECISION)"))')
 serve: $(STAMP) ## run Triton on 127.0.0.1 (HTTP 8000, gRPC 8001, metrics 8002) for MODEL (PRECISION=fp16|int8|fp16,int8, MAX_VISUAL_TOKENS)
-	@[ -f "$(OUT)/manifest.json" ] || $(MAKE) --no-print-directory export CHECKPOINT="$(CHECKPOINT)" OUT="$(OUT)"
+	@[ -f "$(OUT)/manifest.json" ] || $(MAKE) --no-print-directory export CHECKPOINT="$(CHECKPOINT)" OUT="$(OUT)" VARIANTS="$(SERVED_VARIANTS)"
 	exec $(PY) -m model_repository.serve --artifacts "$(OUT)" --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT) \
 		--precision $(PRECISION) $(if $(MAX_VISUAL_TOKENS),--max-visual-tokens $(MAX_VISUAL_TOKENS)) $(SERVE_ARGS)
 
@@ -55,23 +58,39 @@ gateway: $(STAMP) ## the REST gateway (/embed, /embed_batch, /health) on 127.0.0
 	exec $(VENV)/bin/colqwen2-gateway --triton-url grpc://127.0.0.1:$(GRPC_PORT) --port $(GATEWAY_PORT)
 
 demo: $(STAMP) ## offline demo: Triton + embedded Qdrant index sample charts and photos, then search by text and image
-	@[ -f "$(OUT)/manifest.json" ] || $(MAKE) --no-print-directory export CHECKPOINT="$(CHECKPOINT)" OUT="$(OUT)"
+	@[ -f "$(OUT)/manifest.json" ] || $(MAKE) --no-print-directory export CHECKPOINT="$(CHECKPOINT)" OUT="$(OUT)" VARIANTS="$(SERVED_VARIANTS)"
 	$(PY) -m demo --artifacts "$(OUT)"
 
-helm-lint: $(STAMP) ## the Helm chart: lint --strict, Kubernetes schema validation of every render, chart and image tests
-	scripts/helm_check.sh "$(VENV)"
+helm-lint: $(STAMP) ## the Helm chart and the image: lint --strict and Kubernetes schema validation of every render, chart and Dockerfile checks (in `make test` too)
+	$(PY) -m pytest -q tests/test_helm.py tests/test_docker.py
 
-test: $(STAMP) ## run the test suite (real ONNX Runtime, real colpali-engine)
-	$(PY) -m pytest -m "not slow and not container_env" $(PYTEST_ARGS)
-
-# The image's Python (docker/base-image.env) and pins (docker/requirements-serving.txt) in CONTAINER_VENV;
-# the serving suites then run Triton's stubs, the gateway and the CLI on it, references staying in .venv.
+# The image's Python (docker/base-image.env) and pins (docker/requirements-serving.txt) in CONTAINER_VENV: the
+# servers' Python-backend stubs, the gateway and the CLI run on it in `make test` (the references stay in .venv),
+# as they run in the image. Standard library only, so it builds beside `make setup` (`make -j2 setup container-venv`).
 CONTAINER_VENV ?= .venv-container
+container-venv: ## build CONTAINER_VENV: the image's Python with exactly the image's pins (idempotent)
+	$(PYTHON) scripts/container_env.py build --venv $(CONTAINER_VENV)
+
+# Two workers; a module's tests stay on one, the timed suites share one (tests/conftest.py). The 25 slowest
+# tests are listed at the end.
+PYTEST_WORKERS ?= 2
+test: $(STAMP) container-venv ## the test suite, everything but the real-size checks (real colpali-engine, ONNX Runtime, Triton on the image's Python, Qdrant, helm, the READMEs run)
+	COLQWEN2_SERVING_VENV=$(CONTAINER_VENV) $(PY) -m pytest -m "not slow" -n $(PYTEST_WORKERS) --dist loadgroup --durations=25 $(PYTEST_ARGS)
+
+# The edit loop: no server but one real-Triton smoke test, no docs run, no exports beyond the cached tiny one.
+FAST_TESTS ?= tests/test_grid.py tests/test_letterbox.py tests/test_resampling.py tests/test_serving_imaging.py \
+	tests/test_serving_prompts.py tests/test_serving_runners.py tests/test_model_adapters.py tests/test_render.py \
+	tests/test_graph_checks.py tests/test_catalog.py tests/test_muvera.py tests/test_client.py tests/test_client_core.py \
+	tests/test_export_cache.py tests/test_processes.py tests/test_checkpoint.py tests/test_random_checkpoint.py \
+	tests/test_stores.py tests/test_helm.py tests/test_docker.py \
+	"tests/test_triton_server.py::test_every_size_gets_colpalis_vectors_at_native_resolution"
+test-fast: $(STAMP) ## unit tests and one real-Triton smoke (the edit loop: about 2 minutes once the tiny export is cached)
+	$(PY) -m pytest -m "not slow" -n $(PYTEST_WORKERS) --dist loadgroup --durations=10 $(FAST_TESTS) $(PYTEST_ARGS)
+
+# The serving suites alone on the image's Python (`make test` runs them too, once).
 CONTAINER_TESTS ?= tests/test_container_env.py tests/test_triton_server.py tests/test_cli.py tests/test_gateway.py \
 	tests/test_health.py tests/test_overload.py tests/test_security.py
-test-container-env: $(STAMP) ## the image's Python and pins in a venv: its stubs, gateway and CLI against colpali-engine; exporter pins resolved
-	$(PY) scripts/container_env.py build --venv $(CONTAINER_VENV)
-	$(PY) scripts/container_env.py exporter-dry-run --venv $(CONTAINER_VENV)
+test-container-env: $(STAMP) container-venv ## the serving suites on the image's Python and pins, and the exporter stage's pins resolved
 	COLQWEN2_SERVING_VENV=$(CONTAINER_VENV) $(PY) -m pytest -m "not slow" $(CONTAINER_TESTS) $(PYTEST_ARGS)
 
 GPU_CHECK_ARGS ?=

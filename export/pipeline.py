@@ -309,11 +309,11 @@ def run_export(opts: ExportOptions) -> Path:
     out = Path(opts.out_dir).resolve()
     key = cache.cache_key(opts.checkpoint, opts)
     with cache.locked(key):
-        hit = cache.restore(key, out)
+        hit = cache.restore(key, opts.variants, out)
         if not hit:
             _export(opts, out)
-            cache.store(key, out)
-    cache.record(key, opts.checkpoint, out, hit=hit)
+            cache.store(key, opts.variants, out)
+    cache.record(key, opts.variants, opts.checkpoint, out, hit=hit)
     return out
 
 

@@ -142,6 +142,13 @@ def served_variant(opts: RenderOptions, precision: str, device: str) -> str:
     return opts.variant_overrides.get(precision, HOST_VARIANTS[device][precision])
 
 
+def served_variants(precisions: str, device: str = "") -> str:
+    """The variants a host serves for `precisions` ("fp16,int8"), comma-separated: what `make serve` exports
+    when the artifacts are missing (a CPU host serving fp16 needs only fp32)."""
+    device = device or detect_device()
+    return ",".join(dict.fromkeys(HOST_VARIANTS[device][p.strip()] for p in precisions.split(",") if p.strip()))
+
+
 def plan(opts: RenderOptions, device: str, available: set[str]) -> Plan:
     unknown = [p for p in opts.precisions if p not in PRECISIONS]
     if unknown or not opts.precisions:

@@ -24,6 +24,19 @@ def serving_python() -> str:
     return str(Path(SERVING_VENV).absolute() / "bin" / "python") if SERVING_VENV else ""
 
 
+# `make test` runs two pytest-xdist workers (--dist loadgroup). A module's tests stay on one worker, so the servers
+# a module starts are started once; these modules share one group, so they run one after another on one worker:
+# they measure time (deadlines, queue waits, a soak's memory slope) and would measure each other.
+TIMED = {"test_overload", "test_security", "test_supervisor", "test_soak", "test_health"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else item.nodeid.split("::")[0]
+        if not item.get_closest_marker("xdist_group"):
+            item.add_marker(pytest.mark.xdist_group("timed" if module in TIMED else module))
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from export.random_checkpoint import build_random_checkpoint

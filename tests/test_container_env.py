@@ -1,10 +1,11 @@
 """The image's own environment, without a Docker engine: its Python and its pins, under the real Triton.
 
-Run by `make test-container-env`, which builds the venv (scripts/container_env.py) and runs these tests
-together with the serving suites (parity, hostile input, batching, gateway, CLI, health, overload,
-security) with COLQWEN2_SERVING_VENV pointing at it. Here: the venv holds exactly the image's pins,
-the stubs really run on it, and the image's entry-point command (render, supervisor, Triton) serves
-colpali-engine's vectors on it, checked through the image's CLI.
+`make test` builds the venv (`make container-venv`, scripts/container_env.py) and runs the whole suite with
+COLQWEN2_SERVING_VENV pointing at it: every Triton a test starts runs its Python-backend stubs on it, and the
+gateway and the CLI the tests start are its console scripts (parity, hostile input, batching, gateway, CLI,
+health, overload, security, supervisor). Here: the venv holds exactly the image's pins, the stubs really run
+on it, the image's entry-point command (render, supervisor, Triton) serves colpali-engine's vectors on it,
+checked through the image's CLI, and the exporter stage's pins resolve for the image's Python.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from export.sample_images import keepa_chart
 from export.validate import per_token_cosine
 from model_repository.processes import Process, free_ports
 from model_repository.server import make_backend_dir, triton_home
-from scripts.container_env import read_base_image, requirement_lines
+from scripts.container_env import exporter_dry_run, read_base_image, requirement_lines
 from tests.conftest import SERVING_VENV, _console_script, serving_python
 from tests.images import encode
 from tests.test_triton_server import reference_image
@@ -63,6 +64,16 @@ def test_the_venv_is_the_images_python_with_exactly_its_pins():
     assert "onnxruntime" not in installed and "torch" not in installed  # the GPU wheel only, and no torch
     providers = venv_run("import onnxruntime; print(onnxruntime.get_available_providers())")
     assert "CUDAExecutionProvider" in providers and "TensorrtExecutionProvider" in providers  # the GPU build
+
+
+def test_the_exporter_stages_pins_resolve_for_the_images_python():
+    """docker/Dockerfile's exporter stage: the serving pins, requirements/export.txt and colpali-engine (no deps)
+    resolve for the image's Python (pip's own resolver, --dry-run)."""
+    report = exporter_dry_run(Path(SERVING_VENV))
+    assert report["version"].startswith(image_python() + ".")
+    export_pins = pins(ROOT / "requirements" / "export.txt") | pins(ROOT / "requirements" / "colpali.txt")
+    resolved = {name: version.split("+")[0] for name, version in report["resolved"].items()}  # 2.14.1+cu130
+    assert {name: resolved.get(name) for name in export_pins} == export_pins
 
 
 def test_the_stubs_run_on_the_images_python_and_packages(triton_server):

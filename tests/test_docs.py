@@ -21,6 +21,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -150,7 +151,9 @@ def test_the_docs_name_their_skips_and_nothing_else_is_skipped():
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="process groups and /proc: Linux")
-def test_every_documented_command_runs(tmp_path):
+def test_every_documented_command_runs(tmp_path, tiny_artifacts):
+    """`tiny_artifacts` first: the session's export of the tiny checkpoint is in the export cache, so the README's
+    `make export` and `make serve` take it from there (one export per checkpoint per run)."""
     busy = [port for port in DEFAULT_PORTS if port_open(port)]
     assert not busy, f"the README's examples use fixed ports, and {busy} are taken on this host: free them"
     work = scratch_clone(tmp_path)
@@ -163,13 +166,14 @@ def test_every_documented_command_runs(tmp_path):
         if block.lang != "bash":
             continue
         for line in runnable_lines(block)[1]:
+            started = time.monotonic()
             server = Server(line, work, env, tmp_path / f"server-{len(ran)}.log")
             try:
                 server.wait_ready(900 if "MODEL=" in line else 300)  # a missing checkpoint is built and exported
             finally:
                 code = server.stop()
             assert code in (0, -signal.SIGINT, 130), f"`{line}` ended with {code} on Ctrl-C:\n{server.tail()}"
-            ran.append(f"{block.where} (server) {line}")
+            ran.append(f"{time.monotonic() - started:6.1f} s  {block.where} (server) {line}")
 
     # 2. the default server and gateway in the background, then every other block in document order
     triton = Server("make serve", work, env, tmp_path / "triton.log")
@@ -180,6 +184,7 @@ def test_every_documented_command_runs(tmp_path):
         gateway = Server(line, work, env, tmp_path / "gateway.log")
         gateway.wait_ready(60)
         for block in all_blocks:
+            started = time.monotonic()
             if block.lang == "bash":
                 lines = runnable_lines(block)[0]
                 if not any(line.strip() and not line.lstrip().startswith("#") for line in lines):
@@ -197,7 +202,7 @@ def test_every_documented_command_runs(tmp_path):
                 )  # fmt: skip
             output = result.stdout[-3000:] + result.stderr[-3000:]
             assert result.returncode == 0, f"{block.where} failed:\n{block.text}\n---\n{output}"
-            ran.append(block.where)
+            ran.append(f"{time.monotonic() - started:6.1f} s  {block.where}")
     finally:
         if gateway is not None:
             gateway.stop()
