@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -52,9 +53,7 @@ def quantize_qdq(src: Path, dst: Path, calibration: Iterable[dict[str, np.ndarra
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self._feeds, None)
 
-    with tempfile.TemporaryDirectory(dir=dst.parent) as tmp:
-        pre = Path(tmp) / "pre.onnx"
-        _preprocess(src, pre, external)
+    with _preprocessed(src, dst, external) as pre:
         quantize_static(
             str(pre),
             str(dst),
@@ -75,9 +74,7 @@ def quantize_qdq(src: Path, dst: Path, calibration: Iterable[dict[str, np.ndarra
 def quantize_dynamic_int8(src: Path, dst: Path, external: bool) -> Path:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    with tempfile.TemporaryDirectory(dir=dst.parent) as tmp:
-        pre = Path(tmp) / "pre.onnx"
-        _preprocess(src, pre, external)
+    with _preprocessed(src, dst, external) as pre:
         quantize_dynamic(
             str(pre),
             str(dst),
@@ -122,3 +119,12 @@ def half_embeddings(path: Path, external: bool, min_elements: int = EMBEDDING_MI
             (path.parent / data).unlink(missing_ok=True)
         onnx.save(model, str(path), save_as_external_data=external, all_tensors_to_one_file=True, location=data)
     return converted
+
+
+@contextmanager
+def _preprocessed(src: Path, dst: Path, external: bool) -> Iterator[Path]:
+    """`src` prepared for quantization (`_preprocess`) in a temporary folder beside `dst`."""
+    with tempfile.TemporaryDirectory(dir=dst.parent) as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        _preprocess(src, pre, external)
+        yield pre

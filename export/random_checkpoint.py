@@ -63,57 +63,14 @@ class CheckpointSize:
     vocab_size: int | None = None  # embedding rows; None: exactly the tokenizer's length
 
 
+# One row per size, in CheckpointSize's field order:
+#   text: hidden, layers, heads, kv heads, intermediate, M-RoPE sections; vision: depth, width, heads; BPE vocabulary
 SIZES: dict[str, CheckpointSize] = {
-    "tiny": CheckpointSize(
-        text_hidden=64,
-        text_layers=2,
-        text_heads=4,
-        text_kv_heads=2,
-        text_intermediate=128,
-        mrope_section=(2, 3, 3),
-        vision_depth=2,
-        vision_embed=32,
-        vision_heads=2,
-        bpe_vocab=600,
-    ),
-    "medium": CheckpointSize(
-        text_hidden=512,
-        text_layers=4,
-        text_heads=8,
-        text_kv_heads=2,
-        text_intermediate=1536,
-        mrope_section=(8, 12, 12),
-        vision_depth=6,
-        vision_embed=384,
-        vision_heads=6,
-        bpe_vocab=2000,
-    ),
-    "wide": CheckpointSize(
-        text_hidden=1536,
-        text_layers=4,
-        text_heads=12,
-        text_kv_heads=2,
-        text_intermediate=8960,
-        mrope_section=(16, 24, 24),
-        vision_depth=4,
-        vision_embed=1280,
-        vision_heads=16,
-        bpe_vocab=2000,
-    ),
+    "tiny": CheckpointSize(64, 2, 4, 2, 128, (2, 3, 3), 2, 32, 2, 600),
+    "medium": CheckpointSize(512, 4, 8, 2, 1536, (8, 12, 12), 6, 384, 6, 2000),
+    "wide": CheckpointSize(1536, 4, 12, 2, 8960, (16, 24, 24), 4, 1280, 16, 2000),
     # vidore/colqwen2-base (Qwen2-VL-2B): 2.209 B parameters, vision tower 665 M.
-    "real": CheckpointSize(
-        text_hidden=1536,
-        text_layers=28,
-        text_heads=12,
-        text_kv_heads=2,
-        text_intermediate=8960,
-        mrope_section=(16, 24, 24),
-        vision_depth=32,
-        vision_embed=1280,
-        vision_heads=16,
-        bpe_vocab=2000,
-        vocab_size=151936,
-    ),
+    "real": CheckpointSize(1536, 28, 12, 2, 8960, (16, 24, 24), 32, 1280, 16, 2000, vocab_size=151936),
 }
 
 # A small English corpus in the service's domain, so the BPE learns useful merges offline.

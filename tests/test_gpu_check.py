@@ -242,6 +242,11 @@ def test_cosine_stats():
         gpu_check.cosine_stats(ref[:1], ref)
 
 
+def _resolution(name: str, pixels: list[int], grid: list[int], tokens: int) -> dict:
+    return {"name": name, "source": "Keepa chart 1000 x 400", "pixels": pixels, "grid": grid, "visual_tokens": tokens,
+            "sequence": tokens + 15}  # fmt: skip
+
+
 def _report(**overrides) -> dict:
     """A GPU report as `main` writes it, with made-up numbers."""
     report = {
@@ -260,22 +265,8 @@ def _report(**overrides) -> dict:
         "settings": {"repeats": 10, "warmup": 3},
         "weights": {"fp32": {"bytes": 8_836_000_000}, "fp16": {"bytes": 4_418_000_000}},
         "resolutions": [
-            {
-                "name": "fixed 448",
-                "source": "Keepa chart 1000 x 400",
-                "pixels": [448, 448],
-                "grid": [16, 16],
-                "visual_tokens": 256,
-                "sequence": 271,
-            },
-            {
-                "name": "native",
-                "source": "Keepa chart 1000 x 400",
-                "pixels": [392, 1008],
-                "grid": [14, 36],
-                "visual_tokens": 504,
-                "sequence": 519,
-            },
+            _resolution("fixed 448", [448, 448], [16, 16], 256),
+            _resolution("native", [392, 1008], [14, 36], 504),
         ],
         "results": [
             {

@@ -28,8 +28,9 @@ from colqwen2_client._transport import translate
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
+from model_repository.processes import free_port
 from model_repository.render import RenderOptions, render
-from model_repository.server import TritonServer, free_port
+from model_repository.server import TritonServer
 from model_repository.supervisor import (
     Observation,
     Supervisor,

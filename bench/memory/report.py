@@ -115,16 +115,20 @@ def markdown(r: dict) -> str:
     return "\n".join(lines)
 
 
+def _heading(title: str, intro: str, *table: str, blank_before: bool = True) -> list[str]:
+    """A section's title, its paragraph and its table's header rows (if any)."""
+    return [*([""] if blank_before else []), f"## {title}", "", intro, "", *table]
+
+
 def _weights_section(w: dict) -> list[str]:
     """Weight bytes per graph and variant."""
-    lines = [
-        "## Weight bytes per graph and variant",
-        "",
+    lines = _heading(
+        "Weight bytes per graph and variant",
         "Exact, from the real-size model's parameters and the export rules (no 2.2 B export needed). Bytes.",
-        "",
         "| variant | graph | matmul weights | quant. params | embedding | biases | norms, buffers | total GB | GiB |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
+        blank_before=False,
+    )
     for v in VARIANTS:
         for g in GRAPH_NAMES:
             b = w["bytes"][v][g]
@@ -139,19 +143,16 @@ def _weights_section(w: dict) -> list[str]:
 
 def _activations_section(r: dict) -> list[str]:
     """Activation peaks per call, and the layer-count check."""
-    lines = [
-        "",
-        "## Activation peak per call",
-        "",
+    lines = _heading(
+        "Activation peak per call",
         "GB live at once during one call, weights excluded, from the graph's tensor shapes. First number: "
         "unfused (an upper bound for ONNX Runtime CPU/CUDA); in brackets: the fused-attention estimate (score "
         "tensors not materialised, as TensorRT's fused attention). `in budget`: the precisions whose GPU budgets "
         "let the runner send this call; `box`: whose TensorRT profile maxima it is. Length in patches (vision) or "
         "tokens (text).",
-        "",
         "| graph | call | batch x length | in budget | box | fp32 | fp16 | int8 (QDQ) | int8_dynamic | fp16 peak at |",
         "|---|---|---|---|---|---:|---:|---:|---:|---|",
-    ]
+    )
     for a in r["activations"]:
         cells = " | ".join(f"{_gb(a['peak'][v])} ({_gb(a['fused_attention_estimate'][v])})" for v in VARIANTS)
         at = a["at"]["fp16"]
@@ -177,10 +178,8 @@ def _activations_section(r: dict) -> list[str]:
 
 def _deployments_section(r: dict) -> list[str]:
     """Weights + activations + overhead per deployment, against its limit."""
-    lines = [
-        "",
-        "## Deployments",
-        "",
+    lines = _heading(
+        "Deployments",
         "Weights of both graphs + the largest vision call + the largest text call (each session keeps its arena) "
         f"+ runtime overhead ({r['overhead_per_process_bytes'] / GIB:g} GiB for the one encoder process, assumed). "
         "Basis `call`: the largest calls ONNX Runtime can get under today's GPU budgets, unfused peaks (the "
@@ -188,11 +187,10 @@ def _deployments_section(r: dict) -> list[str]:
         "fused-attention estimate; `box fused`: the profile maxima with the fused-attention estimate, the closest "
         "to what TensorRT may plan for. Items per call left at 0 in the budgets are as many items at the cap as the "
         "budget holds, so each TensorRT box is the call budget itself.",
-        "",
         "| precision | basis | weights GB | vision call | GB | text call | GB | overhead GB | total GB | total GiB "
         "| limit GB | fits |",
         "|---|---|---:|---|---:|---|---:|---:|---:|---:|---:|---|",
-    ]
+    )
     for d in r["deployments"]:
         v, t = d["vision"], d["text"]
         lines.append(
@@ -206,10 +204,8 @@ def _deployments_section(r: dict) -> list[str]:
 
 def _recommendations_section(r: dict) -> list[str]:
     """The largest GPU call budgets that fit, per precision and basis."""
-    lines = [
-        "",
-        "## Recommended GPU call budgets",
-        "",
+    lines = _heading(
+        "Recommended GPU call budgets",
         f"Today (`render.SESSION_BUDGETS['gpu']`, item counts resolved): `{r['gpu_budgets_today']}`. The largest "
         "budgets whose vision + "
         "text peaks fit what the limit leaves after weights and overhead, at the 768-token cap: per images per "
@@ -218,8 +214,7 @@ def _recommendations_section(r: dict) -> list[str]:
         "`unfused` is the bound to configure ONNX Runtime by; `fused` is the TensorRT estimate. TensorRT's text "
         f"profile box is max_session_sequences x {PROMPT_TOKENS} tokens (`runners.text_profile`): left at 0, the "
         f"sequences are max_session_tokens // {PROMPT_TOKENS} and the box is the call budget.",
-        "",
-    ]
+    )
     for precision, bases in r["recommended_gpu_budgets"].items():
         for basis, rec in bases.items():
             head = f"- **{precision}, {basis}**: {_gb(rec['room_bytes'])} GB left for activations. "
