@@ -243,138 +243,163 @@ def _pct(values: list[float], q: float) -> float:
     return round(float(np.percentile(values, q)) * 1000, 2)
 
 
-def search(args) -> dict:
-    """Step 3, in its own process: the query matrix on the built folder."""
-    from colqwen2_client.catalog import point_id
-    from colqwen2_client.qdrant import COLS, FDE, LAYOUT, MULTI, POOLED, ROWS
-    from colqwen2_client.stores import Stage
-    from colqwen2_client.token_pooling import layout
+class Searches:
+    """Step 3's state: the built index, the queries, their exact answers and the filters' masks."""
 
-    folder = args.workdir / f"edge-{args.items}"
-    t = time.perf_counter()
-    index = _index(folder, args.items, create=False, first_stage=args.first_stage)
-    index.count()
-    load_s = time.perf_counter() - t
-    with np.load(args.workdir / f"queries-{args.items}.npz") as f:
-        sets = {k: _unpack(f, k) for k in ("image", "text", "random")}
-        scores = {k: f[f"scores_{k}"] for k in ("image", "text", "random")}
-        sources = {k: [int(i) for i in f[f"sources_{k}"]] for k in ("image", "text")}
-    keys = [point_id(data.make_key(i, SEED)) for i in range(args.items)]
-    payloads = _payloads(args.items)
-    masks = {"none": None} | {
-        name: np.array([all(p[k] == v for k, v in where.items()) for p in payloads]) for name, where in WHERE.items()
-    }
-    offset = index.visual_token_offset()
-    grids = {"image": [data.item_grid(*data.item_size(i, SEED)[1:]) for i in sources["image"]]}
+    def __init__(self, args) -> None:
+        from colqwen2_client.catalog import point_id
 
-    def selected(kind: str, where: str) -> list[int]:
+        self.args = args
+        t = time.perf_counter()
+        self.index = _index(args.workdir / f"edge-{args.items}", args.items, create=False, first_stage=args.first_stage)
+        self.index.count()
+        self.load_s = time.perf_counter() - t
+        with np.load(args.workdir / f"queries-{args.items}.npz") as f:
+            self.sets = {k: _unpack(f, k) for k in ("image", "text", "random")}
+            self.scores = {k: f[f"scores_{k}"] for k in ("image", "text", "random")}
+            self.sources = {k: [int(i) for i in f[f"sources_{k}"]] for k in ("image", "text")}
+        self.keys = [point_id(data.make_key(i, SEED)) for i in range(args.items)]
+        payloads = _payloads(args.items)
+        passes = {name: [all(p[k] == v for k, v in where.items()) for p in payloads] for name, where in WHERE.items()}
+        self.masks = {"none": None} | {name: np.array(mask) for name, mask in passes.items()}
+        self.offset = self.index.visual_token_offset()
+        self.grids = {"image": [data.item_grid(*data.item_size(i, SEED)[1:]) for i in self.sources["image"]]}
+
+    def selected(self, kind: str, where: str) -> list[int]:
         """The queries of `kind` measured under filter `where`: those whose source passes it (random: all)."""
         if kind == "random" or where == "none":
-            return list(range(len(sets[kind])))
-        return [j for j, i in enumerate(sources[kind]) if masks[where][i]]
+            return list(range(len(self.sets[kind])))
+        return [j for j, i in enumerate(self.sources[kind]) if self.masks[where][i]]
 
-    def stages_for(stage: str, q: np.ndarray, prefetch: int, grid=None) -> list:
+    def truth(self, kind: str, where: str, chosen: list[int]) -> list[set[str]]:
+        return _truth(self.scores[kind][chosen], self.masks[where], self.keys)
+
+    def stages(self, stage: str, q: np.ndarray, prefetch: int, grid=None) -> list:
+        from colqwen2_client.qdrant import COLS, FDE, LAYOUT, POOLED, ROWS
+        from colqwen2_client.stores import Stage
+        from colqwen2_client.token_pooling import layout
+
         if stage == "layout":
-            return [Stage(LAYOUT, layout(q, grid, offset), prefetch)]
+            return [Stage(LAYOUT, layout(q, grid, self.offset), prefetch)]
         if stage == "mean":
             pooled = q.mean(0)
             return [Stage(POOLED, pooled / np.linalg.norm(pooled), prefetch)]
         if stage == "muvera":
-            return [Stage(FDE, index.muvera.encode_query(q), prefetch)]
+            return [Stage(FDE, self.index.muvera.encode_query(q), prefetch)]
         if stage == "rows_cols":
             return [Stage(ROWS, q, prefetch), Stage(COLS, q, prefetch)]
         return []
 
-    def run(q, stage, prefetch, where, quantized, grid=None):
-        stages = stages_for(stage, q, prefetch, grid)
+    def run(self, q, stage, prefetch, where, quantized, grid=None) -> tuple[float, list[str]]:
+        """One query through one first stage and the rerank: (seconds, ids)."""
+        from colqwen2_client.qdrant import MULTI
+
+        stages = self.stages(stage, q, prefetch, grid)
         t = time.perf_counter()
         ids = None
         if stage == "cells":  # the candidates come as ids, from the cells collection
-            ids = [h.id for h in index.cell_candidates(_embedding(q), prefetch, WHERE.get(where))]
-        found = index.store.query(index.name, q, MULTI, LIMIT, WHERE.get(where), stages, quantized, ids)
+            ids = [h.id for h in self.index.cell_candidates(_embedding(q), prefetch, WHERE.get(where))]
+        found = self.index.store.query(self.index.name, q, MULTI, LIMIT, WHERE.get(where), stages, quantized, ids)
         return time.perf_counter() - t, [p.id for p in found]
 
-    rows = []
-    for kind in ("image", "text", "random"):
+    def plan(self, kind: str, where: str) -> list[tuple[str, int, str]]:
+        """(first stage, prefetch, quantization) measured for `kind` under `where`."""
+        args = self.args
         sizes = args.image_prefetch if kind == "image" else args.prefetch
         configs = [(stage, n) for stage in _query_stages(kind, args.items, args.first_stage) for n in sizes]
-        for where in masks:
-            chosen = selected(kind, where)
-            qs = [sets[kind][j] for j in chosen]
-            qgrids = [grids[kind][j] for j in chosen] if kind == "image" else [None] * len(qs)
-            truth = _truth(scores[kind][chosen], masks[where], keys)
-            plan = [(s, n, "rescore") for s, n in configs]
-            if where == "none":
-                plan += [(s, n, "ignore") for s, n in configs if n == sizes[len(sizes) // 2]]
-            for stage, prefetch, quantized in plan:
-                if kind == "random" and (where != "none" or quantized != "rescore"):
-                    continue
-                if kind == "image" and stage in ("rows_cols", "muvera") and prefetch > args.image_prefetch[0]:
-                    continue  # rows_cols: an image's hundreds of tokens against each HNSW node's rows/cols: seconds
-                if kind == "image" and stage == "rows_cols" and args.items > MUVERA_MAX:
-                    continue
+        plan = [(s, n, "rescore") for s, n in configs]
+        if where == "none":
+            plan += [(s, n, "ignore") for s, n in configs if n == sizes[len(sizes) // 2]]
+        if kind == "random":
+            return [p for p in plan if where == "none" and p[2] == "rescore"]
+        if kind == "image":  # rows_cols: an image's hundreds of tokens against each HNSW node's rows/cols: seconds
+            plan = [(s, n, x) for s, n, x in plan if s not in ("rows_cols", "muvera") or n <= args.image_prefetch[0]]
+            plan = [p for p in plan if p[0] != "rows_cols" or args.items <= MUVERA_MAX]
+        return plan
+
+    def matrix(self) -> list[dict]:
+        """Every query kind x filter x first stage x prefetch x quantization: recall@10 and latency."""
+        rows = []
+        for kind in ("image", "text", "random"):
+            for where in self.masks:
+                chosen = self.selected(kind, where)
+                qs = [self.sets[kind][j] for j in chosen]
+                qgrids = [self.grids[kind][j] for j in chosen] if kind == "image" else [None] * len(qs)
+                truth = self.truth(kind, where, chosen)
+                for stage, prefetch, quantized in self.plan(kind, where):
+                    lat, rec = [], []
+                    for q, g, expected in zip(qs, qgrids, truth, strict=True):
+                        self.run(q, stage, prefetch, where, quantized, g)  # warm: the first call maps the files
+                        dt, ids = self.run(q, stage, prefetch, where, quantized, g)
+                        lat.append(dt)
+                        rec.append(_recall(ids, expected))
+                    rows.append({
+                        "queries": kind, "where": where, "first_stage": stage, "prefetch": prefetch,
+                        "quantization": "int8 rescored" if quantized == "rescore" else "off (float16)",
+                        "n": len(qs), **_stats(lat, rec),
+                    })  # fmt: skip
+                    print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+        return rows
+
+    def defaults(self) -> dict[str, dict]:
+        """The index's own search with its defaults (text: the collection's first stage; images: layout), as a
+        user calls it: latency and recall per query kind, with and without a filter."""
+        own = {}
+        for kind in ("image", "text"):
+            for where in self.masks:
+                chosen = self.selected(kind, where)
                 lat, rec = [], []
-                for q, g, expected in zip(qs, qgrids, truth, strict=True):
-                    run(q, stage, prefetch, where, quantized, g)  # warm: the first call maps the files
-                    dt, ids = run(q, stage, prefetch, where, quantized, g)
+                for j, expected in zip(chosen, self.truth(kind, where, chosen), strict=True):
+                    e = _embedding(self.sets[kind][j], self.grids[kind][j] if kind == "image" else None)
+                    self.index.search_embedding(e, LIMIT, WHERE.get(where))
+                    t = time.perf_counter()
+                    hits = self.index.search_embedding(e, LIMIT, WHERE.get(where))
+                    lat.append(time.perf_counter() - t)
+                    rec.append(_recall([h.id for h in hits], expected))
+                route = "/".join(map(str, self.index.route(e)))
+                own[f"{kind}/{where}"] = {"route": route, "n": len(lat), **_stats(lat, rec)}
+                print(json.dumps({"default": f"{kind}/{where}", **own[f"{kind}/{where}"]}), file=sys.stderr, flush=True)
+        return own
+
+    def concurrent(self, clients: int = 8) -> dict:
+        """`clients` threads of image queries on the default route at once."""
+        lat: list[float] = []
+        lock = threading.Lock()
+        default = ("layout", self.index.settings.long_query_prefetch, "none", "ignore")
+        images, grids = self.sets["image"], self.grids["image"]
+
+        def client(worker: int) -> None:
+            for j in range(self.args.concurrent_rounds):
+                k = (worker + j) % len(images)
+                dt, _ = self.run(images[k], *default, grids[k])
+                with lock:
                     lat.append(dt)
-                    rec.append(_recall(ids, expected))
-                rows.append({
-                    "queries": kind, "where": where, "first_stage": stage, "prefetch": prefetch,
-                    "quantization": "int8 rescored" if quantized == "rescore" else "off (float16)",
-                    "n": len(qs), "recall_at_10": round(float(np.mean(rec)), 4), "min_recall": round(min(rec), 2),
-                    "p50_ms": _pct(lat, 50), "p95_ms": _pct(lat, 95), "p99_ms": _pct(lat, 99),
-                })  # fmt: skip
-                print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    # the index's own search with its defaults (text: the collection's first stage; images: layout), as a
-    # user calls it: latency and recall per query kind, with and without a filter
-    own = {}
-    for kind in ("image", "text"):
-        for where in masks:
-            chosen = selected(kind, where)
-            truth = _truth(scores[kind][chosen], masks[where], keys)
-            lat, rec = [], []
-            for j, expected in zip(chosen, truth, strict=True):
-                e = _embedding(sets[kind][j], grids[kind][j] if kind == "image" else None)
-                index.search_embedding(e, LIMIT, WHERE.get(where))
-                t = time.perf_counter()
-                hits = index.search_embedding(e, LIMIT, WHERE.get(where))
-                lat.append(time.perf_counter() - t)
-                rec.append(_recall([h.id for h in hits], expected))
-            own[f"{kind}/{where}"] = {
-                "route": "/".join(map(str, index.route(e))), "n": len(lat),
-                "recall_at_10": round(float(np.mean(rec)), 4), "min_recall": round(min(rec), 2),
-                "p50_ms": _pct(lat, 50), "p95_ms": _pct(lat, 95), "p99_ms": _pct(lat, 99),
-            }  # fmt: skip
-            print(json.dumps({"default": f"{kind}/{where}", **own[f"{kind}/{where}"]}), file=sys.stderr, flush=True)
-    # 8 concurrent clients, the default configuration, image queries
-    lat8: list[float] = []
-    lock = threading.Lock()
-    default = ("layout", index.settings.long_query_prefetch, "none", "ignore")
 
-    def client(worker: int) -> None:
-        for j in range(args.concurrent_rounds):
-            k = (worker + j) % len(sets["image"])
-            dt, _ = run(sets["image"][k], *default, grids["image"][k])
-            with lock:
-                lat8.append(dt)
+        t = time.perf_counter()
+        threads = [threading.Thread(target=client, args=(w,)) for w in range(clients)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        wall = time.perf_counter() - t
+        return {"n": len(lat), "p50_ms": _pct(lat, 50), "p95_ms": _pct(lat, 95), "p99_ms": _pct(lat, 99),
+                "queries_per_s": round(len(lat) / wall, 1)}  # fmt: skip
 
-    t = time.perf_counter()
-    threads = [threading.Thread(target=client, args=(w,)) for w in range(8)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    wall = time.perf_counter() - t
+
+def _stats(lat: list[float], rec: list[float]) -> dict:
+    return {"recall_at_10": round(float(np.mean(rec)), 4), "min_recall": round(min(rec), 2),
+            "p50_ms": _pct(lat, 50), "p95_ms": _pct(lat, 95), "p99_ms": _pct(lat, 99)}  # fmt: skip
+
+
+def search(args) -> dict:
+    """Step 3, in its own process: the query matrix on the built folder."""
+    s = Searches(args)
     out = {
-        "load_s": round(load_s, 2), "rows": rows,
-        "defaults": own,
-        "concurrent8": {"n": len(lat8), "p50_ms": _pct(lat8, 50), "p95_ms": _pct(lat8, 95), "p99_ms": _pct(lat8, 99),
-                        "queries_per_s": round(len(lat8) / wall, 1)},
-        "queries_per_filter": {f"{k}/{w}": len(selected(k, w)) for k in ("image", "text") for w in masks},
+        "load_s": round(s.load_s, 2), "rows": s.matrix(), "defaults": s.defaults(), "concurrent8": s.concurrent(8),
+        "queries_per_filter": {f"{k}/{w}": len(s.selected(k, w)) for k in ("image", "text") for w in s.masks},
         "rss_mb": round(_current_rss_mb()), "pss_mb": round(_pss_mb()), "peak_rss_mb": round(_rss_mb()),
     }  # fmt: skip
-    index.close()
+    s.index.close()
     return out
 
 
