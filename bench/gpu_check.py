@@ -62,6 +62,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
@@ -480,6 +481,115 @@ def attempt(fn, *args) -> tuple[Any, tuple[str, str] | None]:
         return None, ("oom" if _is_oom(exc) else "error", _short(exc))
 
 
+def build_anywhere(size: str, seed: int, device: str, log: Callable[[str], None] = print) -> tuple[BuiltModel, str]:
+    """(the model, where it was built): on `device`, or on the CPU where the fp32 model does not fit there."""
+    built, failure = attempt(build_model, size, seed, device)
+    if failure and failure[0] == "oom":  # a small card: the fp32 model alone does not fit
+        log(f"building the model on the GPU ran out of memory ({failure[1]}); building it on the CPU (slower)")
+        _free(device)
+        return build_model(size, seed, "cpu"), "cpu"
+    if failure:
+        raise RuntimeError(f"building the {size} model failed: {failure[1]}")
+    return built, device
+
+
+class Checker:
+    """The cases' shared state: the fp32 master graphs on the host, the workloads, the settings, and the fp32
+    outputs the other precisions are compared with."""
+
+    def __init__(
+        self, size: str, device: str, warmup: int, repeats: int, seed: int = 0, log: Callable[[str], None] = print
+    ) -> None:
+        t0 = time.perf_counter()
+        self.device, self.warmup, self.repeats, self.log = device, warmup, repeats, log
+        built, self.built_on = build_anywhere(size, seed, device, log)
+        model = built.model
+        self.counts = {
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "vision_parameters": sum(p.numel() for p in model.visual.parameters()),
+            "text_parameters": sum(p.numel() for p in model.language_model.parameters())
+            + sum(p.numel() for p in model.custom_text_proj.parameters()),
+        }
+        self.master = build_graphs(built).to("cpu")  # every module of the model lives in the two graphs
+        self.hidden = model.config.text_config.hidden_size
+        built.model = model = None  # the master graphs hold every weight now, on the host
+        _free(device)
+        self.prompts = built.prompts
+        self.works = workloads(built)
+        self.references: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
+        elapsed = time.perf_counter() - t0
+        log(f"built the {size} model ({self.counts['parameters'] / 1e6:,.1f} M parameters) in {elapsed:.1f} s")
+
+    def precision(self, dtype: str, batches: tuple[int, ...]) -> tuple[dict, list[dict]]:
+        """(weights entry, rows) of one dtype: every (resolution, batch) case on a copy of the master graphs in
+        that dtype, or every row `oom` / `error` when that copy cannot be made."""
+        import torch
+
+        graphs, failure = attempt(materialise, self.master, dtype, self.device)
+        if failure:  # the weights alone may not fit
+            _free(self.device)
+            status, message = failure
+            rows = [
+                {"resolution": w.name, "dtype": dtype, "batch": b, "status": status, "error": "loading the weights"}
+                for w in self.works
+                for b in batches
+            ]
+            self.log(f"{dtype}: {status} loading the weights: {message}")
+            return {"bytes": None, "error": f"loading the weights: {message}"}, rows
+        weights = {"bytes": parameter_bytes(graphs)}
+        if self.device == "cuda":
+            weights["allocated_bytes"] = torch.cuda.memory_allocated()
+        rows = [self.case(graphs, work, dtype, batch) for work in self.works for batch in batches]
+        del graphs
+        _free(self.device)
+        return weights, rows
+
+    def case(self, graphs, work: Workload, dtype: str, batch: int) -> dict[str, Any]:
+        """One (resolution, dtype, batch) row: timings, peak memory, finiteness and cosines, or how it failed."""
+        import torch
+
+        row: dict[str, Any] = {"resolution": work.name, "dtype": dtype, "batch": batch}
+        feeds = make_feeds(work, batch, self.prompts, self.hidden)
+        if self.device == "cuda":
+            _free(self.device)
+            torch.cuda.reset_peak_memory_stats()
+        measured, failure = attempt(run_case, graphs, feeds, self.device, self.warmup, self.repeats)
+        if failure:
+            row.update(status=failure[0], error=failure[1])
+            self.log(f"{work.name} {dtype} batch {batch}: {row['status']}: {row['error']}")
+            del feeds
+            _free(self.device)  # after the exception and its frames are gone
+            return row
+        times, features, embeddings = measured
+        row.update(status="ok", **summarise_times(times, batch, len(work.prompt)), times_ms=times)
+        row["peak_memory_bytes"] = torch.cuda.max_memory_allocated() if self.device == "cuda" else None
+        row["finite"] = bool(np.isfinite(embeddings).all() and np.isfinite(features).all())
+        self.compare(row, features, embeddings)
+        self.log(_case_line(row))
+        return row
+
+    def compare(self, row: dict[str, Any], features: np.ndarray, embeddings: np.ndarray) -> None:
+        """fp32: keep the outputs as the reference; another dtype: its cosines against that reference, if any."""
+        key = (row["resolution"], row["batch"])
+        if row["dtype"] == "fp32":
+            self.references[key] = (features, embeddings)
+        elif key in self.references:
+            ref_features, ref_embeddings = self.references[key]
+            row["cosine_mean"], row["cosine_min"] = cosine_stats(embeddings, ref_embeddings)
+            row["features_cosine_min"] = cosine_stats(features, ref_features)[1]
+
+
+def _case_line(row: dict[str, Any]) -> str:
+    """The progress line of a case that ran."""
+    return (
+        f"{row['resolution']:>9} {row['dtype']} batch {row['batch']:>3}: p50 {row['p50_ms']:9.2f} ms, "
+        f"{row['images_per_s']:8.2f} images/s"
+        + (f", peak {row['peak_memory_bytes'] / GB:.2f} GB" if row["peak_memory_bytes"] else "")
+        + (f", cosine vs fp32 mean {row['cosine_mean']:.6f} min {row['cosine_min']:.6f}"
+           if "cosine_mean" in row else "")
+    )  # fmt: skip
+
+
 def run_check(
     size: str,
     device: str,
@@ -488,93 +598,19 @@ def run_check(
     warmup: int,
     repeats: int,
     seed: int = 0,
-    log=print,
+    log: Callable[[str], None] = print,
 ) -> dict:
     """Every (dtype, resolution, batch) case; the report's `model`, `weights`, `resolutions` and `results`."""
-    import torch
-
-    t0 = time.perf_counter()
-    built_on = device
-    built, failure = attempt(build_model, size, seed, device)
-    if failure and failure[0] == "oom":  # a small card: the fp32 model alone does not fit
-        log(f"building the model on the GPU ran out of memory ({failure[1]}); building it on the CPU (slower)")
-        _free(device)
-        built_on = "cpu"
-        built = build_model(size, seed, "cpu")
-    elif failure:
-        raise RuntimeError(f"building the {size} model failed: {failure[1]}")
-    model = built.model
-    counts = {
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "vision_parameters": sum(p.numel() for p in model.visual.parameters()),
-        "text_parameters": sum(p.numel() for p in model.language_model.parameters())
-        + sum(p.numel() for p in model.custom_text_proj.parameters()),
-    }
-    master = build_graphs(built).to("cpu")  # every module of the model lives in the two graphs
-    hidden = model.config.text_config.hidden_size
-    built.model = model = None  # the master graphs hold every weight now, on the host
-    _free(device)
-    works = workloads(built)
-    log(f"built the {size} model ({counts['parameters'] / 1e6:,.1f} M parameters) in {time.perf_counter() - t0:.1f} s")
-
+    check = Checker(size, device, warmup, repeats, seed, log)
     results: list[dict] = []
     weights: dict[str, dict] = {}
-    references: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
     for dtype in dtypes:
-        graphs, failure = attempt(materialise, master, dtype, device)
-        if failure:  # the weights alone may not fit
-            _free(device)
-            status, message = failure
-            weights[dtype] = {"bytes": None, "error": f"loading the weights: {message}"}
-            results += [
-                {"resolution": w.name, "dtype": dtype, "batch": b, "status": status, "error": "loading the weights"}
-                for w in works
-                for b in batches
-            ]
-            log(f"{dtype}: {status} loading the weights: {message}")
-            continue
-        weights[dtype] = {"bytes": parameter_bytes(graphs)}
-        if device == "cuda":
-            weights[dtype]["allocated_bytes"] = torch.cuda.memory_allocated()
-        for work in works:
-            for batch in batches:
-                row: dict[str, Any] = {"resolution": work.name, "dtype": dtype, "batch": batch}
-                results.append(row)
-                feeds = make_feeds(work, batch, built.prompts, hidden)
-                if device == "cuda":
-                    _free(device)
-                    torch.cuda.reset_peak_memory_stats()
-                measured, failure = attempt(run_case, graphs, feeds, device, warmup, repeats)
-                if failure:
-                    row.update(status=failure[0], error=failure[1])
-                    log(f"{work.name} {dtype} batch {batch}: {row['status']}: {row['error']}")
-                    del feeds
-                    _free(device)  # after the exception and its frames are gone
-                    continue
-                times, features, embeddings = measured
-                row.update(status="ok", **summarise_times(times, batch, len(work.prompt)), times_ms=times)
-                row["peak_memory_bytes"] = torch.cuda.max_memory_allocated() if device == "cuda" else None
-                row["finite"] = bool(np.isfinite(embeddings).all() and np.isfinite(features).all())
-                if dtype == "fp32":
-                    references[(work.name, batch)] = (features, embeddings)
-                elif (work.name, batch) in references:
-                    ref_features, ref_embeddings = references[(work.name, batch)]
-                    row["cosine_mean"], row["cosine_min"] = cosine_stats(embeddings, ref_embeddings)
-                    row["features_cosine_min"] = cosine_stats(features, ref_features)[1]
-                log(
-                    f"{work.name:>9} {dtype} batch {batch:>3}: p50 {row['p50_ms']:9.2f} ms, "
-                    f"{row['images_per_s']:8.2f} images/s"
-                    + (f", peak {row['peak_memory_bytes'] / GB:.2f} GB" if row["peak_memory_bytes"] else "")
-                    + (f", cosine vs fp32 mean {row['cosine_mean']:.6f} min {row['cosine_min']:.6f}"
-                       if "cosine_mean" in row else "")
-                )  # fmt: skip
-                del feeds, features, embeddings
-        del graphs
-        _free(device)
+        weights[dtype], rows = check.precision(dtype, batches)
+        results += rows
     return {
-        "model": {"size": size, "seed": seed, "built_on": built_on, **counts, "shapes": _shapes(size)},
+        "model": {"size": size, "seed": seed, "built_on": check.built_on, **check.counts, "shapes": _shapes(size)},
         "weights": weights,
-        "resolutions": [w.describe() for w in works],
+        "resolutions": [w.describe() for w in check.works],
         "results": results,
     }
 

@@ -299,8 +299,26 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 
 
 def report(result: dict, figures: list[str]) -> str:
-    machine = result["machine"]
+    """The Markdown report of a run: every section in turn, then the figures."""
     lines = [
+        *_header_md(result),
+        *_targets_md(result),
+        *_comparison_md(result),
+        *_in_process_md(result),
+        *_int8_md(result),
+        *_levels_md(result),
+        *_time_split_md(result),
+        "",
+        *[f"![{f}]({f})" for f in figures],
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _header_md(result: dict) -> list[str]:
+    """Title and the line saying what ran where."""
+    machine = result["machine"]
+    return [
         f"# Serving benchmark: {result['checkpoint']} ({result['parameters'] / 1e6:.1f} M parameters"
         f"{', random weights' if result['random_weights'] else ''}), mixed workload",
         "",
@@ -309,6 +327,12 @@ def report(result: dict, figures: list[str]) -> str:
         f"ONNX Runtime threads {result['threads']}. Workload, one image per request: {result['workload']}. "
         f"Native resolution: each image on colpali-engine's own grid, at most {result['max_visual_tokens']} visual "
         f"tokens; fixed448: letterboxed to 448 x 448, 256 visual tokens each.",
+    ]
+
+
+def _targets_md(result: dict) -> list[str]:
+    """Every target against its goal, then the paired overhead measurement if there is one."""
+    lines = [
         "",
         "## Targets",
         "",
@@ -326,7 +350,12 @@ def report(result: dict, figures: list[str]) -> str:
             f"machine's drift cancels; medians, bytes to vectors: Triton {paired['triton_ms']:.1f} ms (gRPC), "
             f"the same preprocessing + ONNX files in one process {paired['in_process_ms']:.1f} ms.",
         ]
-    lines += [
+    return lines
+
+
+def _comparison_md(result: dict) -> list[str]:
+    """Native, fixed 448 and colpali-engine in-process side by side."""
+    lines = [
         "",
         "## Native against fixed 448 and against colpali-engine in-process",
         "",
@@ -343,8 +372,13 @@ def report(result: dict, figures: list[str]) -> str:
             f"| {row.get('concurrency', '')} | {_fmt(row.get('p50_ms'), 1)} | {_fmt(row.get('p99_ms'), 1)} "
             f"| {_fmt(row.get('p50_alone_ms'), 1)} | {_fmt(row.get('peak_rss_mb'), 0)} |"
         )
+    return lines
+
+
+def _in_process_md(result: dict) -> list[str]:
+    """The in-process references before and after the Triton sweep, and their mean."""
     refs = result["in_process_runs"]
-    lines += [
+    lines = [
         "",
         "## In-process references (bytes to vectors, one image per call)",
         "",
@@ -359,25 +393,35 @@ def report(result: dict, figures: list[str]) -> str:
             f"| {key} | {before.get('images_per_s', float('nan')):.2f} | {after.get('images_per_s', float('nan')):.2f} "
             f"| {mean['images_per_s']:.2f} | {mean['vectors_per_s']:.0f} |"
         )
+    return lines
+
+
+def _int8_md(result: dict) -> list[str]:
+    """The int8 encoders' kernel time shares and speed-up ceiling; nothing when not profiled."""
     shares = result.get("int8_breakdown")
-    if shares:
-        lines += [
-            "",
-            "## Where the int8 encoders' time goes",
-            "",
-            "ONNX Runtime profiler, int8_dynamic vision and text graphs on the workload's images, share of kernel "
-            "time. Dynamic quantization reaches only the weight matmuls; attention's activation x activation "
-            "matmuls and softmax stay float32.",
-            "",
-            "| kernels | share |",
-            "|---|---|",
-            *[f"| {k} | {v:.1%} |" for k, v in shares.items()],
-            "",
-            f"Ceiling for int8 vs PyTorch if the int8 matmuls took no time at all: "
-            f"**{result['int8_speedup_ceiling']:.2f}x** (PyTorch time over the int8 in-process time less its int8 "
-            "matmul share).",
-        ]
-    lines += [
+    if not shares:
+        return []
+    return [
+        "",
+        "## Where the int8 encoders' time goes",
+        "",
+        "ONNX Runtime profiler, int8_dynamic vision and text graphs on the workload's images, share of kernel "
+        "time. Dynamic quantization reaches only the weight matmuls; attention's activation x activation "
+        "matmuls and softmax stay float32.",
+        "",
+        "| kernels | share |",
+        "|---|---|",
+        *[f"| {k} | {v:.1%} |" for k, v in shares.items()],
+        "",
+        f"Ceiling for int8 vs PyTorch if the int8 matmuls took no time at all: "
+        f"**{result['int8_speedup_ceiling']:.2f}x** (PyTorch time over the int8 in-process time less its int8 "
+        "matmul share).",
+    ]
+
+
+def _levels_md(result: dict) -> list[str]:
+    """One row per Triton level: throughput, latency percentiles, batching, memory, errors."""
+    lines = [
         "",
         "## Triton",
         "",
@@ -394,7 +438,12 @@ def report(result: dict, figures: list[str]) -> str:
             f"| {_fmt(lv['encoder_batch'], 2)} | {lv['peak_rss_mb']:.0f} "
             f"| {_fmt(lv['peak_gpu_mb'], 0)} | {lv['errors']} |"
         )
-    lines += [
+    return lines
+
+
+def _time_split_md(result: dict) -> list[str]:
+    """Per level, a request's mean latency split into queue, preprocess, encoder and the rest."""
+    lines = [
         "",
         "## Where a request's time goes",
         "",
@@ -413,8 +462,7 @@ def report(result: dict, figures: list[str]) -> str:
             f"| {lv['config']} | {lv['protocol']} | {lv['concurrency']} | {lv['mean_ms']:.1f} | {lv['queue_ms']:.1f} "
             f"| {lv['preprocess_ms']:.1f} | {lv['encoder_ms']:.1f} | {rest:.1f} | {rest / lv['mean_ms']:.1%} |"
         )
-    lines += ["", *[f"![{f}]({f})" for f in figures], ""]
-    return "\n".join(lines)
+    return lines
 
 
 def _gpu_name() -> str | None:
