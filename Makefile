@@ -71,11 +71,11 @@ CONTAINER_VENV ?= .venv-container
 container-venv: ## build CONTAINER_VENV: the image's Python with exactly the image's pins (idempotent)
 	$(PYTHON) scripts/container_env.py build --venv $(CONTAINER_VENV)
 
-# Two workers; a module's tests stay on one, the timed suites share one (tests/conftest.py). The 25 slowest
-# tests are listed at the end.
-PYTEST_WORKERS ?= 2
+# Three workers on two cores (a third of the suite's time is waiting on servers and subprocesses); a module's tests
+# stay on one, the timed suites share one (tests/conftest.py). The 25 slowest tests are listed at the end.
+PYTEST_WORKERS ?= 3
 test: $(STAMP) container-venv ## the test suite, everything but the real-size checks (real colpali-engine, ONNX Runtime, Triton on the image's Python, Qdrant, helm, the READMEs run)
-	COLQWEN2_SERVING_VENV=$(CONTAINER_VENV) $(PY) -m pytest -m "not slow" -n $(PYTEST_WORKERS) --dist loadgroup --durations=25 $(PYTEST_ARGS)
+	COLQWEN2_SERVING_VENV=$(CONTAINER_VENV) $(PY) -m pytest -m "not slow" -n $(PYTEST_WORKERS) --durations=25 $(PYTEST_ARGS)
 
 # The edit loop: no server but one real-Triton smoke test, no docs run, no exports beyond the cached tiny one.
 FAST_TESTS ?= tests/test_grid.py tests/test_letterbox.py tests/test_resampling.py tests/test_serving_imaging.py \
@@ -85,7 +85,7 @@ FAST_TESTS ?= tests/test_grid.py tests/test_letterbox.py tests/test_resampling.p
 	tests/test_stores.py tests/test_helm.py tests/test_docker.py \
 	"tests/test_triton_server.py::test_every_size_gets_colpalis_vectors_at_native_resolution"
 test-fast: $(STAMP) ## unit tests and one real-Triton smoke (the edit loop: about 2 minutes once the tiny export is cached)
-	$(PY) -m pytest -m "not slow" -n $(PYTEST_WORKERS) --dist loadgroup --durations=10 $(FAST_TESTS) $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow" -n $(PYTEST_WORKERS) --durations=10 $(FAST_TESTS) $(PYTEST_ARGS)
 
 # The serving suites alone on the image's Python (`make test` runs them too, once).
 CONTAINER_TESTS ?= tests/test_container_env.py tests/test_triton_server.py tests/test_cli.py tests/test_gateway.py \

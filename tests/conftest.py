@@ -24,17 +24,37 @@ def serving_python() -> str:
     return str(Path(SERVING_VENV).absolute() / "bin" / "python") if SERVING_VENV else ""
 
 
-# `make test` runs two pytest-xdist workers (--dist loadgroup). A module's tests stay on one worker, so the servers
-# a module starts are started once; these modules share one group, so they run one after another on one worker:
-# they measure time (deadlines, queue waits, a soak's memory slope) and would measure each other.
+# `make test` runs pytest-xdist workers. A module's tests stay on one worker, so the servers a module starts are
+# started once; the TIMED modules are one unit, so they run one after another on one worker: they measure time
+# (deadlines, queue waits, a soak's memory slope) and would measure each other. (xdist's own `loadgroup` marks do
+# not reach the scheduler under pytest 9, so the scheduler is this one.)
 TIMED = {"test_overload", "test_security", "test_supervisor", "test_soak", "test_health"}
 
 
+# The longest units first (their test time in a `make test` run, most first), so that no worker is left alone
+# with a long one at the end; the rest in collection order.
+LONGEST = ["timed", "test_docs", "test_gpu_check", "test_bench", "test_container_env", "test_stores",
+           "test_export_errors", "test_cli", "test_qdrant", "test_triton_server"]  # fmt: skip
+
+
+def _unit(path: str) -> str:
+    return "timed" if Path(path).stem in TIMED else Path(path).stem
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else item.nodeid.split("::")[0]
-        if not item.get_closest_marker("xdist_group"):
-            item.add_marker(pytest.mark.xdist_group("timed" if module in TIMED else module))
+    rank = {name: i for i, name in enumerate(LONGEST)}
+    items.sort(key=lambda item: rank.get(_unit(item.nodeid.split("::", 1)[0]), len(rank)))  # stable: modules stay whole
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return "timed" if Path(module).stem in TIMED else module  # a module's path, or the timed unit
+
+    return ModuleScheduling(config, log)
 
 
 @pytest.fixture(scope="session")
