@@ -68,8 +68,11 @@ helm-lint: $(STAMP) ## the Helm chart and the image: lint --strict and Kubernete
 # servers' Python-backend stubs, the gateway and the CLI run on it in `make test` (the references stay in .venv),
 # as they run in the image. Standard library only, so it builds beside `make setup` (`make -j2 setup container-venv`).
 CONTAINER_VENV ?= .venv-container
-container-venv: ## build CONTAINER_VENV: the image's Python with exactly the image's pins (idempotent)
+container-venv: ## build CONTAINER_VENV: the image's Python with exactly the image's pins (idempotent); resolve the exporter stage's pins for it
 	$(PYTHON) scripts/container_env.py build --venv $(CONTAINER_VENV)
+	@$(PYTHON) -c 'import sys; sys.path[:0] = ["scripts"]; from container_env import stored_dry_run; from pathlib import Path; \
+		sys.exit(0 if stored_dry_run(Path("$(CONTAINER_VENV)").absolute()) else 1)' || \
+		$(PYTHON) scripts/container_env.py exporter-dry-run --venv $(CONTAINER_VENV)
 
 # Three workers on two cores (a third of the suite's time is waiting on servers and subprocesses); a module's tests
 # stay on one, the timed suites share one (tests/conftest.py). The 25 slowest tests are listed at the end.

@@ -181,8 +181,25 @@ def build(venv: Path, requirements: Path, version: str, explicit_python: str = "
     return {"python": python, "version": full, "venv": str(venv), "packages": freeze}
 
 
+DRY_RUN_REPORT = "exporter-dry-run.json"  # in the venv: the last resolution, with the digest of the pins it read
+
+
+def exporter_pins_digest() -> str:
+    return pins_digest(SERVING_PINS) + pins_digest(EXPORT_PINS) + pins_digest(COLPALI_PINS)
+
+
+def stored_dry_run(venv: Path) -> dict | None:
+    """The report `exporter-dry-run` left in `venv`, if it was made from today's pins; else None."""
+    try:
+        report = json.loads((venv / DRY_RUN_REPORT).read_text())
+    except (OSError, ValueError):
+        return None
+    return report if report.get("pins") == exporter_pins_digest() else None
+
+
 def exporter_dry_run(venv: Path) -> dict:
-    """pip's resolution of the exporter stage (serving pins + export pins) for the venv's Python."""
+    """pip's resolution of the exporter stage (serving pins + export pins) for the venv's Python; also kept in
+    the venv (DRY_RUN_REPORT) with the digest of the pins, so a test can read it instead of resolving again."""
     full = python_version(str(venv / "bin" / "python"))
     if full is None:
         raise EnvError(f"{venv} is not a working venv: run `scripts/container_env.py build` first")
@@ -198,7 +215,9 @@ def exporter_dry_run(venv: Path) -> dict:
         raise EnvError(f"{shown(COLPALI_PINS)} does not resolve for Python {full}:\n{pip_errors(result)}")
     for item in json.loads(result.stdout)["install"]:
         resolved[normalized(item["metadata"]["name"])] = item["metadata"]["version"]
-    return {"version": full, "resolved": resolved}
+    report = {"version": full, "resolved": resolved, "pins": exporter_pins_digest()}
+    (venv / DRY_RUN_REPORT).write_text(json.dumps(report, indent=1))
+    return report
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,10 +31,13 @@ def serving_python() -> str:
 TIMED = {"test_overload", "test_security", "test_supervisor", "test_soak", "test_health"}
 
 
-# The longest units first (their test time in a `make test` run, most first), so that no worker is left alone
-# with a long one at the end; the rest in collection order.
-LONGEST = ["timed", "test_docs", "test_gpu_check", "test_bench", "test_container_env", "test_stores",
-           "test_export_errors", "test_cli", "test_qdrant", "test_triton_server"]  # fmt: skip
+# The order units are handed out in (the rest follow in collection order). xdist gives each of N workers two units
+# at the start, unit i and unit i + N, and then one at a time: with 3 workers, the timed suites (~330 s in a
+# `make test` run) pair with a short unit, the docs run (~200 s) with gpu_check, export_errors with stores. The
+# timed suites' worker makes the tiny export while gpu_check and export_errors, which do not need it, run.
+LONGEST = ["timed", "test_gpu_check", "test_export_errors", "test_catalog", "test_docs", "test_stores",
+           "test_qdrant", "test_triton_server", "test_bench", "test_memory", "test_demo", "test_cli",
+           "test_container_env"]  # fmt: skip
 
 
 def _unit(path: str) -> str:

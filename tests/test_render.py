@@ -150,3 +150,12 @@ def test_queues_are_bounded_by_default_with_an_unbounded_lane_for_canaries(tiny_
     assert all(not c.dynamic_batching.HasField("default_queue_policy") for c in configs(render(off)).values())
     with pytest.raises(RenderError, match="max_queue_size must be 0"):
         render(RenderOptions(tiny_artifacts, tmp_path / "bad", device="cpu", max_queue_size=-1))
+
+
+def test_make_serve_exports_only_what_the_host_serves():
+    from model_repository.render import served_variants
+
+    assert served_variants("fp16", "cpu") == "fp32"
+    assert served_variants("fp16,int8", "cpu") == "fp32,int8_dynamic"
+    assert served_variants("fp16, int8", "gpu") == "fp16,int8"
+    assert served_variants("int8", "gpu") == "int8"
