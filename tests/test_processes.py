@@ -29,8 +29,10 @@ def test_ready_by_url_then_stopped(tmp_path):
 
 
 def test_ready_by_log_line_and_stopped_by_ctrl_c_to_the_group(tmp_path):
-    script = "import time; print('warming', flush=True); time.sleep(0.5); print('is ready in 0.5 s', flush=True); " \
-             "time.sleep(60)"  # fmt: skip
+    # A server sets its own Ctrl-C handler (model_repository/serve.py does): a child of a pytest-xdist worker is
+    # born with SIGINT ignored, which Python keeps unless told.
+    script = "import signal, time; signal.signal(signal.SIGINT, signal.default_int_handler); print('warming', " \
+             "flush=True); time.sleep(0.5); print('is ready in 0.5 s', flush=True); time.sleep(60)"  # fmt: skip
     server = Process([sys.executable, "-c", script], tmp_path / "log").start()
     server.wait_ready(line="is ready in", timeout=30)
     assert server.stop(10, sig=signal.SIGINT, group=True) in (1, -signal.SIGINT)  # Ctrl-C ended it, not SIGKILL
