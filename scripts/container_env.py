@@ -166,7 +166,7 @@ def build(venv: Path, requirements: Path, version: str, explicit_python: str = "
     digest = pins_digest(requirements)
     if not stamp.exists() or stamp.read_text() != digest:
         stamp.unlink(missing_ok=True)
-        result = pip(venv, "install", "--quiet", "-r", str(requirements))
+        result = pip(venv, "install", "--quiet", "--no-compile", "-r", str(requirements))  # bytecode on first import
         if result.returncode != 0:
             raise EnvError(f"{shown(requirements)} does not resolve for Python {full}:\n{pip_errors(result)}")
         stamp.write_text(digest)

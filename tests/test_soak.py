@@ -1,5 +1,5 @@
 """`make soak`'s short version in `make test`: a minute of mixed traffic through the SDK and the gateway
-against `make serve` (the supervisor included), after a minute of warm-up; no good input may fail and
+against `make serve` (the supervisor included), after half a minute of warm-up; no good input may fail and
 memory may not keep growing. The 30-minute record is bench/results/soak-1800s-cpu2.md."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from bench.soak import main
 
 def test_a_minute_of_mixed_traffic_leaves_no_error_and_flat_memory(tiny_artifacts, tmp_path):
     out = tmp_path / "soak"
-    code = main(["--artifacts", str(tiny_artifacts), "--duration", "60", "--warmup", "60", "--out", str(out)])
+    code = main(["--artifacts", str(tiny_artifacts), "--duration", "60", "--warmup", "30", "--out", str(out)])
     report = json.loads(out.with_suffix(".json").read_text())
     assert code == 0, report["failures"]
     outcomes = {kind: row["outcomes"] for kind, row in report["by_kind"].items()}
