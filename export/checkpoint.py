@@ -72,11 +72,13 @@ def _check_config(folder: Path, source: str) -> None:
 
 def load_checkpoint(name_or_path: str) -> LoadedCheckpoint:
     """Load model and processor in float32 on the CPU, merging a LoRA adapter if there is one."""
+    folder = _resolve(name_or_path)
+    adapter_config = folder / "adapter_config.json"
+    if not adapter_config.exists():
+        _check_config(folder, name_or_path)  # a folder that is no ColQwen2 checkpoint is named before torch loads
     import torch
     from colpali_engine.models import ColQwen2, ColQwen2Processor
 
-    folder = _resolve(name_or_path)
-    adapter_config = folder / "adapter_config.json"
     merged = False
     try:
         if adapter_config.exists():
@@ -96,7 +98,6 @@ def load_checkpoint(name_or_path: str) -> LoadedCheckpoint:
                 else base_folder
             )
         else:
-            _check_config(folder, name_or_path)
             model = ColQwen2.from_pretrained(folder, dtype=torch.float32)
             processor_folder = folder
         processor = ColQwen2Processor.from_pretrained(processor_folder)
