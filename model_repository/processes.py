@@ -24,9 +24,7 @@ class ProcessError(RuntimeError):
 
 def free_port() -> int:
     """A TCP port nobody listens on right now (for servers started beside others)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 def free_ports(n: int) -> list[int]:

@@ -231,10 +231,10 @@ class TritonServer:
     def ready(self) -> bool:
         return http_ok(f"http://{self.http_url}/v2/health/ready")
 
-    def wait_ready(self, timeout: float = 120.0, log: Path | None = None) -> float:
-        """Seconds until every model is loaded; raises if the server exits or the time runs out (quoting `log`)."""
+    def wait_ready(self, timeout: float = 120.0) -> float:
+        """Seconds until every model is loaded; raises if the server exits or the time runs out."""
         try:
-            return wait_until(self.ready, self.process, timeout, "tritonserver", log)
+            return wait_until(self.ready, self.process, timeout, "tritonserver")
         except ProcessError as exc:
             raise TritonError(str(exc)) from None
 

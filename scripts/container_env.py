@@ -243,8 +243,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"container env: {env['venv']} holds {args.requirements.name} and the client, exactly:")
             for line in env["packages"]:
                 print(f"  {line}")
-        else:
-            dry = exporter_dry_run(args.venv.absolute())
+        else:  # resolved again only when the pins changed since the venv's last answer
+            dry = stored_dry_run(args.venv.absolute()) or exporter_dry_run(args.venv.absolute())
             key = ("torch", "transformers", "colpali-engine", "onnx", "onnxruntime-gpu", "numpy")
             shown = ", ".join(f"{name} {dry['resolved'][name]}" for name in key if name in dry["resolved"])
             print(

@@ -40,13 +40,15 @@ LONGEST = ["timed", "test_gpu_check", "test_export_errors", "test_catalog", "tes
            "test_container_env"]  # fmt: skip
 
 
-def _unit(path: str) -> str:
-    return "timed" if Path(path).stem in TIMED else Path(path).stem
+def _unit(nodeid: str) -> str:
+    """The unit a test is scheduled in: its module's name, or "timed"."""
+    module = Path(nodeid.split("::", 1)[0]).stem
+    return "timed" if module in TIMED else module
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     rank = {name: i for i, name in enumerate(LONGEST)}
-    items.sort(key=lambda item: rank.get(_unit(item.nodeid.split("::", 1)[0]), len(rank)))  # stable: modules stay whole
+    items.sort(key=lambda item: rank.get(_unit(item.nodeid), len(rank)))  # stable: modules stay whole
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log):
@@ -54,8 +56,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):
 
     class ModuleScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            module = nodeid.split("::", 1)[0]
-            return "timed" if Path(module).stem in TIMED else module  # a module's path, or the timed unit
+            return _unit(nodeid)
 
     return ModuleScheduling(config, log)
 
