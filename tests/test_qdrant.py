@@ -200,7 +200,10 @@ def test_cluster_settings_reach_a_server_collection(client, samples):
     cells_sent, sent = recording.created  # the default first stage's cells first, then the collection
     assert cells_sent["metadata"]["colqwen2"]["cells_of"] == index.name and cells_sent["shard_number"] == 3
     cell = cells_sent["vectors_config"]["cell"]
-    assert (cell.size, cell.datatype, cell.hnsw_config) == (128, models.Datatype.FLOAT16, None)  # HNSW, defaults
+    # HNSW with the server's defaults, no payload subgraphs
+    assert (cell.size, cell.datatype) == (128, models.Datatype.FLOAT16)
+    assert cell.hnsw_config == models.HnswConfigDiff(payload_m=0)
+    assert cells_sent["metadata"]["colqwen2"]["cell_size"] == 3
     assert (sent["shard_number"], sent["replication_factor"], sent["write_consistency_factor"]) == (3, 2, 2)
     assert sent["on_disk_payload"] is True
     multi = sent["vectors_config"][MULTI]
@@ -244,7 +247,8 @@ def test_the_local_collection_keeps_its_design(client, tmp_path):
     assert set(config["vectors"]) == {MULTI, "pooled", "layout"}
     cells_config = json.loads((tmp_path / "qdrant" / index.cells_name / "edge_config.json").read_text())
     cell = cells_config["vectors"]["cell"]
-    assert cell["datatype"] == "float16" and cell["hnsw_config"]["m"] == 16
+    assert cell["datatype"] == "float16" and cell["hnsw_config"]["m"] == 16 and cell["hnsw_config"]["payload_m"] == 0
+    assert config["vectors"]["pooled"]["hnsw_config"]["payload_m"] == 16  # 100,000 points: cheap, narrow filters
     assert set(index.store._shard(index.cells_name).info().payload_schema) == {"kind", "rank", "item", "sha256"}
     assert config["vectors"]["layout"]["size"] == 512 and config["vectors"]["layout"]["hnsw_config"]["m"] == 16
     assert config["vectors"]["pooled"]["hnsw_config"]["m"] == 16 and config["on_disk_payload"] is True
@@ -255,6 +259,26 @@ def test_the_local_collection_keeps_its_design(client, tmp_path):
     reopened = VisualIndex(client, open_qdrant(tmp_path / "qdrant"))
     assert reopened.schema.filter_fields == {"kind": "keyword", "rank": "integer"} and reopened.count() == 0
     reopened.close()
+
+
+def test_a_cells_collection_keeps_the_cell_size_it_was_created_with(client, samples, tmp_path, monkeypatch):
+    """Collections written when cells were 2 x 2 keep pooling 2 x 2 for their new items; new ones pool 3 x 3."""
+    from colqwen2_client import qdrant as q
+    from colqwen2_client.token_pooling import cells
+
+    embedding = client.embed(str(samples[0]))
+    found = []
+    for created_with in (2, 3):
+        monkeypatch.setattr(q, "CELL_SIZE", created_with)
+        index = VisualIndex(client, open_qdrant(tmp_path / str(created_with)))
+        index.ensure_collection()
+        monkeypatch.setattr(q, "CELL_SIZE", 3)  # the current default, whatever the collection has
+        index.index(folder_items([samples[0]]).items)
+        stored = index.store.count(index.cells_name, {"item": point_id(samples[0].name)})
+        pooled = cells(embedding.vectors, embedding.grid, index.visual_token_offset(), created_with)
+        found.append((index.cell_size, stored == len(pooled)))
+        index.close()
+    assert found == [(2, True), (3, True)]
 
 
 def test_an_index_from_the_previous_local_mode_is_refused_not_lost(client, samples, tmp_path):

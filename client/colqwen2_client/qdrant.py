@@ -14,7 +14,8 @@ Each item (see `catalog`) is one point: id = UUID5 of its key, payload = its col
   the first stage of image queries (near-duplicates: a re-encoded photo, a redrawn chart).
 
 First stage `cells` keeps a companion collection `<name>__cells`: each image's visual tokens pooled
-2 x 2 (`token_pooling.cells`), one point per cell (payload: the item's id and filter fields), HNSW.
+CELL_SIZE x CELL_SIZE (`token_pooling.cells`), one point per cell (payload: the item's id and filter fields), HNSW
+without payload subgraphs.
 A text query's tokens each take their `cell_hits` nearest cells; items are ranked by the sum of their
 tokens' best cell scores (ColBERT's token-level candidate generation over pooled tokens), and the
 best `prefetch_limit` are reranked by MaxSim. The item's cells are written before its point.
@@ -60,7 +61,11 @@ FirstStage = Literal["mean", "muvera", "rows_cols", "cells", "none"]
 FIRST_STAGES: tuple[str, ...] = ("mean", "muvera", "rows_cols", "cells", "none")
 CELL, ITEM = "cell", "item"  # first stage `cells`: the companion collection's vector, and its point's item id
 CELLS_SUFFIX = "__cells"  # the companion collection: `<name>__cells`
-CELL_SIZE = 2  # visual tokens per side pooled into one cell
+# Visual tokens per side pooled into one cell. 3 (about 52 cells per item, 5.2 M points at 100,000 items) rather than 2
+# (116, 11.6 M): exact recall@10 of text queries at 3,000 items with the first stage brute force, 0.99 (2) / 0.97 (3) /
+# 0.86 (4) at 200 candidates; the HNSW build is proportional to the points, and 2 x 2 at 100,000 items did not finish
+# in an hour on 2 cores. A collection keeps the size it was created with (its companion's metadata).
+CELL_SIZE = 3
 # From `make bench-scale` (README, "Catalog search at scale"): recall@10 against exact MaxSim and latency at 10,000
 # items. Cells find text queries' neighbours (a few tokens) token by token, where one vector per item, or the rows'
 # and columns' means, lose them (0.94-1.0 at 100 and 200 candidates, against 0.52-0.65 for rows/cols);
@@ -270,6 +275,7 @@ class VisualIndex:
         self._offset = visual_token_offset
         self._schema: Schema | None = None
         self._muvera: Muvera | None = None
+        self._cell_size: int | None = None
 
     # -- the collection ------------------------------------------------------------------------
 
@@ -374,10 +380,22 @@ class VisualIndex:
         item's id indexed."""
         s = self.settings
         return CollectionSpec(
-            {CELL: VectorSpec(EMBEDDING_DIM, DENSE, float16=True)}, {**self.schema.filter_fields, ITEM: "keyword"},
+            {CELL: VectorSpec(EMBEDDING_DIM, DENSE, float16=True, payload_graphs=False)},
+            {**self.schema.filter_fields, ITEM: "keyword"},
             {METADATA: {"cells_of": self.name, "cell_size": CELL_SIZE}}, s.shard_number, s.replication_factor,
             s.write_consistency_factor,
         )  # fmt: skip
+
+    @property
+    def cell_size(self) -> int:
+        """First stage `cells`: tokens per side of a cell, as the companion collection was created (CELL_SIZE for a
+        new one; collections from before it was 3 keep their 2)."""
+        if self._cell_size is None:
+            stored = self.store.metadata(self.cells_name)
+            if stored is None:
+                return CELL_SIZE  # not cached: another client may create the collection first
+            self._cell_size = int((stored.get(METADATA) or {}).get("cell_size", CELL_SIZE))
+        return self._cell_size
 
     def count(self, where: Mapping[str, Any] | None = None) -> int:
         if not self.exists():
@@ -438,7 +456,7 @@ class VisualIndex:
         elif stage == "cells":
             if embedding.grid is None:
                 raise InvalidInputError(f"{where}: the server returned no grid: cells needs it")
-            arrays[CELL] = cells(embedding.vectors, embedding.grid, self.visual_token_offset(), CELL_SIZE)
+            arrays[CELL] = cells(embedding.vectors, embedding.grid, self.visual_token_offset(), self.cell_size)
         elif stage == "muvera":
             arrays[FDE] = self.muvera.encode_document(embedding.vectors)
         return arrays
