@@ -34,15 +34,24 @@ def every_format(size: int = 448) -> dict[str, bytes]:
     }
 
 
-def png_bomb(width: int = 100_000, height: int = 100_000) -> bytes:
-    """A tiny PNG whose header claims width x height pixels (the data is never decoded)."""
-
+def _png(header: bytes, body: bytes) -> bytes:
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    body = zlib.compress(b"\x00" * 1024)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
+
+
+def png_bomb(width: int = 100_000, height: int = 100_000) -> bytes:
+    """A tiny PNG whose header claims width x height pixels (the data is never decoded)."""
+    return _png(struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0), zlib.compress(b"\x00" * 1024))
+
+
+def whole_png_bomb(side: int = 40_000) -> bytes:
+    """A valid 1-bit PNG of side x side pixels, every row present: 200 MB of pixels (40,000) in about 200 KB."""
+    row = b"\0" * (1 + side // 8)
+    squeeze = zlib.compressobj(9)
+    body = b"".join(squeeze.compress(row) for _ in range(side)) + squeeze.flush()
+    return _png(struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0), body)
 
 
 def truncated_png(size: int = 448) -> bytes:

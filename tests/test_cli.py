@@ -62,3 +62,25 @@ def test_unreachable_server_exit_code(tmp_path):
     embed = colqwen2("--url", "grpc://127.0.0.1:9", "--timeout", "3", "embed", str(path))
     assert embed.returncode == 3
     assert colqwen2("--url", "ftp://x", "health").returncode == 2
+
+
+def test_embed_and_index_image_urls(triton_server, tmp_path):
+    """URLs go through the same fetcher as the gateway's: refused on loopback until the user allows it."""
+    from tests.image_server import IMAGE, serve
+
+    url = f"grpc://{triton_server.grpc_url}"
+    with serve() as host:
+        refused = colqwen2("--url", url, "embed", f"{host}/image.png")
+        allowed = colqwen2("--url", url, "--allow-network", "127.0.0.1/32", "embed", f"{host}/image.png",
+                           f"{host}/missing.png")  # fmt: skip
+        manifest = tmp_path / "catalog.csv"
+        manifest.write_text(f"key,url,kind\nchart,{host}/image.png,keepa_chart\ngone,{host}/missing.png,keepa_chart\n")
+        index = colqwen2("--url", url, "--allow-network", "127.0.0.1/32", "index", "--manifest", str(manifest),
+                         "--qdrant-path", str(tmp_path / "qdrant"))  # fmt: skip
+    assert refused.returncode == 1 and "127.0.0.1: the host resolves to an address that is not public" in refused.stdout
+    first, second = (json.loads(line) for line in allowed.stdout.splitlines())
+    with ColQwen2Client(url) as client:
+        assert np.array_equal(np.array(first["embedding"], np.float32), client.embed(IMAGE).pooled)
+    assert allowed.returncode == 1 and "HTTP 404" in second["error"] and second["error_type"] == "FetchError"
+    assert index.returncode == 1 and json.loads(index.stdout.splitlines()[-1])["new"] == 1
+    assert "line 3 (key gone): cannot fetch the image at 127.0.0.1: HTTP 404" in index.stderr

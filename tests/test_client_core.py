@@ -19,7 +19,7 @@ from colqwen2_client import (
 )
 from colqwen2_client._constants import IMAGE_INPUT, TEXT_INPUT
 
-OPTIONS = _base.ClientOptions.create("grpc://triton:8001", "fp16", 60.0, 2, 1)
+OPTIONS = _base.ClientOptions.create("grpc://triton:8001", "fp16", 60.0, 2, 1, None)
 
 
 def outputs(n: int = 3, provider: bytes | None = None) -> dict[str, np.ndarray]:
@@ -156,3 +156,21 @@ def test_both_clients_agree_on_errors_and_health(monkeypatch):
         assert call(client, "health") == {"status": "unhealthy", "gpu_available": False, "model_loaded": False}
         with pytest.raises(ServerUnavailableError):  # the canary raises; no retries
             call(client, "canary")
+
+
+def test_image_urls_are_fetched_in_one_step_and_a_failed_fetch_keeps_its_place():
+    """A URL is fetched (a `Fetch` step, every URL of the call together); its failure is that image's alone."""
+    from colqwen2_client.fetch import FetchError
+
+    images = ["https://m.media-amazon.com/images/I/a.jpg", b"png", "http://keepa.example/chart.png"]
+    plan = _plans.embed_batch(OPTIONS, images, return_exceptions=True)
+    fetch = next(plan)
+    assert fetch == _plans.Fetch((images[0], images[2]), OPTIONS.fetch)
+    failed = FetchError("keepa.example", "HTTP 404 Not Found")
+    sent = plan.send([b"jpg", failed])
+    assert sent == _plans.Call("infer_each", ("colqwen2", IMAGE_INPUT, [b"jpg", b"png"], 1))
+    with pytest.raises(StopIteration) as stop:
+        plan.send([outputs(), outputs()])
+    first, second, third = stop.value.value
+    assert isinstance(first, Embedding) and isinstance(second, Embedding) and third is failed
+    assert str(third) == "cannot fetch the image at keepa.example: HTTP 404 Not Found"

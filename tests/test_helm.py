@@ -259,6 +259,22 @@ def test_gateway_on_the_qdrant_cluster_example():
     kubernetes_validate.validate(policy, KUBERNETES, strict=True)
 
 
+def test_image_urls_are_fetched_only_from_the_hosts_an_operator_lists(default):
+    """The default render fetches no URL (no allow-list reaches the gateway, which then refuses every `url`)."""
+    gateway = by_kind(default, "Deployment")["spec"]["template"]["spec"]["containers"][1]
+    assert not any(a.startswith("--url-") for a in gateway["args"])
+    docs = render(extra=("--set", "gateway.imageUrls.allowHosts={m.media-amazon.com,graph.keepa.com}",
+                         "--set", "gateway.imageUrls.allowNetworks={10.20.0.0/16}"))  # fmt: skip
+    args = by_kind(docs, "Deployment")["spec"]["template"]["spec"]["containers"][1]["args"]
+    assert [a for a in args if a.startswith("--url-")] == [
+        "--url-allow-host=m.media-amazon.com", "--url-allow-host=graph.keepa.com",
+        "--url-allow-network=10.20.0.0/16", "--url-timeout=10",
+    ]  # fmt: skip
+    for bad in ("allowHosts={http://keepa.com/}", "allowNetworks={internal}", "timeoutSeconds=0"):
+        error = template_error(f"gateway.imageUrls.{bad}")
+        assert "schema" in error and "imageUrls" in error, error
+
+
 def test_collection_settings_only_with_a_qdrant_url():
     settings = (
         "gateway.qdrant.shards=4",

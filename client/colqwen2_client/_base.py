@@ -10,7 +10,7 @@ import random
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, ClassVar
 
@@ -30,6 +30,7 @@ from ._constants import (
 )
 from ._transport import Endpoint, parse_url
 from .errors import ColQwen2Error, ServerError
+from .fetch import FetchPolicy
 from .inputs import image_bytes
 from .types import Embedding
 
@@ -43,15 +44,18 @@ class ClientOptions:
     timeout: float
     max_retries: int
     batch_size: int
+    fetch: FetchPolicy = field(default_factory=FetchPolicy)  # what image URLs may be fetched from (`fetch.py`)
 
     @classmethod
-    def create(cls, url: str, precision: str, timeout: float, max_retries: int, batch_size: int) -> ClientOptions:
+    def create(
+        cls, url: str, precision: str, timeout: float, max_retries: int, batch_size: int, fetch: FetchPolicy | None
+    ) -> ClientOptions:
         """Checked options; the defaults are `BaseClient`'s."""
         if precision not in MODELS:
             raise ValueError(f"precision must be one of {', '.join(MODELS)}, not {precision!r}")
         if timeout <= 0 or max_retries < 0 or batch_size < 1:
             raise ValueError("timeout must be > 0, max_retries >= 0 and batch_size >= 1")
-        return cls(parse_url(url), precision, timeout, max_retries, batch_size)
+        return cls(parse_url(url), precision, timeout, max_retries, batch_size, fetch or FetchPolicy())
 
     def settings(self) -> dict[str, Any]:
         """The keyword options a client was made with, for `with_options`."""
@@ -60,6 +64,7 @@ class ClientOptions:
             "timeout": self.timeout,
             "max_retries": self.max_retries,
             "batch_size": self.batch_size,
+            "fetch": self.fetch,
         }
 
     @property
@@ -84,8 +89,9 @@ class BaseClient:
         timeout: float = DEFAULT_TIMEOUT,
         max_retries: int = DEFAULT_MAX_RETRIES,
         batch_size: int = DEFAULT_BATCH_SIZE,
+        fetch: FetchPolicy | None = None,
     ) -> None:
-        self.options = ClientOptions.create(url, precision, timeout, max_retries, batch_size)
+        self.options = ClientOptions.create(url, precision, timeout, max_retries, batch_size, fetch)
         self._transport = self._transport_type(self.options.endpoint, timeout, batch_size)
 
     @property
@@ -100,15 +106,15 @@ def backoff_delay(attempt: int, base: float = DEFAULT_BACKOFF) -> float:
     return ceiling / 2 + random.uniform(0, ceiling / 2)
 
 
-def encode_images(images: Sequence[Any]) -> tuple[list[Any], list[int]]:
-    """Each image's bytes, or the SDK error it raised locally; and the indices that can be sent."""
+def encode_images(images: Sequence[Any]) -> list[Any]:
+    """Each image's bytes, or the SDK error it raised locally."""
     data: list[Any] = []
     for image in images:
         try:
             data.append(image_bytes(image))
         except ColQwen2Error as exc:
             data.append(exc)
-    return data, [i for i, d in enumerate(data) if isinstance(d, bytes)]
+    return data
 
 
 def single(outputs: dict[str, np.ndarray]) -> Embedding:

@@ -1,10 +1,10 @@
 """The sans-IO core of both clients: each method, written once as a plan.
 
-A plan is a generator that yields the I/O it needs, a transport `Call` or a `Sleep`, and is sent
-the call's answer (or has the call's exception thrown in). It never touches the network or the
-clock: `ColQwen2Client` runs a plan with blocking calls and `time.sleep`, `AsyncColQwen2Client`
-awaits the same calls and `asyncio.sleep` (psycopg 3's generators and its `wait`/`wait_async`
-work the same way).
+A plan is a generator that yields the I/O it needs, a transport `Call`, a `Fetch` of image URLs or a
+`Sleep`, and is sent the call's answer (or has the call's exception thrown in). It never touches the
+network or the clock: `ColQwen2Client` runs a plan with blocking calls, fetches in threads and
+`time.sleep`, `AsyncColQwen2Client` awaits the same calls, fetches in `asyncio.to_thread` and
+`asyncio.sleep` (psycopg 3's generators and its `wait`/`wait_async` work the same way).
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from . import _base
 from ._constants import CANARY_QUERY, IMAGE_INPUT, TEXT_INPUT
 from ._transport import Outputs
 from .errors import ColQwen2Error
-from .inputs import ImageInput, image_bytes, text_bytes
+from .fetch import FetchPolicy, is_url
+from .inputs import ImageInput, text_bytes
 from .scoring import maxsim_scores
 from .types import Embedding
 
@@ -45,7 +46,15 @@ class Sleep:
     seconds: float
 
 
-Step = Call | Sleep
+@dataclass(frozen=True)
+class Fetch:
+    """Fetch image URLs (`fetch.fetch_image` under `policy`, side by side): each one's bytes or its FetchError."""
+
+    urls: tuple[str, ...]
+    policy: FetchPolicy
+
+
+Step = Call | Sleep | Fetch
 Plan = Generator[Step, Any, T]
 
 
@@ -106,8 +115,21 @@ def infer_each(
     return results
 
 
+def load_images(options: _base.ClientOptions, images: Sequence[ImageInput]) -> Plan[list[Any]]:
+    """Each image's bytes, or the SDK error it raised locally; the URLs among them fetched in one `Fetch`."""
+    urls = [i for i, image in enumerate(images) if is_url(image)]
+    fetched = (yield Fetch(tuple(str(images[i]) for i in urls), options.fetch)) if urls else []
+    data = _base.encode_images([b"" if is_url(image) else image for image in images])
+    for i, result in zip(urls, fetched, strict=True):
+        data[i] = result
+    return data
+
+
 def embed(options: _base.ClientOptions, image: ImageInput) -> Plan[Embedding]:
-    return _base.single((yield from infer(options, options.image_model, IMAGE_INPUT, [image_bytes(image)])))
+    (data,) = yield from load_images(options, [image])
+    if isinstance(data, Exception):
+        raise data
+    return _base.single((yield from infer(options, options.image_model, IMAGE_INPUT, [data])))
 
 
 def embed_batch(
@@ -118,7 +140,8 @@ def embed_batch(
     return_exceptions: bool = False,
 ) -> Plan[list]:
     """Images refused locally keep their place (and count as done); the rest are sent, one request each."""
-    data, sendable = _base.encode_images(images)
+    data = yield from load_images(options, images)
+    sendable = [i for i, d in enumerate(data) if isinstance(d, bytes)]
     sent = yield from infer_each(
         options,
         options.image_model,

@@ -10,6 +10,7 @@ import numpy as np
 
 from . import _base, _plans
 from ._transport import AsyncTransport
+from .fetch import fetch_or_error
 from .inputs import ImageInput
 from .types import Embedding
 
@@ -39,10 +40,12 @@ class AsyncColQwen2Client(_base.BaseClient):
     async def _do(self, step: _plans.Step) -> Any:
         if isinstance(step, _plans.Sleep):
             return await asyncio.sleep(step.seconds)
+        if isinstance(step, _plans.Fetch):
+            return await asyncio.gather(*(asyncio.to_thread(fetch_or_error, url, step.policy) for url in step.urls))
         return await step.on(self._transport)
 
     async def embed(self, image: ImageInput) -> Embedding:
-        """One image (a path, bytes, a PIL image or a base64 string) -> its Embedding."""
+        """One image (a path, an http(s) URL, bytes, a PIL image or a base64 string) -> its Embedding."""
         return await self._run(_plans.embed(self.options, image))
 
     async def embed_batch(

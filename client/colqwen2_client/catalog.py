@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InvalidInputError
+from .fetch import FetchPolicy, fetch_image, is_url
 from .inputs import ImageInput, image_bytes
 
 # Point ids are uuid5(NAMESPACE, key): stable across runs, machines and versions of this package.
@@ -39,7 +40,6 @@ KEY_FIELDS = ("marketplace", "asin", "kind")  # joined with ":" when a line has 
 SOURCE_FIELDS = ("path", "url")
 WRITTEN = ("sha256", "bytes", "size", "source", "indexed_at")  # payload the indexer writes itself
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
-MAX_URL_BYTES = 64 * 2**20
 
 
 @dataclass(frozen=True)
@@ -62,14 +62,15 @@ class CatalogItem:
         """How to name this item in a message: its manifest line and key."""
         return f"line {self.line} (key {self.key})" if self.line else f"key {self.key}"
 
-    def read(self, timeout: float = 30.0) -> bytes:
-        """The item's encoded image bytes; InvalidInputError naming the source when they cannot be had."""
+    def read(self, policy: FetchPolicy | None = None) -> bytes:
+        """The item's encoded image bytes (a URL's fetched under `policy`: `fetch.py`); InvalidInputError naming
+        the source when they cannot be had."""
         if self.error:
             raise InvalidInputError(self.error)
         if self.data is not None:
             return self.data
-        if self.source.startswith(("http://", "https://")):
-            return fetch_url(self.source, timeout)
+        if is_url(self.source):
+            return fetch_image(self.source, policy)
         path = Path(self.source)
         if not path.is_file():
             raise InvalidInputError(f"no such file: {self.source}")
@@ -229,13 +230,19 @@ def folder_items(paths: Sequence[str | Path], kind: str = "auto") -> Manifest:
 
 
 def memory_items(images: Sequence[ImageInput], payloads: Sequence[dict[str, Any]] | None = None) -> list[CatalogItem]:
-    """Images given as paths, bytes, PIL images or base64. The key is the payload's `key`, else the
-    file path for a path, else `sha256:<hex>` of the bytes (content-addressed, as before keys existed)."""
+    """Images given as paths, URLs, bytes, PIL images or base64. The key is the payload's `key`, else the
+    file path for a path, the URL for a URL (fetched when read), else `sha256:<hex>` of the bytes
+    (content-addressed, as before keys existed)."""
     payloads = list(payloads) if payloads is not None else [{} for _ in images]
     if len(payloads) != len(images):
         raise ValueError(f"{len(images)} images but {len(payloads)} payloads")
     items = []
     for image, payload in zip(images, payloads, strict=True):
+        if is_url(image):
+            key = str(payload.get("key") or image)
+            extra = {k: v for k, v in payload.items() if k not in WRITTEN}
+            items.append(CatalogItem(key=key, source=str(image), payload=extra | {"key": key}))
+            continue
         is_path = isinstance(image, Path) or (isinstance(image, str) and len(image) < 4096 and Path(image).is_file())
         source = str(Path(image).resolve()) if is_path else str(payload.get("source", "<in-memory image>"))
         try:
@@ -253,22 +260,3 @@ def memory_items(images: Sequence[ImageInput], payloads: Sequence[dict[str, Any]
 def guess_kind(path: Path) -> str:
     name = path.name.lower()
     return "keepa_chart" if "keepa" in name or "chart" in name else "product_image"
-
-
-def fetch_url(url: str, timeout: float = 30.0) -> bytes:
-    """GET an image URL (at most MAX_URL_BYTES); InvalidInputError naming the URL on any failure."""
-    import httpx
-
-    try:
-        with httpx.stream("GET", url, timeout=timeout, follow_redirects=True) as response:
-            if response.status_code != 200:
-                raise InvalidInputError(f"cannot fetch {url}: HTTP {response.status_code}")
-            chunks, size = [], 0
-            for chunk in response.iter_bytes():
-                size += len(chunk)
-                if size > MAX_URL_BYTES:
-                    raise InvalidInputError(f"cannot fetch {url}: larger than {MAX_URL_BYTES // 2**20} MiB")
-                chunks.append(chunk)
-            return b"".join(chunks)
-    except httpx.HTTPError as exc:
-        raise InvalidInputError(f"cannot fetch {url}: {type(exc).__name__}: {exc}") from None

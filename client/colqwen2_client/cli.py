@@ -1,6 +1,6 @@
 """`colqwen2`: embed images and queries from the shell, and check the service's health.
 
-    colqwen2 embed charts/*.png > vectors.jsonl     one JSON line per file
+    colqwen2 embed charts/*.png > vectors.jsonl     one JSON line per file (or http(s) URL)
     colqwen2 query "lego price drop"
     colqwen2 health
     colqwen2 index samples/ --kind auto           into Qdrant in process (~/.local/share/colqwen2/qdrant)
@@ -28,6 +28,7 @@ from ._constants import DEFAULT_BATCH_SIZE, DEFAULT_TIMEOUT, DEFAULT_URL, MODELS
 from ._paths import LEGACY_QDRANT, data_dir, default_page_path, default_qdrant_path
 from .client import ColQwen2Client
 from .errors import ColQwen2Error, InvalidInputError, ModelNotFoundError, ServerUnavailableError
+from .fetch import FetchPolicy
 from .qdrant import DEFAULT_FIRST_STAGE, DEFAULT_QUANTIZATION, FIRST_STAGES, QUANTIZATIONS
 from .types import Embedding
 
@@ -225,6 +226,7 @@ def _settings(args: argparse.Namespace):
         replication_factor=getattr(args, "replication_factor", None),
         write_consistency_factor=getattr(args, "write_consistency_factor", None),
         on_disk=getattr(args, "on_disk", False),
+        fetch=getattr(args, "fetch", None) or FetchPolicy(),
     )
 
 
@@ -256,10 +258,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--precision", choices=list(MODELS), default=os.environ.get("COLQWEN2_PRECISION", "fp16"))
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds per request")
+    parser.add_argument("--allow-network", action="append", default=[], metavar="CIDR",
+                        help="image URLs may resolve to this network although it is not public (repeat; e.g. a "
+                        "local image server: 127.0.0.1/32); private, loopback and link-local addresses are refused "
+                        "otherwise")  # fmt: skip
+    parser.add_argument("--url-timeout", type=float, default=30.0, help="seconds per image URL fetch")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    embed = sub.add_parser("embed", help="embed image files: one JSON line each")
-    embed.add_argument("files", nargs="+")
+    embed = sub.add_parser("embed", help="embed image files or http(s) URLs: one JSON line each")
+    embed.add_argument("files", nargs="+", help="image files or URLs")
     embed.add_argument("--vectors", action="store_true", help="include every vector, not just the pooled one")
     embed.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="requests in flight")
     embed.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar on stderr")
@@ -295,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     search = sub.add_parser("search", help="search the indexed images by text or by image")
     search.add_argument("text", nargs="?")
-    search.add_argument("--image", help="an image file to search with instead of text")
+    search.add_argument("--image", help="an image file or http(s) URL to search with instead of text")
     search.add_argument("--limit", type=int, default=10)
     search.add_argument("--html", nargs="?", const=default_page_path(), metavar="FILE",
                         help="also write an HTML page of the results with thumbnails (FILE, or %(const)s without "
@@ -326,9 +333,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        args.fetch = FetchPolicy(allow_networks=tuple(args.allow_network), timeout=args.url_timeout)
         client = ColQwen2Client(
-            args.url, precision=args.precision, timeout=args.timeout, batch_size=getattr(args, "batch_size", 16)
-        )
+            args.url, precision=args.precision, timeout=args.timeout, batch_size=getattr(args, "batch_size", 16),
+            fetch=args.fetch,
+        )  # fmt: skip
     except ValueError as exc:
         parser.error(str(exc))
     try:

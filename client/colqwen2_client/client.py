@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import numpy as np
 
 from . import _base, _plans
 from ._transport import SyncTransport
+from .fetch import fetch_or_error
 from .inputs import ImageInput
 from .types import Embedding
 
@@ -40,10 +42,13 @@ class ColQwen2Client(_base.BaseClient):
     def _do(self, step: _plans.Step) -> Any:
         if isinstance(step, _plans.Sleep):
             return time.sleep(step.seconds)
+        if isinstance(step, _plans.Fetch):
+            with ThreadPoolExecutor(min(8, len(step.urls)), "colqwen2-fetch") as pool:
+                return list(pool.map(lambda url: fetch_or_error(url, step.policy), step.urls))
         return step.on(self._transport)
 
     def embed(self, image: ImageInput) -> Embedding:
-        """One image (a path, bytes, a PIL image or a base64 string) -> its Embedding."""
+        """One image (a path, an http(s) URL, bytes, a PIL image or a base64 string) -> its Embedding."""
         return self._run(_plans.embed(self.options, image))
 
     def embed_batch(

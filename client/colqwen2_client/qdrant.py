@@ -49,6 +49,7 @@ from ._constants import EMBEDDING_DIM
 from .catalog import CatalogItem, memory_items, point_id, sha256_hex
 from .client import ColQwen2Client
 from .errors import ColQwen2Error, InvalidInputError
+from .fetch import FetchPolicy
 from .inputs import ImageInput
 from .muvera import Muvera
 from .stores import DENSE, MULTIVECTOR, CollectionSpec, Record, Stage, Store, VectorSpec, open_store
@@ -112,6 +113,7 @@ class IndexSettings:
     replication_factor: int | None = None
     write_consistency_factor: int | None = None
     on_disk: bool = False  # the `colqwen2` multivectors and the payload on disk, not in RAM
+    fetch: FetchPolicy = field(default_factory=FetchPolicy)  # what items' `url`s may be fetched from (`fetch.py`)
 
 
 @dataclass(frozen=True)
@@ -497,11 +499,11 @@ class VisualIndex:
         with ThreadPoolExecutor(8, "colqwen2-read") as reader, ThreadPoolExecutor(1, "colqwen2-write") as writer:
             writes: list[tuple[Future[_Written], int]] = []  # a chunk being written, and its size
             finished = 0
-            loads = [reader.submit(item.read) for item in chunks[0]] if chunks else []
+            loads = [reader.submit(item.read, self.settings.fetch) for item in chunks[0]] if chunks else []
             for n, chunk in enumerate(chunks):
                 current = loads
                 if n + 1 < len(chunks):
-                    loads = [reader.submit(item.read) for item in chunks[n + 1]]
+                    loads = [reader.submit(item.read, self.settings.fetch) for item in chunks[n + 1]]
                 changes = self.plan(*_read(chunk, current, report), stored)
                 report.unchanged += sum(c.status == "unchanged" for c in changes)
                 todo = [c for c in changes if c.embeds]

@@ -16,6 +16,9 @@ from ..errors import (
 )
 
 Precision = Literal["fp16", "int8"]
+URL_DESCRIPTION = (
+    "or the image's http(s) URL, fetched by the gateway (only from the hosts its operator allows; none by default)"
+)
 
 
 class ErrorResponse(BaseModel):
@@ -23,7 +26,10 @@ class ErrorResponse(BaseModel):
 
 
 class EmbedRequest(BaseModel):
-    image: str = Field(description="the image file's bytes (PNG, JPEG, WebP, GIF, BMP, TIFF), base64-encoded")
+    image: str | None = Field(
+        default=None, description="the image file's bytes (PNG, JPEG, WebP, GIF, BMP, TIFF), base64-encoded"
+    )
+    url: str | None = Field(default=None, description=URL_DESCRIPTION)
     precision: Precision | None = Field(default=None, description="fp16 (default ensembles) or int8")
 
 
@@ -53,7 +59,8 @@ class EmbedResponse(BaseModel):
 # /embed_batch's body; each gateway's own model (`embed_batch_request`) bounds `images` by its max_batch. (No
 # docstring: it would become the model's description in the OpenAPI.)
 class EmbedBatchRequest(BaseModel):
-    images: list[str] = Field(description="base64-encoded image files")
+    images: list[str] | None = Field(default=None, description="base64-encoded image files")
+    urls: list[str] | None = Field(default=None, description="or the images' http(s) URLs (see /embed's `url`)")
     precision: Precision | None = None
     partial: bool = Field(
         default=False,
@@ -64,12 +71,13 @@ class EmbedBatchRequest(BaseModel):
 
 def embed_batch_request(max_batch: int) -> type[EmbedBatchRequest]:
     """The /embed_batch body of a gateway that takes at most `max_batch` images (422 beyond, said in the OpenAPI)."""
-    images = (list[str], Field(max_length=max_batch, description="base64-encoded image files"))
-    return create_model("EmbedBatchRequest", __base__=EmbedBatchRequest, images=images)
+    images = (list[str] | None, Field(default=None, max_length=max_batch, description="base64-encoded image files"))
+    urls = (list[str] | None, Field(default=None, max_length=max_batch, description="or the images' http(s) URLs"))
+    return create_model("EmbedBatchRequest", __base__=EmbedBatchRequest, images=images, urls=urls)
 
 
 class BatchError(BaseModel):
-    index: int = Field(description="the image's position in `images`")
+    index: int = Field(description="the image's position in `images` (or `urls`)")
     detail: str = Field(description="what was wrong, as /embed would answer it")
     status: int = Field(description="the status /embed would answer for it: 400 the input's fault, 5xx the service's")
 
@@ -101,6 +109,7 @@ FilterValue = str | int | bool | list[str] | list[int]
 class SearchRequest(BaseModel):
     text: str | None = Field(default=None, description="a text query (give this or `image`)")
     image: str | None = Field(default=None, description="a base64-encoded image to search with")
+    url: str | None = Field(default=None, description="or an image's http(s) URL (see /embed's `url`)")
     where: dict[str, FilterValue] = Field(
         default_factory=dict,
         description="payload filter applied in both stages: field -> value, or a list (any of); the fields are the "
@@ -123,7 +132,8 @@ class SearchResponse(BaseModel):
 
 class IndexRequest(BaseModel):
     key: str = Field(min_length=1, max_length=1024, description="the item's key: the same key replaces its point")
-    image: str = Field(description="the image file's bytes, base64-encoded")
+    image: str | None = Field(default=None, description="the image file's bytes, base64-encoded")
+    url: str | None = Field(default=None, description=URL_DESCRIPTION + "; kept as the item's `source`")
     payload: dict[str, Any] = Field(default_factory=dict, description="any other fields, e.g. asin, kind, marketplace")
     source: str | None = Field(default=None, description="where the image lives (kept in the payload)")
     precision: Precision | None = None
@@ -139,7 +149,11 @@ class IndexResponse(BaseModel):
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorResponse, "description": "bad base64, a bad image or a bad query; the detail says which"},
+    400: {
+        "model": ErrorResponse,
+        "description": "bad base64, a URL that cannot be fetched (its host and why), a bad "
+        "image or a bad query; the detail says which",
+    },
     401: {"model": ErrorResponse, "description": "missing or invalid bearer token (when the gateway requires one)"},
     408: {"model": ErrorResponse, "description": "the request body did not arrive within the request timeout"},
     413: {"model": ErrorResponse, "description": "request body over the size limit"},

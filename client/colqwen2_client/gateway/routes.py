@@ -10,7 +10,6 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 
 from ..errors import ColQwen2Error, InvalidInputError
-from ..inputs import decode_base64
 from .models import (
     ERRORS,
     EmbedBatchRequest,
@@ -45,8 +44,8 @@ def json_response(payload: dict[str, Any], status: int = 200) -> Response:
 
 @embed_router.post("/embed", response_model=EmbedResponse, responses=ERRORS)
 async def embed(body: EmbedRequest, state: State) -> Response:
-    """Embed one base64-encoded image."""
-    embedding = await state.client(body.precision).embed(decode_base64(body.image, "image"))
+    """Embed one image: base64 `image`, or `url`."""
+    embedding = await state.client(body.precision).embed(await state.image(body.image, body.url))
     return json_response(embedding.to_dict())
 
 
@@ -72,13 +71,14 @@ def batch_router(max_batch: int) -> APIRouter:
 
 async def embed_images(state: GatewayState, body: EmbedBatchRequest) -> dict[str, Any]:
     """/embed_batch's answer: each image's vectors, or (with `partial`) its failure in `errors`."""
-    outcomes: list[Any] = decode_images(body.images, body.partial)
+    outcomes: list[Any] = await state.images(body.images, body.urls, body.partial)
     where = [i for i, outcome in enumerate(outcomes) if isinstance(outcome, bytes)]
     data = [outcomes[i] for i in where]
     results = await state.client(body.precision).embed_batch(data, return_exceptions=True) if data else []
     for index, result in zip(where, results, strict=True):
         outcomes[index] = result
-    errors = failures(outcomes, body.partial)
+    name = "images" if body.urls is None else "urls"
+    errors = failures(outcomes, body.partial, name)
     good = [None if isinstance(r, BaseException) else r for r in outcomes]
     payload: dict[str, Any] = {
         "embeddings": [r.pooled.tolist() if r else None for r in good],
@@ -95,20 +95,7 @@ async def embed_images(state: GatewayState, body: EmbedBatchRequest) -> dict[str
     return payload
 
 
-def decode_images(images: list[str], partial: bool) -> list[bytes | InvalidInputError]:
-    """Each image's bytes; a bad one fails the call, or with `partial` stands in its place."""
-    decoded: list[bytes | InvalidInputError] = []
-    for index, image in enumerate(images):
-        try:
-            decoded.append(decode_base64(image, f"images[{index}]"))
-        except InvalidInputError as exc:
-            if not partial:
-                raise InvalidInputError(str(exc)) from None
-            decoded.append(exc)
-    return decoded
-
-
-def failures(outcomes: list[Any], partial: bool) -> list[tuple[int, BaseException]]:
+def failures(outcomes: list[Any], partial: bool, name: str = "images") -> list[tuple[int, BaseException]]:
     """The failed images, by position. Without `partial` the first one fails the call; with it, so does every
     image failing for the service's sake (no 200 with nothing in it)."""
     errors = [(i, r) for i, r in enumerate(outcomes) if isinstance(r, BaseException)]
@@ -116,7 +103,7 @@ def failures(outcomes: list[Any], partial: bool) -> list[tuple[int, BaseExceptio
         if not partial:
             if not isinstance(error, ColQwen2Error):
                 raise error
-            raise type(error)(f"images[{index}]: {error}")
+            raise type(error)(f"{name}[{index}]: {error}")
     if errors and len(errors) == len(outcomes) and all(batch_status(e) >= 500 for _, e in errors):
         first = errors[0][1]  # the service is down, not the input
         raise (type(first) if isinstance(first, ColQwen2Error) else ColQwen2Error)(f"every image failed: {first}")
@@ -131,8 +118,8 @@ async def search(body: SearchRequest, state: State) -> Response:
     """Search the catalog by text or by image: first stage, then MaxSim, both within `where`."""
     from ..qdrant import check_where
 
-    if (body.text is None) == (body.image is None):
-        raise InvalidInputError("search needs exactly one of `text` or `image`")
+    if (body.text is None) == (body.image is None and body.url is None) or (body.image and body.url):
+        raise InvalidInputError("search needs exactly one of `text`, `image` or `url`")
     index = await state.index()
     if not await state.on_index(index.exists):
         raise InvalidInputError(f"the collection {index.name!r} does not exist yet: index something first")
@@ -141,7 +128,7 @@ async def search(body: SearchRequest, state: State) -> Response:
     if body.text is not None:
         query = await client.embed_query(body.text)
     else:
-        query = await client.embed(decode_base64(body.image, "image"))
+        query = await client.embed(await state.image(body.image, body.url))
     hits = await state.on_index(index.search_embedding, query, body.limit, where)
     return json_response({"hits": [{"id": h.id, "key": h.payload.get("key"), "score": h.score, "payload": h.payload}
                                    for h in hits]})  # fmt: skip
@@ -155,10 +142,10 @@ async def index_item(body: IndexRequest, state: State) -> Response:
     clash = sorted(set(body.payload) & set(WRITTEN))
     if clash:
         raise InvalidInputError(f"payload field {clash[0]!r} is written by the index; rename it")
-    data = decode_base64(body.image, "image")
+    data = await state.image(body.image, body.url)
     index = await state.index()
     await state.on_index(index.ensure_collection)
-    item = CatalogItem(body.key, body.source or "gateway", body.payload | {"key": body.key}, data=data)
+    item = CatalogItem(body.key, body.source or body.url or "gateway", body.payload | {"key": body.key}, data=data)
     (change,) = await state.on_index(index.plan, [item], [data])  # as `VisualIndex.index` does, one item
     embeddings = [await state.client(body.precision).embed(data)] if change.embeds else []
     await state.on_index(index.apply, [change], embeddings)

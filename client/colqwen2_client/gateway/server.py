@@ -66,6 +66,16 @@ def build_parser(defaults: GatewaySettings) -> argparse.ArgumentParser:
         help="seconds per request: 408 for a slow body, 504 for a slow answer (default: %(default)s; 0: none)",
     )
     add_index_options(parser, defaults)
+    parser.add_argument("--url-allow-host", action="append", default=list(defaults.url_allow_hosts), metavar="HOST",
+                        help="fetch image URLs (`url` in the bodies) from this host and its subdomains (repeat; "
+                        "`*`: any public host; env COLQWEN2_URL_ALLOW_HOSTS, comma-separated); none: no URL is "
+                        "fetched")  # fmt: skip
+    parser.add_argument("--url-allow-network", action="append", default=list(defaults.url_allow_networks),
+                        metavar="CIDR", help="a network that is not public but may be fetched from (repeat; env "
+                        "COLQWEN2_URL_ALLOW_NETWORKS); private, loopback and link-local addresses are refused "
+                        "otherwise")  # fmt: skip
+    parser.add_argument("--url-timeout", type=float, default=defaults.url_timeout,
+                        help="seconds per image URL fetch (default: %(default)s)")  # fmt: skip
     return parser
 
 
@@ -108,6 +118,9 @@ def settings_from(args: argparse.Namespace, token: str, defaults: GatewaySetting
         write_consistency_factor=args.write_consistency_factor,
         on_disk=args.on_disk,
         quantization=args.quantization,
+        url_allow_hosts=tuple(args.url_allow_host),
+        url_allow_networks=tuple(args.url_allow_network),
+        url_timeout=args.url_timeout,
     )
 
 
@@ -125,6 +138,11 @@ def main(argv: list[str] | None = None) -> int:
         print("colqwen2-gateway needs the gateway extra: pip install 'colqwen2-client[gateway]'", file=sys.stderr)
         return 2
     settings = settings_from(args, token, defaults)
+    try:
+        settings.fetch_policy()
+    except ValueError as exc:
+        print(f"colqwen2-gateway: --url-allow-network: {exc}", file=sys.stderr)
+        return 2
     if not token and args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"colqwen2-gateway: no token on {args.host}: anyone who reaches it can embed", file=sys.stderr)
     uvicorn.run(

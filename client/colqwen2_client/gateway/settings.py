@@ -6,6 +6,12 @@ import os
 from dataclasses import dataclass, field
 
 from .._constants import DEFAULT_TIMEOUT
+from ..fetch import FetchPolicy
+
+
+def _listed(name: str) -> tuple[str, ...]:
+    """A comma-separated environment variable as a tuple (empty: none)."""
+    return tuple(v.strip() for v in os.environ.get(name, "").split(",") if v.strip())
 
 
 @dataclass(frozen=True)
@@ -33,3 +39,16 @@ class GatewaySettings:
     write_consistency_factor: int | None = None
     on_disk: bool = False
     quantization: str | None = None
+    # Image URLs (`url` in /embed, /embed_batch, /index, /search): fetched only from these hosts (and their
+    # subdomains; `*`: any public host); none (the default): the gateway fetches no URL. Addresses that are not
+    # public (private, loopback, link-local, metadata) stay refused unless `url_allow_networks` names them.
+    url_allow_hosts: tuple[str, ...] = field(default_factory=lambda: _listed("COLQWEN2_URL_ALLOW_HOSTS"))
+    url_allow_networks: tuple[str, ...] = field(default_factory=lambda: _listed("COLQWEN2_URL_ALLOW_NETWORKS"))
+    url_timeout: float = 10.0  # seconds per fetch, redirects included (connecting: at most 5 of them)
+
+    def fetch_policy(self) -> FetchPolicy:
+        """What this gateway fetches: its allow-lists, at most its body limit, within `url_timeout`."""
+        return FetchPolicy(
+            allow_hosts=self.url_allow_hosts, allow_networks=self.url_allow_networks, max_bytes=self.max_body_bytes,
+            connect_timeout=min(5.0, self.url_timeout), timeout=self.url_timeout,
+        )  # fmt: skip

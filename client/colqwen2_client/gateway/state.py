@@ -13,7 +13,9 @@ from fastapi.concurrency import run_in_threadpool
 
 from .._constants import MODELS
 from ..async_client import AsyncColQwen2Client
-from ..errors import ServerUnavailableError
+from ..errors import InvalidInputError, ServerUnavailableError
+from ..fetch import fetch_image, fetch_or_error
+from ..inputs import decode_base64
 from .settings import GatewaySettings
 
 if TYPE_CHECKING:
@@ -30,6 +32,7 @@ class GatewayState:
         if settings.precision not in MODELS:
             raise ValueError(f"precision must be one of {', '.join(MODELS)}")
         self.settings = settings
+        self.fetch = settings.fetch_policy()
         self.clients: dict[str, AsyncColQwen2Client] = {}
         self.catalog: VisualIndex | None = None
         self._catalog_lock = threading.Lock()  # embedded Qdrant is not thread-safe; a server client is, and it is cheap
@@ -47,6 +50,38 @@ class GatewayState:
                 s.triton_url, precision=precision, timeout=s.timeout, batch_size=s.max_batch
             )
         return self.clients[precision]
+
+    async def image(self, image: str | None, url: str | None, what: str = "image") -> bytes:
+        """A body's image: its base64 `image`, or the image at its `url` (fetched under this gateway's policy)."""
+        if (image is None) == (url is None):
+            raise InvalidInputError(f"give exactly one of `{what}` (base64) or `url`")
+        if url is not None:
+            return await run_in_threadpool(fetch_image, url, self.fetch)
+        return decode_base64(image or "", what)
+
+    async def images(self, images: list[str] | None, urls: list[str] | None, partial: bool) -> list[Any]:
+        """/embed_batch's images: each one's bytes, or (with `partial`) its InvalidInputError in its place; without
+        `partial` the first bad one fails the call. URLs are fetched side by side."""
+        if (images is None) == (urls is None):
+            raise InvalidInputError("give exactly one of `images` (base64) or `urls`")
+        if urls is not None:
+            outcomes: list[Any] = await asyncio.gather(
+                *(run_in_threadpool(fetch_or_error, url, self.fetch) for url in urls)
+            )
+            named = [InvalidInputError(f"urls[{i}]: {o}") if isinstance(o, Exception) else o
+                     for i, o in enumerate(outcomes)]  # fmt: skip
+        else:
+            named = []
+            for index, image in enumerate(images or []):
+                try:
+                    named.append(decode_base64(image, f"images[{index}]"))
+                except InvalidInputError as exc:
+                    named.append(exc)
+        if not partial:
+            for outcome in named:
+                if isinstance(outcome, InvalidInputError):
+                    raise InvalidInputError(str(outcome))
+        return named
 
     async def index(self) -> VisualIndex:
         """The catalog index; ServerUnavailableError when the gateway has none."""
