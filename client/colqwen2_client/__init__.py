@@ -17,6 +17,7 @@ from .errors import (
     ServerError,
     ServerUnavailableError,
 )
+from .fetch import FetchError, FetchPolicy
 from .scoring import maxsim, maxsim_scores
 from .types import Embedding
 
@@ -25,6 +26,8 @@ __all__ = [
     "ColQwen2Client",
     "ColQwen2Error",
     "Embedding",
+    "FetchError",
+    "FetchPolicy",
     "InvalidInputError",
     "ModelNotFoundError",
     "RequestTimeoutError",
