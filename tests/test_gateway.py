@@ -120,7 +120,7 @@ def test_health_is_a_canary(http):
         ("/embed_batch", {"images": [B64] * 9}, 422, "at most 8 items"),
         ("/embed_query", {"text": ""}, 400, "empty query"),
         ("/embed_query", {"text": "lego " * 600}, 400, "over the limit of 512"),
-        ("/embed", {"images": B64}, 422, "Field required"),
+        ("/embed", {"images": B64}, 422, "give exactly one of `image` (base64) or `url`"),
         ("/embed", {"image": B64, "precision": "fp64"}, 422, "fp16"),
     ],
 )
@@ -177,7 +177,7 @@ def test_index_and_search_through_the_gateway(http, sdk):
     for body, detail in [
         ({"text": "x", "where": {"colour": "red"}}, "unknown filter field 'colour'"),
         ({"text": "x", "where": {"marketplace": 4}}, "filter 'marketplace' is a keyword field"),
-        ({"text": "x", "image": b64}, "exactly one of `text` or `image`"),
+        ({"text": "x", "image": b64}, "exactly one of `text`, `image` or `url`"),
     ]:
         reply = http.post("/search", json=body)
         assert reply.status_code == 400 and detail in reply.json()["detail"], reply.text

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, create_model
+from pydantic import BaseModel, Field, create_model, model_validator
 
 from .._constants import EMBEDDING_DIM
 from ..errors import (
@@ -32,10 +32,22 @@ class EmbedRequest(BaseModel):
     url: str | None = Field(default=None, description=URL_DESCRIPTION)
     precision: Precision | None = Field(default=None, description="fp16 (default ensembles) or int8")
 
+    @model_validator(mode="after")
+    def one_image(self) -> Any:
+        return one_of(self, "image", "url")
+
 
 class QueryRequest(BaseModel):
     text: str = Field(description="a UTF-8 text query")
     precision: Precision | None = None
+
+
+def one_of(body: Any, given: str, linked: str) -> Any:
+    """A body that names its image(s) one way: base64 (`given`) or URL (`linked`); 422 otherwise, as a missing
+    field was before URLs."""
+    if (getattr(body, given) is None) == (getattr(body, linked) is None):
+        raise ValueError(f"give exactly one of `{given}` (base64) or `{linked}`")
+    return body
 
 
 Vector = Annotated[list[float], Field(min_length=EMBEDDING_DIM, max_length=EMBEDDING_DIM)]
@@ -67,6 +79,10 @@ class EmbedBatchRequest(BaseModel):
         description="false (the original API): one bad image fails the whole call with its index in the detail; "
         "true: the good images get their vectors and each bad one an entry in `errors` (null in its place)",
     )
+
+    @model_validator(mode="after")
+    def one_list(self) -> Any:
+        return one_of(self, "images", "urls")
 
 
 def embed_batch_request(max_batch: int) -> type[EmbedBatchRequest]:
@@ -137,6 +153,10 @@ class IndexRequest(BaseModel):
     payload: dict[str, Any] = Field(default_factory=dict, description="any other fields, e.g. asin, kind, marketplace")
     source: str | None = Field(default=None, description="where the image lives (kept in the payload)")
     precision: Precision | None = None
+
+    @model_validator(mode="after")
+    def one_image(self) -> Any:
+        return one_of(self, "image", "url")
 
 
 class IndexResponse(BaseModel):

@@ -51,19 +51,15 @@ class GatewayState:
             )
         return self.clients[precision]
 
-    async def image(self, image: str | None, url: str | None, what: str = "image") -> bytes:
+    async def image(self, image: str | None, url: str | None) -> bytes:
         """A body's image: its base64 `image`, or the image at its `url` (fetched under this gateway's policy)."""
-        if (image is None) == (url is None):
-            raise InvalidInputError(f"give exactly one of `{what}` (base64) or `url`")
         if url is not None:
             return await run_in_threadpool(fetch_image, url, self.fetch)
-        return decode_base64(image or "", what)
+        return decode_base64(image or "", "image")
 
     async def images(self, images: list[str] | None, urls: list[str] | None, partial: bool) -> list[Any]:
         """/embed_batch's images: each one's bytes, or (with `partial`) its InvalidInputError in its place; without
         `partial` the first bad one fails the call. URLs are fetched side by side."""
-        if (images is None) == (urls is None):
-            raise InvalidInputError("give exactly one of `images` (base64) or `urls`")
         if urls is not None:
             outcomes: list[Any] = await asyncio.gather(
                 *(run_in_threadpool(fetch_or_error, url, self.fetch) for url in urls)
