@@ -424,7 +424,8 @@ def test_cli_bad_manifest_lines_and_filters_are_named(triton_server, samples, tm
         '{"key": "half", "path": ',
     ]
     (tmp_path / "catalog.jsonl").write_text("\n".join(lines) + "\n")
-    base = [_console_script("colqwen2"), "--url", f"grpc://{triton_server.grpc_url}"]
+    # the image host is on loopback: allowed explicitly (the fetcher refuses non-public addresses by default)
+    base = [_console_script("colqwen2"), "--url", f"grpc://{triton_server.grpc_url}", "--allow-network", "127.0.0.1/8"]
     store = ["--qdrant-path", str(tmp_path / "qdrant")]
     try:
         run = subprocess.run(
@@ -438,7 +439,7 @@ def test_cli_bad_manifest_lines_and_filters_are_named(triton_server, samples, tm
     assert (summary["new"], summary["failed"], summary["points"], summary["pruned"]) == (2, 2, 2, 0)
     errors = run.stderr
     assert "line 2 (key DE:B02:keepa_chart): no such file: " in errors and "missing.png" in errors
-    assert f"line 4 (key gone): cannot fetch {web}/nothing-here.jpg: HTTP 404" in errors
+    assert "line 4 (key gone): cannot fetch the image at 127.0.0.1: HTTP 404" in errors
     assert "line 5 (key DE:B01:keepa_chart): duplicate key: line 1 has it too (the first is kept)" in errors
     assert "line 6: not valid JSON" in errors
     assert "not pruning: some lines have no key" in errors and "Traceback" not in errors
