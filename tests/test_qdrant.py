@@ -203,7 +203,7 @@ def test_cluster_settings_reach_a_server_collection(client, samples):
     # HNSW with the server's defaults, no payload subgraphs
     assert (cell.size, cell.datatype) == (128, models.Datatype.FLOAT16)
     assert cell.hnsw_config == models.HnswConfigDiff(payload_m=0)
-    assert cells_sent["metadata"]["colqwen2"]["cell_size"] == 3
+    assert cells_sent["metadata"]["colqwen2"]["cell_size"] == 2
     assert (sent["shard_number"], sent["replication_factor"], sent["write_consistency_factor"]) == (3, 2, 2)
     assert sent["on_disk_payload"] is True
     multi = sent["vectors_config"][MULTI]
@@ -262,23 +262,23 @@ def test_the_local_collection_keeps_its_design(client, tmp_path):
 
 
 def test_a_cells_collection_keeps_the_cell_size_it_was_created_with(client, samples, tmp_path, monkeypatch):
-    """Collections written when cells were 2 x 2 keep pooling 2 x 2 for their new items; new ones pool 3 x 3."""
+    """A collection keeps pooling its items' cells at the size it was created with, whatever the default is now."""
     from colqwen2_client import qdrant as q
     from colqwen2_client.token_pooling import cells
 
     embedding = client.embed(str(samples[0]))
     found = []
-    for created_with in (2, 3):
+    for created_with, default in ((3, 2), (2, 3)):
         monkeypatch.setattr(q, "CELL_SIZE", created_with)
         index = VisualIndex(client, open_qdrant(tmp_path / str(created_with)))
         index.ensure_collection()
-        monkeypatch.setattr(q, "CELL_SIZE", 3)  # the current default, whatever the collection has
+        monkeypatch.setattr(q, "CELL_SIZE", default)  # the default changed since
         index.index(folder_items([samples[0]]).items)
         stored = index.store.count(index.cells_name, {"item": point_id(samples[0].name)})
         pooled = cells(embedding.vectors, embedding.grid, index.visual_token_offset(), created_with)
         found.append((index.cell_size, stored == len(pooled)))
         index.close()
-    assert found == [(2, True), (3, True)]
+    assert found == [(3, True), (2, True)]
 
 
 def test_an_index_from_the_previous_local_mode_is_refused_not_lost(client, samples, tmp_path):

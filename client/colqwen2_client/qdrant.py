@@ -14,8 +14,8 @@ Each item (see `catalog`) is one point: id = UUID5 of its key, payload = its col
   the first stage of image queries (near-duplicates: a re-encoded photo, a redrawn chart).
 
 First stage `cells` keeps a companion collection `<name>__cells`: each image's visual tokens pooled
-CELL_SIZE x CELL_SIZE (`token_pooling.cells`), one point per cell (payload: the item's id and filter fields), HNSW
-without payload subgraphs.
+CELL_SIZE x CELL_SIZE (2 x 2, `token_pooling.cells`), one point per cell (payload: the item's id and filter
+fields), HNSW without payload subgraphs.
 A text query's tokens each take their `cell_hits` nearest cells; items are ranked by the sum of their
 tokens' best cell scores (ColBERT's token-level candidate generation over pooled tokens), and the
 best `prefetch_limit` are reranked by MaxSim. The item's cells are written before its point.
@@ -62,11 +62,11 @@ FirstStage = Literal["mean", "muvera", "rows_cols", "cells", "none"]
 FIRST_STAGES: tuple[str, ...] = ("mean", "muvera", "rows_cols", "cells", "none")
 CELL, ITEM = "cell", "item"  # first stage `cells`: the companion collection's vector, and its point's item id
 CELLS_SUFFIX = "__cells"  # the companion collection: `<name>__cells`
-# Visual tokens per side pooled into one cell. 3 (about 52 cells per item, 5.2 M points at 100,000 items) rather than 2
-# (116, 11.6 M): exact recall@10 of text queries at 3,000 items with the first stage brute force, 0.99 (2) / 0.97 (3) /
-# 0.86 (4) at 200 candidates; the HNSW build is proportional to the points, and 2 x 2 at 100,000 items did not finish
-# in an hour on 2 cores. A collection keeps the size it was created with (its companion's metadata).
-CELL_SIZE = 3
+# Visual tokens per side pooled into one cell. 2, not 3: with 3 x 3 cells (about 52 per item, against 116) the build
+# was 5.7x faster at 10,000 items, but text recall@10 at 200 candidates fell from 1.000 to 0.74 there and to 0.17 at
+# 100,000 items (`make bench-scale`, README "Catalog search at scale"): a cell's mean keeps a ninth of a token's own
+# signal. A collection keeps the size it was created with (its companion's metadata).
+CELL_SIZE = 2
 # From `make bench-scale` (README, "Catalog search at scale"): recall@10 against exact MaxSim and latency at 10,000
 # items. Cells find text queries' neighbours (a few tokens) token by token, where one vector per item, or the rows'
 # and columns' means, lose them (0.94-1.0 at 100 and 200 candidates, against 0.52-0.65 for rows/cols);
