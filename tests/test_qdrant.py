@@ -200,9 +200,7 @@ def test_cluster_settings_reach_a_server_collection(client, samples):
     cells_sent, sent = recording.created  # the default first stage's cells first, then the collection
     assert cells_sent["metadata"]["colqwen2"]["cells_of"] == index.name and cells_sent["shard_number"] == 3
     cell = cells_sent["vectors_config"]["cell"]
-    # HNSW with the server's defaults, no payload subgraphs
-    assert (cell.size, cell.datatype) == (128, models.Datatype.FLOAT16)
-    assert cell.hnsw_config == models.HnswConfigDiff(payload_m=0)
+    assert (cell.size, cell.datatype, cell.hnsw_config) == (128, models.Datatype.FLOAT16, None)  # HNSW, defaults
     assert cells_sent["metadata"]["colqwen2"]["cell_size"] == 2
     assert (sent["shard_number"], sent["replication_factor"], sent["write_consistency_factor"]) == (3, 2, 2)
     assert sent["on_disk_payload"] is True
@@ -247,8 +245,7 @@ def test_the_local_collection_keeps_its_design(client, tmp_path):
     assert set(config["vectors"]) == {MULTI, "pooled", "layout"}
     cells_config = json.loads((tmp_path / "qdrant" / index.cells_name / "edge_config.json").read_text())
     cell = cells_config["vectors"]["cell"]
-    assert cell["datatype"] == "float16" and cell["hnsw_config"]["m"] == 16 and cell["hnsw_config"]["payload_m"] == 0
-    assert config["vectors"]["pooled"]["hnsw_config"]["payload_m"] == 16  # 100,000 points: cheap, narrow filters
+    assert cell["datatype"] == "float16" and cell["hnsw_config"]["m"] == 16 and cell["hnsw_config"]["payload_m"] == 16
     assert set(index.store._shard(index.cells_name).info().payload_schema) == {"kind", "rank", "item", "sha256"}
     assert config["vectors"]["layout"]["size"] == 512 and config["vectors"]["layout"]["hnsw_config"]["m"] == 16
     assert config["vectors"]["pooled"]["hnsw_config"]["m"] == 16 and config["on_disk_payload"] is True

@@ -104,9 +104,10 @@ def _index(client: ColQwen2Client, args: argparse.Namespace) -> int:
 
 
 BUILD_NOTICE = 200  # written points from which the build shows progress (it takes seconds to minutes)
-# The local engine's build rate on 2 cores (`make bench-scale`, 100,000 items: HNSW over the rows/cols and the mean
-# vectors, int8 quantization), for the ETA.
-BUILD_POINTS_PER_S = 100.0
+# The local engine's build rate on 2 cores, items per second, for the ETA: `make bench-scale` at 10,000 items with the
+# default first stage (HNSW over the 2 x 2 cells, about 116 per item, the mean and the layout; int8 quantization; also
+# MUVERA there): 10,000 items in 1,042 s. (3 x 3 cells without payload subgraphs built 31 items/s at 100,000.)
+BUILD_POINTS_PER_S = 9.6
 
 
 def _build(index, written: int, show: bool) -> None:

@@ -15,7 +15,8 @@ Each item (see `catalog`) is one point: id = UUID5 of its key, payload = its col
 
 First stage `cells` keeps a companion collection `<name>__cells`: each image's visual tokens pooled
 CELL_SIZE x CELL_SIZE (2 x 2, `token_pooling.cells`), one point per cell (payload: the item's id and filter
-fields), HNSW without payload subgraphs.
+fields), HNSW (with payload subgraphs: without them, recall@10 of text queries fell from 1.000 to 0.92 unfiltered and
+0.77 on a narrow filter at 10,000 items, for a build 2.2x faster).
 A text query's tokens each take their `cell_hits` nearest cells; items are ranked by the sum of their
 tokens' best cell scores (ColBERT's token-level candidate generation over pooled tokens), and the
 best `prefetch_limit` are reranked by MaxSim. The item's cells are written before its point.
@@ -382,8 +383,7 @@ class VisualIndex:
         item's id indexed."""
         s = self.settings
         return CollectionSpec(
-            {CELL: VectorSpec(EMBEDDING_DIM, DENSE, float16=True, payload_graphs=False)},
-            {**self.schema.filter_fields, ITEM: "keyword"},
+            {CELL: VectorSpec(EMBEDDING_DIM, DENSE, float16=True)}, {**self.schema.filter_fields, ITEM: "keyword"},
             {METADATA: {"cells_of": self.name, "cell_size": CELL_SIZE}}, s.shard_number, s.replication_factor,
             s.write_consistency_factor,
         )  # fmt: skip

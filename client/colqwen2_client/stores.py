@@ -47,10 +47,6 @@ class VectorSpec:
     float16: bool = False  # stored as float16: half the bytes, scores within 1e-3 relative of float32
     quantization: str = "none"  # none | scalar | binary, rescored with the originals on search
     on_disk: bool = False  # the originals memory-mapped from disk instead of held in RAM
-    # Extra HNSW links per indexed payload value (Qdrant's payload_m), for filters too narrow for the main graph.
-    # False: the main graph only. Each broad keyword (kind: 2 values, marketplace: 8) adds about one more graph's
-    # build; a filter smaller than FULL_SCAN_KB of vectors is answered from the payload index, without the graph.
-    payload_graphs: bool = True
 
 
 @dataclass(frozen=True)
@@ -232,7 +228,7 @@ class EdgeStore:
                     m=HNSW_M if v.hnsw else 0,
                     ef_construct=HNSW_EF_CONSTRUCT,
                     full_scan_threshold=FULL_SCAN_KB,
-                    payload_m=(HNSW_PAYLOAD_M if v.payload_graphs else 0) if v.hnsw else None,
+                    payload_m=HNSW_PAYLOAD_M if v.hnsw else None,
                 ),
                 on_disk=v.on_disk or None,
             )
@@ -422,13 +418,6 @@ def _lock_folder(folder: Path):
 # -- a Qdrant server or cluster -------------------------------------------------------------------------
 
 
-def _server_hnsw(m: Any, v: VectorSpec) -> Any:
-    """A vector's HNSW settings on a server: none (m=0), the server's defaults, or those without payload subgraphs."""
-    if not v.hnsw:
-        return m.HnswConfigDiff(m=0)
-    return None if v.payload_graphs else m.HnswConfigDiff(payload_m=0)
-
-
 class ServerStore:
     """Collections on a Qdrant server or cluster through qdrant-client (or its local mode, for tests)."""
 
@@ -455,7 +444,7 @@ class ServerStore:
                 multivector_config=m.MultiVectorConfig(comparator=m.MultiVectorComparator.MAX_SIM)
                 if v.kind == MULTIVECTOR
                 else None,
-                hnsw_config=_server_hnsw(m, v),
+                hnsw_config=None if v.hnsw else m.HnswConfigDiff(m=0),
                 datatype=m.Datatype.FLOAT16 if v.float16 else None,
                 quantization_config=server_quantization(v.quantization),
                 on_disk=v.on_disk or None,
