@@ -32,7 +32,7 @@ import socket
 import ssl
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlsplit
 
 from .errors import InvalidInputError
@@ -67,9 +67,18 @@ class FetchPolicy:
     connect_timeout: float = 5.0
     timeout: float = 30.0
     max_redirects: int = 3
+    # Derived once from the two lists: the networks parsed, the hosts normalised (lower case, no `*.` or dot).
+    _networks: tuple[Network, ...] = field(init=False, repr=False, compare=False)
+    _hosts: tuple[str, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        self.networks()  # a bad CIDR is the operator's error, named at startup
+        try:  # a bad CIDR is the operator's error, named at startup
+            networks = tuple(ipaddress.ip_network(n, strict=False) for n in self.allow_networks)
+        except ValueError as exc:
+            raise ValueError(f"allow_networks: {exc}") from None
+        hosts = (h.strip().lower().rstrip(".").removeprefix("*.").removeprefix(".") for h in self.allow_hosts or ())
+        object.__setattr__(self, "_networks", networks)
+        object.__setattr__(self, "_hosts", tuple(hosts))
         if self.max_bytes <= 0 or self.timeout <= 0 or self.connect_timeout <= 0 or self.max_redirects < 0:
             raise ValueError("max_bytes, timeout and connect_timeout must be positive, max_redirects at least 0")
 
@@ -77,25 +86,13 @@ class FetchPolicy:
     def enabled(self) -> bool:
         return self.allow_hosts is None or bool(self.allow_hosts)
 
-    def networks(self) -> list[Network]:
-        try:
-            return [ipaddress.ip_network(n, strict=False) for n in self.allow_networks]
-        except ValueError as exc:
-            raise ValueError(f"allow_networks: {exc}") from None
-
     def host_allowed(self, host: str) -> bool:
         if self.allow_hosts is None:
             return True
-        for entry in self.allow_hosts:
-            entry = entry.strip().lower().rstrip(".").removeprefix("*.").removeprefix(".")
-            if entry == "*" or host == entry or host.endswith("." + entry):
-                return True
-        return False
+        return any(entry == "*" or host == entry or host.endswith("." + entry) for entry in self._hosts)
 
     def address_allowed(self, address: Address) -> bool:
-        if any(address in n for n in self.networks()):
-            return True
-        return is_public(address)
+        return any(address in n for n in self._networks) or is_public(address)
 
 
 def is_public(address: Address) -> bool:

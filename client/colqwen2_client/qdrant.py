@@ -391,7 +391,7 @@ class VisualIndex:
     @property
     def cell_size(self) -> int:
         """First stage `cells`: tokens per side of a cell, as the companion collection was created (CELL_SIZE for a
-        new one; collections from before it was 3 keep their 2)."""
+        new one; a collection made with another size keeps it)."""
         if self._cell_size is None:
             stored = self.store.metadata(self.cells_name)
             if stored is None:

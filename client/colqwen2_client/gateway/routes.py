@@ -118,7 +118,7 @@ async def search(body: SearchRequest, state: State) -> Response:
     """Search the catalog by text or by image: first stage, then MaxSim, both within `where`."""
     from ..qdrant import check_where
 
-    if (body.text is None) == (body.image is None and body.url is None) or (body.image and body.url):
+    if [body.text, body.image, body.url].count(None) != 2:
         raise InvalidInputError("search needs exactly one of `text`, `image` or `url`")
     index = await state.index()
     if not await state.on_index(index.exists):
