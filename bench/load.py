@@ -1,7 +1,8 @@
 """Load generation and measurement against a running Triton server.
 
 - `drive`: an asyncio load generator (tritonclient's aio HTTP or gRPC clients), one image per
-  request, a fixed number of requests with a fixed number in flight.
+  request, a fixed number of requests with a fixed number in flight; busy refusals retried as the SDK
+  retries them, and timed apart from the answers.
 - `PeakMemory`: samples the server's process-tree RSS (Triton plus its Python-backend stubs) and,
   on a GPU host, the GPU memory those processes hold.
 - `ModelStats`: Triton's statistics API before and after a level: the mean batch the dynamic
@@ -16,6 +17,7 @@ import shutil
 import subprocess
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -234,22 +236,42 @@ class ModelStats:
         self._client.close()
 
 
-async def drive(url: str, protocol: str, model: str, data: list[bytes], concurrency: int, requests: int):
-    """`requests` single-image requests, `concurrency` in flight: (latencies in s, wall s, errors, vectors)."""
+@dataclass
+class Driven:
+    """One load level's outcome. Every request ends in exactly one of: served, failed (an error that is not a
+    refusal) or given up (refused `MAX_ATTEMPTS` times); refusals are the busy answers on the way, timed apart."""
+
+    latencies: list[float]  # s, each served request's accepted attempt: what the admission bound promises
+    totals: list[float]  # s, each served request from its first attempt, retries and their pauses included
+    refusals: list[float]  # s, each busy refusal's own answer time
+    wall: float
+    errors: int
+    given_up: int
+    vectors: int
+
+
+MAX_ATTEMPTS = 50
+
+
+async def drive(url: str, protocol: str, model: str, data: list[bytes], concurrency: int, requests: int) -> Driven:
+    """`requests` single-image requests, `concurrency` in flight. A request refused as busy is retried as the SDK
+    does (its backoff, or the server's `retry in` hint when longer), so the level measures goodput at saturation;
+    other errors are counted and not retried."""
+    from colqwen2_client._base import MAX_BACKOFF, backoff_delay
+    from colqwen2_client._transport import translate
+    from colqwen2_client.errors import ServerBusyError
+
     if protocol == "grpc":
         import tritonclient.grpc.aio as module
     else:
         import tritonclient.http.aio as module
     client = module.InferenceServerClient(url)
-    latencies: list[float] = []
-    errors = vectors = 0
+    out = Driven([], [], [], 0.0, 0, 0, 0)
     next_index = 0
 
-    async def worker() -> None:
-        nonlocal next_index, errors, vectors
-        while next_index < requests:
-            i = next_index
-            next_index += 1
+    async def one(i: int) -> None:
+        first = time.perf_counter()
+        for attempt in range(MAX_ATTEMPTS):
             tensor = module.InferInput("image", [1, 1], "BYTES")
             array = np.array([[data[i % len(data)]]], dtype=object)
             if protocol == "http":
@@ -259,13 +281,30 @@ async def drive(url: str, protocol: str, model: str, data: list[bytes], concurre
             start = time.perf_counter()
             try:
                 result = await client.infer(model, [tensor])
-                latencies.append(time.perf_counter() - start)
-                vectors += int(result.as_numpy("num_vectors").sum())
-            except Exception:
-                errors += 1
+            except Exception as exc:
+                error = translate(exc, model)
+                if not isinstance(error, ServerBusyError):
+                    out.errors += 1
+                    return
+                out.refusals.append(time.perf_counter() - start)
+                await asyncio.sleep(max(backoff_delay(attempt), min(error.retry_after or 0.0, MAX_BACKOFF)))
+                continue
+            now = time.perf_counter()
+            out.latencies.append(now - start)
+            out.totals.append(now - first)
+            out.vectors += int(result.as_numpy("num_vectors").sum())
+            return
+        out.given_up += 1
+
+    async def worker() -> None:
+        nonlocal next_index
+        while next_index < requests:
+            i = next_index
+            next_index += 1
+            await one(i)
 
     start = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    wall = time.perf_counter() - start
+    out.wall = time.perf_counter() - start
     await client.close()
-    return latencies, wall, errors, vectors
+    return out

@@ -34,7 +34,14 @@ from pathlib import Path
 
 import numpy as np
 
-from model_repository.render import PREPROCESS, RenderOptions, detect_device, encoder_name, render
+from model_repository.render import (
+    ADMISSION_WAIT_MS,
+    PREPROCESS,
+    RenderOptions,
+    detect_device,
+    encoder_name,
+    render,
+)
 from model_repository.server import TritonServer
 
 from .load import ModelStats, PeakMemory, drive, payloads, workload_summary
@@ -84,30 +91,41 @@ class Level:
     encoder_ms: float  # per request: the encoder's own compute (its execute(): vision and text graphs)
     peak_rss_mb: float
     peak_gpu_mb: float | None
-    errors: int
-    latencies_ms: list[float]  # every request's, in completion order: the distribution plots use them
+    errors: int  # failed for another reason than busy (never retried)
+    latencies_ms: list[float]  # every served request's accepted attempt, in completion order (the plots use them)
+    refused: int = 0  # busy refusals (admission or a full queue), each retried as the SDK retries
+    refusal_p50_ms: float = float("nan")  # how fast a refusal is answered
+    refusal_p99_ms: float = float("nan")
+    request_p99_ms: float = float("nan")  # a served request from its first attempt: retries and pauses included
+    given_up: int = 0  # refused MAX_ATTEMPTS times
+    admission_ms: float = float("nan")  # the server's admission bound (0: off)
 
 
 def measure_level(server: TritonServer, config: str, protocol: str, encoder: str, data: list[bytes],
-                  concurrency: int, requests: int, gpu: bool) -> Level:  # fmt: skip
+                  concurrency: int, requests: int, gpu: bool, admission_ms: float = float("nan")) -> Level:  # fmt: skip
     """One load level: `requests` images, `concurrency` in flight, with memory and server statistics."""
     url = server.grpc_url if protocol == "grpc" else server.http_url
     with PeakMemory(server.process.pid, gpu=gpu) as memory, ModelStats(server.http_url, [encoder, PREPROCESS]) as stats:
-        latencies, wall, errors, vectors = asyncio.run(drive(url, protocol, MODEL, data, concurrency, requests))
-    ms = np.array(latencies) * 1e3 if latencies else np.array([float("nan")])
+        run = asyncio.run(drive(url, protocol, MODEL, data, concurrency, requests))
+    nan = np.array([float("nan")])
+    ms = np.array(run.latencies) * 1e3 if run.latencies else nan
+    refusals = np.array(run.refusals) * 1e3 if run.refusals else nan
+    totals = np.array(run.totals) * 1e3 if run.totals else nan
     level = Level(
         config, protocol, concurrency, requests,
         float(np.percentile(ms, 50)), float(np.percentile(ms, 95)), float(np.percentile(ms, 99)),
-        len(latencies) / wall, vectors / wall, float(np.mean(ms)), stats.mean_batch[encoder],
+        len(run.latencies) / run.wall, run.vectors / run.wall, float(np.mean(ms)), stats.mean_batch[encoder],
         stats.compute_ms[PREPROCESS], stats.queue_ms[encoder], stats.compute_ms[encoder],
-        memory.peak_rss / 2**20, memory.peak_gpu_mb, errors, [round(x * 1e3, 2) for x in latencies],
+        memory.peak_rss / 2**20, memory.peak_gpu_mb, run.errors, [round(x * 1e3, 2) for x in run.latencies],
+        len(run.refusals), float(np.percentile(refusals, 50)), float(np.percentile(refusals, 99)),
+        float(np.percentile(totals, 99)), run.given_up, admission_ms,
     )  # fmt: skip
     gpu_text = f"  gpu {level.peak_gpu_mb:7.0f} MiB" if level.peak_gpu_mb is not None else ""
     print(
         f"{config:<32} {protocol:<4} c={concurrency:<3} {level.images_per_s:7.2f} img/s "
         f"{level.vectors_per_s:8.0f} vec/s  p50 {level.p50_ms:8.1f} ms  p99 {level.p99_ms:8.1f} ms  "
         f"batch {level.encoder_batch:5.2f}  rss {level.peak_rss_mb:7.0f} MB{gpu_text}  "
-        f"errors {errors}",
+        f"refused {level.refused} (p99 {level.refusal_p99_ms:.0f} ms)  errors {run.errors}  given up {run.given_up}",
         flush=True,
     )
     return level
@@ -122,6 +140,7 @@ def run_config(name: str, args, data: list[bytes], levels: list[int]) -> tuple[l
         **CONFIGS[args.device][name],
     )  # fmt: skip
     repository = render(options)
+    admission_ms = float(ADMISSION_WAIT_MS[args.device] if options.admission_wait_ms < 0 else options.admission_wait_ms)
     variant = json.loads((repository / "render.json").read_text())["ensembles"][MODEL]
     encoder = encoder_name(variant)
     server = TritonServer.on_free_ports(repository)
@@ -134,7 +153,9 @@ def run_config(name: str, args, data: list[bytes], levels: list[int]) -> tuple[l
             asyncio.run(drive(url, protocol, MODEL, data, 2, 4))  # warm up connections and arenas
             for concurrency in levels:
                 requests = max(args.requests, 2 * concurrency)
-                results.append(measure_level(server, name, protocol, encoder, data, concurrency, requests, gpu))
+                results.append(
+                    measure_level(server, name, protocol, encoder, data, concurrency, requests, gpu, admission_ms)
+                )
         if name == OVERHEAD_CONFIG[args.device]:
             threads = args.threads or os.cpu_count() or 1
             paired = paired_overhead(
@@ -211,7 +232,41 @@ def targets(levels: list[Level], baselines: dict, device: str, paired: dict | No
                 on_gpu),
         _target("int8 peak GPU memory", peak_gpu("native-int8") if gpu else None, "<", round(4 * GB_MIB), " MiB",
                 on_gpu),
+        *overload_targets(levels),
     ]  # fmt: skip
+
+
+def overload_targets(levels: list[Level]) -> list[dict]:
+    """Issue 25's: goodput at saturation per configuration, refusals fast, accepted requests within the bound,
+    a user's 4 in flight never refused, and every request answered."""
+    rows = []
+    configs = list(dict.fromkeys(lv.config for lv in levels))
+    for config in configs:
+        loaded = [lv.images_per_s for lv in levels if lv.config == config and lv.concurrency in (16, 64)]
+        best = _best(levels, config)
+        ratio = min(loaded) / best if loaded and best > 0 else None
+        rows.append(_target(f"{config}: goodput at 16 and 64 in flight (the lower) vs its best level", ratio,
+                            ">=", 0.95, "x", "no level at 16 or 64 in flight"))  # fmt: skip
+    refusals = [lv.refusal_p99_ms for lv in levels if lv.refused]
+    rows.append(_target("busy refusals answered within (p99, the slowest level)", max(refusals, default=None),
+                        "<=", 1000, " ms", "no request was refused"))  # fmt: skip
+    # The bound an accepted request is promised: the admission bound (work ahead, its own included) plus one
+    # image's own time, taken as the p99 of the same configuration at 1 in flight.
+    over = []
+    for lv in levels:
+        alone = [x.p99_ms for x in levels if (x.config, x.protocol, x.concurrency) == (lv.config, lv.protocol, 1)]
+        if lv.admission_ms > 0 and alone and not np.isnan(lv.p99_ms):
+            over.append(lv.p99_ms / (lv.admission_ms + alone[0]))
+    why_not = "admission off, or no level at 1 in flight"
+    rows.append(_target("accepted p99 vs its bound (admission bound + the p99 alone), the worst level",
+                        max(over, default=None), "<=", 1.0, "x", why_not))  # fmt: skip
+    four = [lv.refused for lv in levels if lv.concurrency == 4]
+    rows.append(_target("busy refusals with 4 in flight (a single user's batch)", sum(four) if four else None,
+                        "<=", 0, "", "no level at 4 in flight"))  # fmt: skip
+    lost = [lv.requests - len(lv.latencies_ms) - lv.errors - lv.given_up for lv in levels]
+    rows.append(_target("requests without an answer (served, failed or given up)", sum(lost) if lost else None,
+                        "<=", 0, ""))  # fmt: skip
+    return rows
 
 
 def comparison(levels: list[Level], baselines: dict) -> list[dict]:
@@ -420,23 +475,30 @@ def _int8_md(result: dict) -> list[str]:
 
 
 def _levels_md(result: dict) -> list[str]:
-    """One row per Triton level: throughput, latency percentiles, batching, memory, errors."""
+    """One row per Triton level: goodput, latency percentiles, refusals apart, batching, memory, errors."""
     lines = [
         "",
         "## Triton",
         "",
-        "Batch: requests per execution of the encoder model (Triton's statistics API) during the level.",
+        "Images/s and vectors/s: served requests only (goodput). p50/p95/p99: a served request's accepted attempt. "
+        "Refused: busy answers (admission or a full queue), each retried by the load generator as the SDK retries "
+        "(its backoff, or the server's `retry in` hint); refusal p50/p99: how fast those answers came; request "
+        "p99: a served request from its first attempt, its refusals and pauses included. Errors: failures other "
+        "than busy; given up: refused 50 times. Batch: requests per execution of the encoder model (Triton's "
+        "statistics API) during the level.",
         "",
         "| config | protocol | concurrency | requests | images / s | vectors / s | p50 ms | p95 ms | p99 ms "
-        "| encoder batch | peak RSS MB | peak GPU MiB | errors |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| refused | refusal p50 ms | refusal p99 ms | request p99 ms | encoder batch | peak RSS MB | peak GPU MiB "
+        "| errors | given up |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for lv in result["levels"]:
         lines.append(
             f"| {lv['config']} | {lv['protocol']} | {lv['concurrency']} | {lv['requests']} | {lv['images_per_s']:.2f} "
             f"| {lv['vectors_per_s']:.0f} | {lv['p50_ms']:.1f} | {lv['p95_ms']:.1f} | {lv['p99_ms']:.1f} "
-            f"| {_fmt(lv['encoder_batch'], 2)} | {lv['peak_rss_mb']:.0f} "
-            f"| {_fmt(lv['peak_gpu_mb'], 0)} | {lv['errors']} |"
+            f"| {lv.get('refused', 0)} | {_fmt(lv.get('refusal_p50_ms'), 1)} | {_fmt(lv.get('refusal_p99_ms'), 1)} "
+            f"| {_fmt(lv.get('request_p99_ms'), 1)} | {_fmt(lv['encoder_batch'], 2)} | {lv['peak_rss_mb']:.0f} "
+            f"| {_fmt(lv['peak_gpu_mb'], 0)} | {lv['errors']} | {lv.get('given_up', 0)} |"
         )
     return lines
 

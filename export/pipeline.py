@@ -313,8 +313,22 @@ def run_export(opts: ExportOptions) -> Path:
         if not hit:
             _export(opts, out)
             cache.store(key, opts.variants, out)
+    if hit:
+        _name_checkpoint(out, str(opts.checkpoint))
     cache.record(key, opts.variants, opts.checkpoint, out, hit=hit)
     return out
+
+
+def _name_checkpoint(out: Path, checkpoint: str) -> None:
+    """A cache hit's manifest names the checkpoint of the export that filled the cache (the same content, maybe
+    another folder, maybe gone since): name this one's. Replaced, not edited: the file is linked to the entry."""
+    path = out / "manifest.json"
+    data = json.loads(path.read_text())
+    if data.get("checkpoint") != checkpoint:
+        data["checkpoint"] = checkpoint
+        staging = path.with_name(path.name + ".partial")
+        staging.write_text(json.dumps(data, indent=2))
+        os.replace(staging, path)
 
 
 def _export(opts: ExportOptions, out: Path) -> None:

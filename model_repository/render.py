@@ -45,6 +45,11 @@ PRECISIONS = ("fp16", "int8")  # what a deployment can serve; the variant depend
 HOST_VARIANTS = {"gpu": {"fp16": "fp16", "int8": "int8"}, "cpu": {"fp16": "fp32", "int8": "int8_dynamic"}}
 ONNX_FILES = {"vision": "vision_encoder.onnx", "text": "text_encoder.onnx"}
 WARMUP_QUERY = "a price history chart"
+# Admission defaults per host kind. CPU: 10 s of work ahead, about 8 photos at the cap on the medium checkpoint
+# (1.2 s each in fp32; README "Overload"); a GPU answers in milliseconds, so 2 s there is generous. The rate
+# is the medium checkpoint's fp32 rate on a 2-core CPU (1.2 s / 1536 units); the encoder measures its own.
+ADMISSION_WAIT_MS = {"cpu": 10_000, "gpu": 2_000}
+ADMISSION_RATE_NS = {"cpu": 800_000, "gpu": 10_000}
 WARMUP_GRID = (2, 2)  # the smallest image: 4 visual tokens, 16 patches (the encoder template's warmup)
 
 
@@ -111,6 +116,13 @@ class RenderOptions:
     # CPU serves 0.8 to 1.1 images/s, so 2 s is 2 images; a GPU many more). 0 turns either off.
     max_queue_size: int = 128
     queue_timeout_ms: int = 2000
+    # Admission (colqwen2_serving/admission.py): an image is refused at once, before its decode, when more than
+    # this much encoder work (ms, at the encoder's measured rate) would be ahead of it; -1: the host's default
+    # (ADMISSION_WAIT_MS), 0: off. With it on, the encoder's queue has no time bound (what it holds is already
+    # bounded), so an admitted request is never refused late. `admission_min_in_flight` requests always pass.
+    admission_wait_ms: int = -1
+    admission_min_in_flight: int = 4
+    admission_rate_ns: int = 0  # encoder ns per unit of cost until measured; 0: the host's ADMISSION_RATE_NS
     # What one ONNX Runtime call may hold; 0: the host's default (SESSION_BUDGETS).
     max_session_patches: int = 0
     max_session_images: int = 0
@@ -191,9 +203,13 @@ def pixel_limits(opts: RenderOptions, manifest: dict):
     """The checkpoint's pixel limits under the render's token cap, with the other numeric options checked."""
     from .colqwen2_serving.grid import PixelLimits
 
-    for name in ("max_batch_size", "max_queue_size", "queue_timeout_ms", "max_visual_tokens", "fixed_image_size"):
+    names = ("max_batch_size", "max_queue_size", "queue_timeout_ms", "max_visual_tokens", "fixed_image_size",
+             "admission_min_in_flight", "admission_rate_ns")  # fmt: skip
+    for name in names:
         if getattr(opts, name) < 0 or (name == "max_batch_size" and opts.max_batch_size < 1):
             raise RenderError(f"{name} must be {'at least 1' if name == 'max_batch_size' else '0 or more'}")
+    if opts.admission_wait_ms < -1:
+        raise RenderError("admission_wait_ms must be -1 (the host's default), 0 (off) or more")
     try:
         limits = PixelLimits(manifest["min_pixels"], manifest["max_pixels"]).capped(opts.max_visual_tokens or None)
     except ValueError as exc:
@@ -219,6 +235,7 @@ def template_values(
     gpu = device == "gpu"
     preferred = ", ".join(map(str, opts.preferred_batch_sizes or ((8, 16, 32) if gpu else (4, 8))))
     encoder_delay = opts.encoder_queue_delay_us if opts.encoder_queue_delay_us >= 0 else (2000 if gpu else 1000)
+    admission_ms = opts.admission_wait_ms if opts.admission_wait_ms >= 0 else ADMISSION_WAIT_MS[device]
     checkpoint = Path(manifest["checkpoint"])
     values: dict[str, object] = {
         "max_batch_size": opts.max_batch_size,
@@ -245,8 +262,13 @@ def template_values(
         "threads": opts.threads,
         "trt_cache_dir": opts.trt_cache_dir,
         "preprocess_batching": _batching_block(opts, preferred, opts.preprocess_queue_delay_us),
-        "encoder_batching": _batching_block(opts, preferred, encoder_delay),
+        "encoder_batching": _batching_block(
+            opts, preferred, encoder_delay, 0 if admission_ms else opts.queue_timeout_ms
+        ),
         "device": device,
+        "admission_wait_ms": admission_ms,
+        "admission_min_in_flight": opts.admission_min_in_flight,
+        "admission_rate_ns": opts.admission_rate_ns or ADMISSION_RATE_NS[device],
     }
     warmup_ids = np.asarray(tokenizer.token_ids(WARMUP_QUERY), dtype="<i8")
     prompt_ids = np.asarray(tokenizer.image_prompt_ids(WARMUP_GRID[0] * WARMUP_GRID[1]), dtype="<i8")
@@ -261,15 +283,17 @@ def template_values(
     return values, warmup
 
 
-def _batching_block(opts: RenderOptions, preferred: str, delay_us: int) -> str:
-    """The `dynamic_batching` block, or nothing: each execute() then gets exactly one request."""
+def _batching_block(opts: RenderOptions, preferred: str, delay_us: int, timeout_ms: int | None = None) -> str:
+    """The `dynamic_batching` block, or nothing: each execute() then gets exactly one request. `timeout_ms`: the
+    queue's time bound (default the render option's; 0 none)."""
     if not opts.dynamic_batching:
         return "# dynamic batching off (render option)"
+    timeout_ms = opts.queue_timeout_ms if timeout_ms is None else timeout_ms
     policy = []
     if opts.max_queue_size:
         policy.append(f"max_queue_size: {opts.max_queue_size}")
-    if opts.queue_timeout_ms:
-        policy.append(f"timeout_action: REJECT default_timeout_microseconds: {opts.queue_timeout_ms * 1000}")
+    if timeout_ms:
+        policy.append(f"timeout_action: REJECT default_timeout_microseconds: {timeout_ms * 1000}")
     queue = f"\n  default_queue_policy {{ {' '.join(policy)} }}" if policy else ""
     # Two priority levels: user traffic at the default (2, bounded), health canaries at 1, which the
     # batcher serves first and which no queue bound refuses, so a saturated server still answers them.
@@ -441,7 +465,22 @@ def _add_capacity_arguments(parser: argparse.ArgumentParser, d: RenderOptions) -
         "--queue-timeout-ms",
         type=int,
         default=d.queue_timeout_ms,
-        help="a user request waiting longer in a model's queue is refused (default: %(default)s; 0: never)",
+        help="a user request waiting longer in the preprocessing queue (or, with admission off, the encoder's) is "
+        "refused (default: %(default)s; 0: never)",
+    )
+    parser.add_argument(
+        "--admission-wait-ms",
+        type=int,
+        default=d.admission_wait_ms,
+        help="refuse an image at once when more encoder work than this would be ahead of it (default: -1, the "
+        f"host's: {ADMISSION_WAIT_MS['cpu']} on CPU, {ADMISSION_WAIT_MS['gpu']} on GPU; 0: admission off)",
+    )
+    parser.add_argument(
+        "--admission-min-in-flight",
+        type=int,
+        default=d.admission_min_in_flight,
+        metavar="N",
+        help="image requests always admitted while fewer are in flight (default: %(default)s)",
     )
 
 
@@ -515,6 +554,8 @@ def options_from_args(args: argparse.Namespace, out: Path) -> RenderOptions:
         max_query_tokens=args.max_query_tokens,
         max_queue_size=args.max_queue_size,
         queue_timeout_ms=args.queue_timeout_ms,
+        admission_wait_ms=args.admission_wait_ms,
+        admission_min_in_flight=args.admission_min_in_flight,
         max_image_pixels=args.max_image_pixels,
         max_session_patches=args.max_session_patches,
         max_session_tokens=args.max_session_tokens,

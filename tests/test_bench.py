@@ -29,7 +29,8 @@ def test_serving_benchmark_smoke(tiny_artifacts, tmp_path):
     # (Each request of a batch is attributed the whole batch's compute, so the parts can add up to more than
     # the client's latency at 4 in flight; the encoder's own part cannot.)
     assert all(lv["queue_ms"] >= 0 and lv["encoder_ms"] < lv["mean_ms"] for lv in levels)
-    assert all(len(lv["latencies_ms"]) == lv["requests"] for lv in levels)
+    assert all(len(lv["latencies_ms"]) == lv["requests"] for lv in levels)  # every request served
+    assert all(lv["given_up"] == 0 and lv["admission_ms"] == 10_000 for lv in levels)
     assert all(lv["peak_gpu_mb"] is None for lv in levels)  # a CPU host measures no GPU memory
     assert len(result["in_process_runs"]) == 2  # before and after the sweep
     assert set(result["in_process"]) >= {"preprocess", "onnxruntime fp32", "colpali-engine pytorch"}
@@ -43,9 +44,15 @@ def test_serving_benchmark_smoke(tiny_artifacts, tmp_path):
     assert paired["triton_ms"] > 0 and paired["in_process_ms"] > 0
     assert result["targets"][1]["measured"] == paired["overhead"]
     # The CPU-host targets are measured; the GPU-host ones are listed as not measured, never invented.
-    cpu_targets, gpu_targets = result["targets"][:4], result["targets"][4:]
+    cpu_targets, gpu_targets = result["targets"][:4], result["targets"][4:8]
     assert all(t["met"] is not None and t["measured"] is not None for t in cpu_targets)
     assert len(gpu_targets) == 4 and all(t["met"] is None and t["measured"] is None for t in gpu_targets)
+    # overload (issue 25): smoke levels stop at 4 in flight, so the goodput rows say so; nothing was lost
+    overload = {t["target"]: t for t in result["targets"][8:]}
+    assert overload["native-fp32: goodput at 16 and 64 in flight (the lower) vs its best level"]["not_measured"]
+    assert overload["busy refusals with 4 in flight (a single user's batch)"]["measured"] == 0
+    lost = overload["requests without an answer (served, failed or given up)"]
+    assert lost["measured"] == 0 and lost["met"]
     report = next(out.glob("serving-*.md")).read_text()
     assert "## Targets" in report and "not measured: needs a GPU host" in report
     assert "## Native against fixed 448 and against colpali-engine in-process" in report

@@ -42,6 +42,11 @@ def test_infer_retries_with_backoff_only_what_is_safe_to_retry():
         plan.send(answer := outputs())
     assert stop.value.value is answer
 
+    hinted = _plans.infer(OPTIONS, "colqwen2", IMAGE_INPUT, [b"png"])
+    next(hinted)
+    pause = hinted.throw(ServerBusyError("busy: retry in 3 s", retry_after=3.0))
+    assert pause == _plans.Sleep(3.0)  # the server's hint, over the first backoff
+
     refused = _plans.infer(OPTIONS, "colqwen2", IMAGE_INPUT, [b"png"])
     next(refused)
     with pytest.raises(InvalidInputError):  # not retryable: raised at once, no pause

@@ -1,4 +1,5 @@
-"""A bounded queue under a burst: the overflow is refused at once, by name, and nothing else breaks.
+"""Overload: admission refuses at once what would wait past its bound, a bounded queue refuses its overflow,
+by name, and nothing else breaks.
 
 A real Triton serves a tiny repository rendered with `max_queue_size` 2 and a long batching
 delay, so that a burst of concurrent requests overflows the queue. Those overflowing requests get
@@ -10,6 +11,7 @@ backoff, gets every image of a burst embedded.
 from __future__ import annotations
 
 import io
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -18,6 +20,7 @@ import tritonclient.grpc as grpcclient
 from colqwen2_client import ColQwen2Client, ServerBusyError
 from tritonclient.utils import InferenceServerException
 
+from model_repository.colqwen2_serving.admission import Ledger, ledger_folder
 from model_repository.render import RenderOptions, render
 from model_repository.server import TritonServer
 from tests.conftest import serving_python
@@ -112,3 +115,69 @@ def test_a_request_that_waited_too_long_is_refused_as_busy(tiny_artifacts, tmp_p
     refused = [r for r in results if isinstance(r, ServerBusyError)]
     assert refused and "timeout" in str(refused[0]).lower(), [str(r)[:120] for r in results]
     assert all(isinstance(r, dict) or isinstance(r, ServerBusyError) for r in results)
+
+
+@pytest.fixture(scope="module")
+def admitting_server(tiny_artifacts, tmp_path_factory):
+    """Admission with a bound of 1 ms: past the floor of 2 image requests in flight, every image is refused."""
+    work = tmp_path_factory.mktemp("admission")
+    options = RenderOptions(
+        tiny_artifacts, work / "repo", device="cpu", admission_wait_ms=1, admission_min_in_flight=2,
+        encoder_queue_delay_us=200_000, preferred_batch_sizes=(32,),
+    )  # fmt: skip
+    server = TritonServer.on_free_ports(render(options), python=serving_python())
+    with open(work / "triton.log", "w") as log:
+        server.start(log)
+        server.wait_ready(180)
+        yield server
+        server.stop()
+
+
+def test_admission_refuses_at_once_and_keeps_nothing(admitting_server):
+    image = _png()
+    client = grpcclient.InferenceServerClient(admitting_server.grpc_url)
+
+    def one(_: int) -> tuple[float, np.ndarray | InferenceServerException]:
+        tensor = grpcclient.InferInput("image", [1, 1], "BYTES")
+        tensor.set_data_from_numpy(np.array([[image]], dtype=object))
+        start = time.perf_counter()
+        try:
+            return time.perf_counter() - start, client.infer("colqwen2", [tensor]).as_numpy("embeddings")
+        except InferenceServerException as exc:
+            return time.perf_counter() - start, exc
+
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(one, range(16)))
+    refused = [(t, r) for t, r in results if isinstance(r, InferenceServerException)]
+    served = [r for _, r in results if isinstance(r, np.ndarray)]
+    assert refused and len(served) >= 2, [str(r)[:100] for _, r in results]
+    for seconds, exc in refused:
+        assert exc.status() == "StatusCode.UNAVAILABLE", exc
+        assert "busy: " in exc.message() and "retry in" in exc.message(), exc.message()
+        assert seconds < 1.0  # answered before any decode or queue
+    for vectors in served:
+        np.testing.assert_array_equal(vectors, served[0])
+    # every admitted request's ticket was released by the encoder that answered it
+    assert Ledger(ledger_folder(admitting_server.process.pid)).tickets() == []
+    assert client.is_server_ready()
+
+
+def test_under_admission_the_sdk_retries_the_canary_passes_and_the_gateway_says_when(admitting_server):
+    image = _png()
+    url = f"grpc://{admitting_server.grpc_url}"
+    with ColQwen2Client(url, max_retries=0) as impatient, ThreadPoolExecutor(12) as pool:
+        health = pool.submit(impatient.health)  # the canary's 56 x 40 image passes the bound, whatever is ahead
+
+        def one(_: int):
+            try:
+                return impatient.embed(image)
+            except ServerBusyError as exc:
+                return exc
+
+        results = list(pool.map(one, range(12)))
+        assert health.result()["status"] == "healthy"
+    busy = [r for r in results if isinstance(r, ServerBusyError)]
+    assert busy and str(busy[0]).startswith("server busy: ") and busy[0].retry_after >= 1
+    with ColQwen2Client(url, max_retries=6) as patient:
+        results = patient.embed_batch([image] * 12, batch_size=12, return_exceptions=True)
+    assert all(not isinstance(r, BaseException) for r in results), [r for r in results if isinstance(r, Exception)]

@@ -133,11 +133,13 @@ def test_missing_variant_names_the_fix(tiny_artifacts, tmp_path):
 
 def test_queues_are_bounded_by_default_with_an_unbounded_lane_for_canaries(tiny_artifacts, tmp_path):
     models = configs(render(RenderOptions(tiny_artifacts, tmp_path / "default", device="cpu")))
-    batching = [c.dynamic_batching for c in models.values() if c.platform != "ensemble"]
+    batching = {name: c.dynamic_batching for name, c in models.items() if c.platform != "ensemble"}
     assert batching
-    for b in batching:
+    for name, b in batching.items():
         policy = b.default_queue_policy
-        assert policy.max_queue_size == 128 and policy.default_timeout_microseconds == 2_000_000
+        # admission bounds the encoder's work ahead, so its queue has no time bound that would refuse late
+        timeout = 0 if name.startswith("colqwen2_encoder") else 2_000_000
+        assert policy.max_queue_size == 128 and policy.default_timeout_microseconds == timeout, name
         assert policy.timeout_action == policy.REJECT
         assert b.priority_levels == 2 and b.default_priority_level == 2  # user traffic
         canary = b.priority_queue_policy[1]  # colqwen2_client's CANARY_PRIORITY
@@ -159,3 +161,19 @@ def test_make_serve_exports_only_what_the_host_serves():
     assert served_variants("fp16,int8", "cpu") == "fp32,int8_dynamic"
     assert served_variants("fp16, int8", "gpu") == "fp16,int8"
     assert served_variants("int8", "gpu") == "int8"
+
+
+def test_admission_is_on_by_default_with_the_hosts_bound_and_can_be_turned_off(tiny_artifacts, tmp_path):
+    def preprocess(options: RenderOptions) -> dict[str, str]:
+        config = configs(render(options))["colqwen2_preprocess"]
+        return {k: v.string_value for k, v in config.parameters.items() if k.startswith("admission")}
+
+    cpu = preprocess(RenderOptions(tiny_artifacts, tmp_path / "cpu", device="cpu"))
+    assert cpu == {"admission_wait_ms": "10000", "admission_min_in_flight": "4", "admission_rate_ns": "800000"}
+    off = RenderOptions(tiny_artifacts, tmp_path / "off", device="cpu", admission_wait_ms=0)
+    assert preprocess(off)["admission_wait_ms"] == "0"
+    # admission off: the encoder's queue keeps the time bound
+    encoder = next(c for n, c in configs(render(off)).items() if n.startswith("colqwen2_encoder"))
+    assert encoder.dynamic_batching.default_queue_policy.default_timeout_microseconds == 2_000_000
+    with pytest.raises(RenderError, match="admission_wait_ms"):
+        render(RenderOptions(tiny_artifacts, tmp_path / "bad", device="cpu", admission_wait_ms=-2))

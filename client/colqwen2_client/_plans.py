@@ -86,7 +86,8 @@ def infer(options: _base.ClientOptions, model: str, name: str, items: list[bytes
         except ColQwen2Error as exc:
             if not exc.retryable or attempt == options.max_retries:
                 raise
-        yield Sleep(_base.backoff_delay(attempt))
+            hint = min(getattr(exc, "retry_after", None) or 0.0, _base.MAX_BACKOFF)
+        yield Sleep(max(_base.backoff_delay(attempt), hint))
     raise AssertionError("unreachable")
 
 

@@ -80,6 +80,9 @@ def translate(exc: BaseException, model: str = "") -> ColQwen2Error:
     lowered = message.lower()
     if status in ("400", "StatusCode.INVALID_ARGUMENT"):
         return InvalidInputError(message)
+    if lowered.startswith("busy:"):  # the server's admission: refused before any work, with a retry hint
+        hint = re.search(r"retry in (\d+) s", message)
+        return ServerBusyError(f"server {message}{where}", float(hint.group(1)) if hint else None)
     if "maximum queue size" in lowered or "queue is full" in lowered or "request timeout expired" in lowered:
         return ServerBusyError(f"server busy{where}: {message}")
     if "stub process" in lowered and "not healthy" in lowered:

@@ -20,7 +20,12 @@ class ServerUnavailableError(ColQwen2Error):
 
 
 class ServerBusyError(ServerUnavailableError):
-    """The server's queue is full. Retried with backoff."""
+    """The server refused the request as busy (admission, or a full queue). Retried with backoff, waiting at
+    least `retry_after` seconds when the server said how long (capped at the SDK's longest backoff)."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class RequestTimeoutError(ColQwen2Error):

@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import InputError
-from .grid import PixelLimits, smart_resize
+from .grid import PixelLimits, smart_resize, token_grid
 from .resampling import resize_bicubic
 
 PAD_COLOUR = (255, 255, 255)  # charts and product shots sit on white
@@ -41,8 +41,9 @@ class DecodeLimits:
     max_pixels: int = 40_000_000  # 40 MP: well above product photos (about 9 MP) and charts
 
 
-def decode_image(data: bytes, limits: DecodeLimits = DecodeLimits()) -> Image.Image:
-    """Encoded bytes -> a loaded PIL image (first frame), or InputError naming what is wrong."""
+def open_image(data: bytes, limits: DecodeLimits = DecodeLimits()) -> Image.Image:
+    """Encoded bytes -> a PIL image with only its header read (format and size checked), or InputError naming
+    what is wrong. Costs microseconds: what admission needs to know an image's grid before deciding."""
     if len(data) == 0:
         raise InputError("empty image: the request carried 0 bytes")
     if len(data) > limits.max_bytes:
@@ -60,22 +61,39 @@ def decode_image(data: bytes, limits: DecodeLimits = DecodeLimits()) -> Image.Im
             raise InputError(f"unreadable image header: {exc}") from None
         finally:
             Image.MAX_IMAGE_PIXELS = pillow_limit
-        if image.format not in ACCEPTED_FORMATS:
-            raise InputError(f"unsupported image format {image.format}; send PNG, JPEG, WebP, GIF, BMP or TIFF")
-        width, height = image.size
-        if width < 1 or height < 1:
-            raise InputError(f"image has no pixels ({width}x{height})")
-        if width * height > limits.max_pixels:
-            raise InputError(
-                f"{image.format} image is {width}x{height} = {width * height} pixels, over the limit of "
-                f"{limits.max_pixels} pixels; refused before decoding (possible decompression bomb)"
-            )
+    if image.format not in ACCEPTED_FORMATS:
+        raise InputError(f"unsupported image format {image.format}; send PNG, JPEG, WebP, GIF, BMP or TIFF")
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise InputError(f"image has no pixels ({width}x{height})")
+    if width * height > limits.max_pixels:
+        raise InputError(
+            f"{image.format} image is {width}x{height} = {width * height} pixels, over the limit of "
+            f"{limits.max_pixels} pixels; refused before decoding (possible decompression bomb)"
+        )
+    return image
+
+
+def load_image(image: Image.Image) -> Image.Image:
+    """Decode an opened image's pixels (the first frame of an animation or a multi-page file)."""
+    pillow_limit = Image.MAX_IMAGE_PIXELS
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        Image.MAX_IMAGE_PIXELS = None  # open_image checked the size against the configurable limit
         try:
-            image.seek(0)  # GIF/WebP/TIFF animations and multi-page files: the first frame
+            image.seek(0)
             image.load()
         except Exception as exc:
+            width, height = image.size
             raise InputError(f"corrupt or truncated {image.format} image ({width}x{height}): {exc}") from None
+        finally:
+            Image.MAX_IMAGE_PIXELS = pillow_limit
     return image
+
+
+def decode_image(data: bytes, limits: DecodeLimits = DecodeLimits()) -> Image.Image:
+    """Encoded bytes -> a loaded PIL image (first frame), or InputError naming what is wrong."""
+    return load_image(open_image(data, limits))
 
 
 @dataclass(frozen=True)
@@ -84,6 +102,15 @@ class Resolution:
 
     limits: PixelLimits
     fixed_size: int = 0
+
+    def tokens(self, image: Image.Image) -> int:
+        """Visual tokens of an opened image at this resolution, from its header alone (EXIF rotation aside,
+        which does not change the count)."""
+        if self.fixed_size:
+            rows, cols = token_grid(self.fixed_size, self.fixed_size)
+        else:
+            rows, cols = token_grid(*smart_resize(image.size[1], image.size[0], self.limits))
+        return rows * cols
 
     def pixels(self, image: Image.Image) -> np.ndarray:
         """Any PIL image -> RGB uint8 [h, w, 3], h and w multiples of 28."""
@@ -94,7 +121,12 @@ class Resolution:
 
 def preprocess_image(data: bytes, resolution: Resolution, limits: DecodeLimits = DecodeLimits()) -> np.ndarray:
     """Encoded bytes -> uint8 [h, w, 3] at the image's grid size."""
-    image = decode_image(data, limits)
+    return image_pixels(open_image(data, limits), resolution)
+
+
+def image_pixels(image: Image.Image, resolution: Resolution) -> np.ndarray:
+    """An opened image (`open_image`) -> uint8 [h, w, 3] at its grid size."""
+    image = load_image(image)
     try:
         return resolution.pixels(image)
     except InputError:

@@ -6,7 +6,11 @@ with a bad item fails alone, with the item's index in the message when n > 1.
 
 Image outputs (items of one request padded to the largest): PATCHES uint8 [n, N, 588] in the
 processor's patch order, GRID int32 [n, 2] (rows, cols of visual tokens), and the image prompt
-INPUT_IDS / ATTENTION_MASK int64 [n, T] (left padded). Query outputs: INPUT_IDS / ATTENTION_MASK.
+INPUT_IDS / ATTENTION_MASK int64 [n, T] (left padded), and TICKET [n, 1] (the request's ledger ticket, which
+the encoder releases once it has answered; "" with admission off). Query outputs: INPUT_IDS / ATTENTION_MASK.
+
+Admission (`admission.py`) happens between the images' headers and their decode: a refused request costs
+microseconds and raises `Refused`.
 """
 
 from __future__ import annotations
@@ -16,11 +20,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .admission import Ledger, Policy, image_cost, ledger_folder
 from .config import ModelParameters
 from .errors import InputError
 from .feeds import ImageItem
 from .grid import PATCH_VALUES, PixelLimits, patchify, token_grid
-from .imaging import DecodeLimits, Resolution, preprocess_image
+from .imaging import DecodeLimits, Resolution, image_pixels, open_image
 from .prompts import DEFAULT_MAX_TOKENS, PromptTokenizer, left_pad
 
 
@@ -51,6 +56,8 @@ class Preprocessor:
     resolution: Resolution
     limits: DecodeLimits
     tokenizer: PromptTokenizer
+    policy: Policy | None = None  # admission; None or max_wait_s 0: off
+    ledger: Ledger | None = None
 
     @classmethod
     def from_parameters(cls, params: ModelParameters) -> Preprocessor:
@@ -63,16 +70,43 @@ class Preprocessor:
         tokenizer = PromptTokenizer.from_processor_dir(
             params.path("processor_dir"), params.integer("max_query_tokens", DEFAULT_MAX_TOKENS)
         )
-        return cls(resolution, limits, tokenizer)
+        policy = Policy(
+            max_wait_s=params.integer("admission_wait_ms", 0) / 1000,
+            min_in_flight=params.integer("admission_min_in_flight", 4),
+            default_rate=params.integer("admission_rate_ns", 1_000_000) / 1e9,
+        )
+        ledger = Ledger(ledger_folder()) if policy.enabled else None
+        return cls(resolution, limits, tokenizer, policy, ledger)
 
     def image_items(self, raw: np.ndarray) -> list[ImageItem]:
-        """[n, 1] encoded bytes -> each image's patches and grid."""
-        return _each(
-            _items(raw, "IMAGE"), lambda b: image_item(preprocess_image(_bytes(b), self.resolution, self.limits))
-        )
+        """[n, 1] encoded bytes -> each image's patches and grid (no admission)."""
+        return self._decoded(_each(_items(raw, "IMAGE"), lambda b: open_image(_bytes(b), self.limits)))
+
+    def _decoded(self, opened: list) -> list[ImageItem]:
+        return _each(opened, lambda image: image_item(image_pixels(image, self.resolution)))
+
+    def admit(self, opened: list) -> str:
+        """A ledger ticket for these opened images, or `Refused`; "" when admission is off."""
+        if self.policy is None or self.ledger is None or not self.policy.enabled:
+            return ""
+        tokens = [self.resolution.tokens(image) for image in opened]
+        small = max(tokens) <= self.policy.always_tokens
+        return self.ledger.admit(sum(image_cost(t) for t in tokens), self.policy, small)
 
     def images(self, raw: np.ndarray) -> dict[str, np.ndarray]:
-        items = self.image_items(raw)
+        opened = _each(_items(raw, "IMAGE"), lambda b: open_image(_bytes(b), self.limits))
+        ticket = self.admit(opened)
+        try:
+            items = self._decoded(opened)
+        except BaseException:
+            if ticket and self.ledger is not None:
+                self.ledger.release([ticket])
+            raise
+        outputs = self._image_outputs(items)
+        outputs["TICKET"] = np.array([[ticket.encode()]] * len(items), dtype=np.object_)  # "": admission off
+        return outputs
+
+    def _image_outputs(self, items: list[ImageItem]) -> dict[str, np.ndarray]:
         longest = max(item.n_patches for item in items)
         patches = np.zeros((len(items), longest, PATCH_VALUES), dtype=np.uint8)
         for i, item in enumerate(items):

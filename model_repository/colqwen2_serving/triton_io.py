@@ -2,6 +2,7 @@
 
 Imported by the `model.py` adapters inside the Triton Python backend (or with a fake module in
 unit tests). One response per request, always: an `InputError` becomes INVALID_ARG with its
+message; admission's `Refused` becomes UNAVAILABLE (retryable: HTTP 503, gRPC UNAVAILABLE) with its
 message; anything else becomes INTERNAL naming the model and the error, never a traceback.
 """
 
@@ -14,6 +15,7 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from .admission import Refused
 from .errors import InputError
 
 log = logging.getLogger("colqwen2_serving")
@@ -22,6 +24,17 @@ log = logging.getLogger("colqwen2_serving")
 def input_array(request: Any, name: str) -> np.ndarray | None:
     tensor = pb_utils.get_input_tensor_by_name(request, name)
     return None if tensor is None else tensor.as_numpy()
+
+
+def tickets(requests: list) -> list[str]:
+    """The admission tickets the requests carry (input TICKET, [n, 1] of one name; absent or "" when none)."""
+    names = []
+    for request in requests:
+        array = input_array(request, "TICKET")
+        if array is not None and array.size:
+            value = array.reshape(-1)[0]
+            names.append(value.decode() if isinstance(value, bytes) else str(value))
+    return [n for n in names if n]
 
 
 def output_dtypes(model_config: Mapping[str, Any]) -> dict[str, np.dtype]:
@@ -39,6 +52,8 @@ def response(outputs: Mapping[str, np.ndarray], dtypes: Mapping[str, np.dtype]) 
 def error_response(error: Exception, model_name: str) -> Any:
     if isinstance(error, InputError):
         return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error), pb_utils.TritonError.INVALID_ARG))
+    if isinstance(error, Refused):
+        return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error), pb_utils.TritonError.UNAVAILABLE))
     log.error("%s: %s: %s", model_name, type(error).__name__, error)
     message = f"{model_name} failed: {type(error).__name__}: {error}"[:1000]
     return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, pb_utils.TritonError.INTERNAL))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, create_model, model_validator
@@ -192,6 +193,14 @@ def status_for(error: ColQwen2Error) -> int:
     if isinstance(error, RequestTimeoutError):
         return 504
     return 502
+
+
+def retry_headers(error: BaseException) -> dict[str, str]:
+    """`Retry-After` for a refusal worth retrying: the server's own hint when it gave one, else 1 s."""
+    if not isinstance(error, ServerUnavailableError):
+        return {}
+    hint = getattr(error, "retry_after", None)
+    return {"Retry-After": str(max(1, math.ceil(hint))) if hint else "1"}
 
 
 def batch_status(error: BaseException) -> int:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import time
 
+from colqwen2_serving.admission import Ledger, Meter, images_cost, ledger_folder
 from colqwen2_serving.config import ModelParameters
 from colqwen2_serving.runners import encoder_runner
-from colqwen2_serving.triton_io import encoder_responses, input_array, output_dtypes
+from colqwen2_serving.triton_io import encoder_responses, input_array, output_dtypes, tickets
 
 INPUTS = ("INPUT_IDS", "ATTENTION_MASK", "PATCHES", "GRID")
 
@@ -18,10 +20,14 @@ class TritonPythonModel:
         self.name = config["name"]
         self.dtypes = output_dtypes(config)
         self.runner = encoder_runner(ModelParameters.from_args(args), args)
+        self.meter = Meter(Ledger(ledger_folder()), self.name)  # admission: the rate, the answered tickets
 
     def execute(self, requests: list) -> list:
         """Images (vision, then text) and queries (text) of all requests in budgeted calls; one response each."""
-        results = self.runner.run([tuple(input_array(r, name) for name in INPUTS) for r in requests])
+        inputs = [tuple(input_array(r, name) for name in INPUTS) for r in requests]
+        start = time.perf_counter()
+        results = self.runner.run(inputs)
+        self.meter.done(time.perf_counter() - start, [images_cost(i[3]) for i in inputs], tickets(requests))
         return encoder_responses(results, self.dtypes, self.name, self.runner.provider)
 
     def finalize(self) -> None:

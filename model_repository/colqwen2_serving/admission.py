@@ -1,0 +1,188 @@
+"""Admission: an image request is accepted only when the encoder work ahead of it fits a latency bound; the
+rest are refused at once, before their image is decoded, with a retryable error that says when to retry.
+
+Where a request can wait, and what bounds it:
+- the gateway: at most `--max-concurrency` requests inside; the next is 503 with `Retry-After` at once;
+- Triton's HTTP and gRPC frontends hand requests straight to the ensemble: no queue of their own;
+- the preprocessing model's queue: decoding takes milliseconds, and a refused request costs only its image
+  header; bounded by Triton's queue policy (`max_queue_size`, `queue_timeout_ms`) as a backstop;
+- the encoder's queue and batch: the wait that matters. An image waits for every encoder call admitted before
+  it, and one `execute()` answers its whole batch together, so a request the encoder's queue accepted could
+  wait for a 30 s batch and then be refused by a 2 s queue timeout it had long passed (issue 25's record).
+  Admission bounds that wait where it starts: in the preprocessing model, before the decode.
+
+The ledger: a folder shared by one Triton server's model processes (the Python backend's stubs are its
+children: the folder is named by their parent's pid), on this host only. For each admitted image request,
+preprocessing writes a ticket, a file whose name holds its expiry and its cost; the encoder deletes it once
+it has answered. The encoder measures its seconds per unit of cost (`Meter`) and writes them beside the
+tickets. Work ahead = the live tickets' costs x the slowest encoder's measured rate (on a CPU host every
+served precision shares the same cores). A ticket whose request never reached the encoder (refused by a
+queue bound, a crashed process) expires on its own, so the ledger heals without a restart.
+
+Cost of an image with t visual tokens: t x (1 + t / 768): the vision tower's linear layers and the language
+tower grow with t, its attention with t squared, and on the exported checkpoints attention is about half of
+an image's time at the published 768-token cap. Queries are not ticketed: they cost milliseconds to a
+second, and their wait is bounded by the same admitted image work plus Triton's queue bound.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import math
+import os
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+COST_TOKENS = 768  # where attention's cost equals the linear part's (README "Overload")
+RATE_ALPHA = 0.3  # weight of the newest call in the measured rate
+MIN_MEASURED = 100.0  # calls of less image work (warmup, canaries, queries) say more of overhead than of rate
+RATE_PREFIX = "rate-"
+LOCK = ".lock"
+
+
+def image_cost(tokens: int) -> float:
+    """Encoder work of an image with `tokens` visual tokens, in units of one token's linear cost."""
+    return tokens * (1.0 + tokens / COST_TOKENS)
+
+
+def images_cost(grids: np.ndarray | None) -> float:
+    """Encoder work of one request's images (grids [n, 2] of visual tokens); a query's (None) counts 0."""
+    if grids is None:
+        return 0.0
+    return float(sum(image_cost(int(r) * int(c)) for r, c in np.asarray(grids).reshape(-1, 2)))
+
+
+class Refused(Exception):
+    """The server is busy: this request is refused before any work, and may be retried after `retry_after`."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What preprocessing admits.
+
+    max_wait_s: the most encoder work (seconds, at the measured rate) a new request may find ahead of it,
+        itself included; 0 turns admission off.
+    min_in_flight: requests always admitted while fewer than this many are in flight (a user's batch of 4),
+        however slow the host: the bound then is their own time.
+    default_rate: seconds per unit of cost until the encoder has measured its own.
+    always_tokens: requests whose images are all this small pass regardless (the health canary's image).
+    """
+
+    max_wait_s: float
+    min_in_flight: int = 4
+    default_rate: float = 0.001
+    always_tokens: int = 8  # the health canary (56 x 40 pixels) is 2 x 3 visual tokens
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_wait_s > 0
+
+
+def ledger_folder(server_pid: int | None = None) -> Path:
+    """The ledger of the Triton server this process serves in (its parent), in memory where /dev/shm exists."""
+    root = (
+        Path("/dev/shm")
+        if Path("/dev/shm").is_dir() and os.access("/dev/shm", os.W_OK)
+        else Path(tempfile.gettempdir())
+    )
+    return root / f"colqwen2-admission-{server_pid or os.getppid()}"
+
+
+class Ledger:
+    """Tickets of admitted requests and the encoders' measured rates, in one folder (see the module docstring)."""
+
+    def __init__(self, folder: Path, clock: Callable[[], float] = time.time) -> None:
+        self.folder, self.clock = Path(folder), clock
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    @contextlib.contextmanager
+    def _locked(self):
+        with open(self.folder / LOCK, "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def tickets(self) -> list[float]:
+        """Costs of the live tickets; expired ones are removed."""
+        now, costs = self.clock(), []
+        for entry in os.scandir(self.folder):
+            parts = entry.name.split("-")
+            if len(parts) != 3 or not parts[0].isdigit():
+                continue
+            if int(parts[0]) / 1000 < now:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+                continue
+            costs.append(float(parts[1]))
+        return costs
+
+    def rate(self, default: float) -> float:
+        """Seconds per unit of cost: the slowest encoder's measured rate, or `default` before any."""
+        rates = []
+        for path in self.folder.glob(f"{RATE_PREFIX}*"):
+            with contextlib.suppress(OSError, ValueError):
+                rates.append(float(path.read_text()))
+        return max(rates, default=default)
+
+    def admit(self, cost: float, policy: Policy, small: bool = False) -> str:
+        """A ticket for a request of `cost`, or `Refused` naming the work ahead and when to retry."""
+        with self._locked():
+            costs = self.tickets()
+            rate = self.rate(policy.default_rate)
+            ahead = (sum(costs) + cost) * rate
+            if not small and len(costs) >= policy.min_in_flight and ahead > policy.max_wait_s:
+                retry = max(1, math.ceil(ahead - policy.max_wait_s))
+                raise Refused(
+                    f"busy: {ahead:.1f} s of encoder work would be ahead of this image ({len(costs)} image requests "
+                    f"in flight), over the {policy.max_wait_s:g} s bound; retry in {retry} s",
+                    retry,
+                )
+            # expires long after the slowest admitted request should have been answered
+            expiry = self.clock() + 3 * max(ahead, policy.max_wait_s) + 60
+            name = f"{int(expiry * 1000)}-{cost:.0f}-{uuid.uuid4().hex}"
+            (self.folder / name).touch()
+            return name
+
+    def release(self, tickets: Iterable[str]) -> None:
+        for name in tickets:
+            if name and "/" not in name and not name.startswith("."):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.folder / name)
+
+    def write_rate(self, encoder: str, rate: float) -> None:
+        """Atomically: a reader never sees half a number."""
+        staging = self.folder / f".{RATE_PREFIX}{encoder}.{os.getpid()}"
+        staging.write_text(repr(rate))
+        os.replace(staging, self.folder / f"{RATE_PREFIX}{encoder}")
+
+
+class Meter:
+    """The encoder's side: measures seconds per unit of cost over its calls and releases answered tickets."""
+
+    def __init__(self, ledger: Ledger, encoder: str) -> None:
+        self.ledger, self.encoder = ledger, encoder
+        self.rate: float | None = None
+
+    def done(self, seconds: float, costs: Sequence[float], tickets: Iterable[str]) -> None:
+        """After an execute() of `seconds` over requests of `costs` (images' costs; queries count 0)."""
+        self.ledger.release(tickets)
+        total = sum(costs)
+        if total < MIN_MEASURED or seconds <= 0:
+            return
+        measured = seconds / total
+        self.rate = measured if self.rate is None else (1 - RATE_ALPHA) * self.rate + RATE_ALPHA * measured
+        with contextlib.suppress(OSError):
+            self.ledger.write_rate(self.encoder, self.rate)

@@ -1,0 +1,151 @@
+"""Admission (model_repository/colqwen2_serving/admission.py): the ledger's arithmetic, its expiry, its lock
+across processes, and the preprocessing model refusing before it decodes. The served path is in test_overload."""
+
+from __future__ import annotations
+
+import io
+import multiprocessing
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from model_repository.colqwen2_serving.admission import (
+    MIN_MEASURED,
+    Ledger,
+    Meter,
+    Policy,
+    Refused,
+    image_cost,
+    images_cost,
+)
+from model_repository.colqwen2_serving.errors import InputError
+from model_repository.colqwen2_serving.grid import PixelLimits
+from model_repository.colqwen2_serving.imaging import DecodeLimits, Resolution
+from model_repository.colqwen2_serving.preprocess import Preprocessor
+from model_repository.colqwen2_serving.prompts import PromptTokenizer
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_an_images_cost_doubles_its_linear_part_at_the_cap():
+    assert image_cost(768) == 2 * 768
+    assert image_cost(4) == pytest.approx(4.02, abs=0.01)
+    assert images_cost(np.array([[24, 32], [2, 2]])) == image_cost(768) + image_cost(4)
+    assert images_cost(None) == 0.0  # a query
+
+
+def test_the_bound_refuses_past_the_floor_and_says_when_to_retry(tmp_path):
+    ledger = Ledger(tmp_path, Clock())
+    policy = Policy(max_wait_s=3.0, min_in_flight=2, default_rate=0.001)
+    photo = image_cost(768)  # 1.536 s at the default rate
+    first, second = ledger.admit(photo, policy), ledger.admit(photo, policy)  # the floor: 2 always pass
+    assert len(ledger.tickets()) == 2
+    with pytest.raises(Refused, match=r"^busy: 4\.6 s of encoder work .* \(2 image requests in flight.*3 s bound; "
+                       r"retry in 2 s") as refused:  # fmt: skip
+        ledger.admit(photo, policy)
+    assert refused.value.retry_after == 2
+    ledger.admit(image_cost(4), policy, small=True)  # a canary-sized image passes anyway
+    ledger.release([first, second])
+    assert ledger.admit(photo, policy)  # room again
+    assert sorted(ledger.tickets()) == [4.0, photo]  # costs kept to the unit
+
+
+def test_a_ticket_never_released_expires(tmp_path):
+    clock = Clock()
+    ledger = Ledger(tmp_path, clock)
+    policy = Policy(max_wait_s=1.0, min_in_flight=0, default_rate=0.001)
+    ledger.admit(500.0, policy)  # its request died before the encoder: nobody releases it
+    with pytest.raises(Refused):
+        ledger.admit(600.0, policy)
+    clock.now += 3 * 1.0 + 61  # past 3 x the bound + 60 s
+    assert ledger.tickets() == [] and not [p for p in tmp_path.iterdir() if not p.name.startswith(".")]
+    assert ledger.admit(600.0, policy)
+
+
+def test_the_encoder_measures_its_rate_and_the_slowest_counts(tmp_path):
+    ledger = Ledger(tmp_path, Clock())
+    policy = Policy(max_wait_s=10.0, default_rate=0.5)
+    assert ledger.rate(policy.default_rate) == 0.5  # nothing measured yet
+    fp32, int8 = Meter(ledger, "colqwen2_encoder_fp32"), Meter(ledger, "colqwen2_encoder_int8_dynamic")
+    ticket = ledger.admit(1000.0, policy)
+    fp32.done(1.0, [1000.0], [ticket])
+    assert ledger.tickets() == [] and ledger.rate(0.5) == pytest.approx(0.001)
+    fp32.done(2.0, [1000.0], [])  # EWMA: 0.7 x 0.001 + 0.3 x 0.002
+    assert fp32.rate == pytest.approx(0.0013)
+    int8.done(0.5, [1000.0], [])
+    assert ledger.rate(0.5) == pytest.approx(0.0013)  # the slowest: they share the host's cores
+    fp32.done(5.0, [MIN_MEASURED - 1], [])  # a warmup-sized call says more of overhead than of rate
+    assert fp32.rate == pytest.approx(0.0013)
+
+
+def _admit_many(folder: str, count: int, results) -> None:
+    ledger = Ledger(Path(folder))
+    policy = Policy(max_wait_s=1.0, min_in_flight=0, default_rate=0.01)
+    admitted = 0
+    for _ in range(count):
+        try:
+            ledger.admit(10.0, policy)  # 0.1 s each: the bound holds 10
+            admitted += 1
+        except Refused:
+            pass
+    results.put(admitted)
+
+
+def test_processes_admitting_at_once_never_pass_the_bound_together(tmp_path):
+    results = multiprocessing.get_context("spawn").Queue()
+    workers = [multiprocessing.get_context("spawn").Process(target=_admit_many, args=(str(tmp_path), 30, results))
+               for _ in range(3)]  # fmt: skip
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(60)
+    assert sum(results.get(timeout=5) for _ in workers) == 10
+
+
+def _png(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 30, 30)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def preprocessor(tiny_artifacts, tmp_path) -> Preprocessor:
+    tokenizer = PromptTokenizer.from_processor_dir(tiny_artifacts / "processor")
+    resolution = Resolution(PixelLimits(3136, 602112))
+    policy = Policy(max_wait_s=2.0, min_in_flight=1, default_rate=0.001)
+    return Preprocessor(resolution, DecodeLimits(), tokenizer, policy, Ledger(tmp_path / "ledger", Clock()))
+
+
+def test_preprocessing_refuses_before_decoding_and_hands_its_ticket_on(preprocessor):
+    photo = np.array([[_png(1500, 1500)]], dtype=object)
+    outputs = preprocessor(photo, None)
+    (ticket,) = {t.decode() for t in outputs["TICKET"].reshape(-1)}
+    assert preprocessor.ledger.tickets() == [round(image_cost(27 * 27))]  # 1500 x 1500 at the cap: 27 x 27 tokens
+    # a second photo would find 2.84 s ahead, over 2 s: refused, and from its header alone (this one's body is
+    # cut short, which decoding would have named)
+    truncated = _png(1500, 1500)[:200]
+    with pytest.raises(Refused, match=r"busy: 2\.8 s"):
+        preprocessor(np.array([[truncated]], dtype=object), None)
+    preprocessor.ledger.release([ticket])
+    # admitted, then its decode fails: its ticket goes with it
+    with pytest.raises(InputError, match="corrupt or truncated PNG"):
+        preprocessor(np.array([[truncated]], dtype=object), None)
+    assert preprocessor.ledger.tickets() == []
+    # queries are not ticketed, and carry no TICKET
+    assert "TICKET" not in preprocessor(None, np.array([[b"a price chart"]], dtype=object))
+
+
+def test_with_admission_off_the_ticket_is_empty(preprocessor):
+    preprocessor.policy = Policy(max_wait_s=0)
+    for _ in range(3):
+        outputs = preprocessor(np.array([[_png(1500, 1500)]], dtype=object), None)
+        assert outputs["TICKET"].tolist() == [[b""]]
+    assert preprocessor.ledger.tickets() == []
