@@ -116,6 +116,9 @@ class RenderOptions:
     # CPU serves 0.8 to 1.1 images/s, so 2 s is 2 images; a GPU many more). 0 turns either off.
     max_queue_size: int = 128
     queue_timeout_ms: int = 2000
+    # Preprocessing takes milliseconds a request: one still waiting for it after this long finds the decode
+    # stage itself saturated, and is refused (busy) within a second of arriving. 0: the queue_timeout_ms bound.
+    preprocess_queue_timeout_ms: int = 500
     # Admission (colqwen2_serving/admission.py): an image is refused at once, before its decode, when more than
     # this much encoder work (ms, at the encoder's measured rate) would be ahead of it; -1: the host's default
     # (ADMISSION_WAIT_MS), 0: off. With it on, the encoder's queue has no time bound (what it holds is already
@@ -204,7 +207,7 @@ def pixel_limits(opts: RenderOptions, manifest: dict):
     from .colqwen2_serving.grid import PixelLimits
 
     names = ("max_batch_size", "max_queue_size", "queue_timeout_ms", "max_visual_tokens", "fixed_image_size",
-             "admission_min_in_flight", "admission_rate_ns")  # fmt: skip
+             "admission_min_in_flight", "admission_rate_ns", "preprocess_queue_timeout_ms")  # fmt: skip
     for name in names:
         if getattr(opts, name) < 0 or (name == "max_batch_size" and opts.max_batch_size < 1):
             raise RenderError(f"{name} must be {'at least 1' if name == 'max_batch_size' else '0 or more'}")
@@ -261,7 +264,11 @@ def template_values(
         "allow_cpu_fallback": "true" if opts.allow_cpu_fallback else "false",
         "threads": opts.threads,
         "trt_cache_dir": opts.trt_cache_dir,
-        "preprocess_batching": _batching_block(opts, preferred, opts.preprocess_queue_delay_us),
+        # one request per preprocessing call: decoding gains nothing from batches, and a short call lets the
+        # scheduler refuse what timed out (and admission refuse what is over its bound) without waiting on one
+        "preprocess_batching": _batching_block(
+            opts, "1", opts.preprocess_queue_delay_us, opts.preprocess_queue_timeout_ms or None
+        ),
         "encoder_batching": _batching_block(
             opts, preferred, encoder_delay, 0 if admission_ms else opts.queue_timeout_ms
         ),
@@ -465,8 +472,14 @@ def _add_capacity_arguments(parser: argparse.ArgumentParser, d: RenderOptions) -
         "--queue-timeout-ms",
         type=int,
         default=d.queue_timeout_ms,
-        help="a user request waiting longer in the preprocessing queue (or, with admission off, the encoder's) is "
-        "refused (default: %(default)s; 0: never)",
+        help="a user request waiting longer in the encoder's queue is refused, with admission off (default: "
+        "%(default)s; 0: never)",
+    )
+    parser.add_argument(
+        "--preprocess-queue-timeout-ms",
+        type=int,
+        default=d.preprocess_queue_timeout_ms,
+        help="a user request waiting longer for preprocessing is refused (default: %(default)s; 0: --queue-timeout-ms)",
     )
     parser.add_argument(
         "--admission-wait-ms",
@@ -555,6 +568,7 @@ def options_from_args(args: argparse.Namespace, out: Path) -> RenderOptions:
         max_queue_size=args.max_queue_size,
         queue_timeout_ms=args.queue_timeout_ms,
         admission_wait_ms=args.admission_wait_ms,
+        preprocess_queue_timeout_ms=args.preprocess_queue_timeout_ms,
         admission_min_in_flight=args.admission_min_in_flight,
         max_image_pixels=args.max_image_pixels,
         max_session_patches=args.max_session_patches,

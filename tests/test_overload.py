@@ -100,7 +100,7 @@ def test_the_sdk_reports_busy_and_retries_through_it(bounded_server):
 def test_a_request_that_waited_too_long_is_refused_as_busy(tiny_artifacts, tmp_path):
     """The queue's time bound: requests still waiting after `queue_timeout_ms` are refused, named busy."""
     options = RenderOptions(
-        tiny_artifacts, tmp_path / "repo", device="cpu", max_queue_size=0, queue_timeout_ms=100,
+        tiny_artifacts, tmp_path / "repo", device="cpu", max_queue_size=0, queue_timeout_ms=100, admission_wait_ms=0,
         encoder_queue_delay_us=300_000, preferred_batch_sizes=(2,), max_batch_size=2,
     )  # fmt: skip
     server = TritonServer.on_free_ports(render(options), python=serving_python())

@@ -138,7 +138,8 @@ def test_queues_are_bounded_by_default_with_an_unbounded_lane_for_canaries(tiny_
     for name, b in batching.items():
         policy = b.default_queue_policy
         # admission bounds the encoder's work ahead, so its queue has no time bound that would refuse late
-        timeout = 0 if name.startswith("colqwen2_encoder") else 2_000_000
+        # preprocessing: milliseconds a request, so half a second of waiting means its stage is saturated
+        timeout = 0 if name.startswith("colqwen2_encoder") else 500_000
         assert policy.max_queue_size == 128 and policy.default_timeout_microseconds == timeout, name
         assert policy.timeout_action == policy.REJECT
         assert b.priority_levels == 2 and b.default_priority_level == 2  # user traffic
@@ -148,7 +149,14 @@ def test_queues_are_bounded_by_default_with_an_unbounded_lane_for_canaries(tiny_
     assert all(
         c.dynamic_batching.default_queue_policy.max_queue_size == 64 for c in sized.values() if c.platform != "ensemble"
     )
-    off = RenderOptions(tiny_artifacts, tmp_path / "unbounded", device="cpu", max_queue_size=0, queue_timeout_ms=0)
+    off = RenderOptions(
+        tiny_artifacts,
+        tmp_path / "unbounded",
+        device="cpu",
+        max_queue_size=0,
+        queue_timeout_ms=0,
+        preprocess_queue_timeout_ms=0,
+    )
     assert all(not c.dynamic_batching.HasField("default_queue_policy") for c in configs(render(off)).values())
     with pytest.raises(RenderError, match="max_queue_size must be 0"):
         render(RenderOptions(tiny_artifacts, tmp_path / "bad", device="cpu", max_queue_size=-1))
