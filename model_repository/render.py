@@ -131,6 +131,8 @@ class RenderOptions:
     max_session_images: int = 0
     max_session_tokens: int = 0
     max_session_sequences: int = 0
+    vision_padding_pct: int = 0  # 0 here: the host's (budgets.SESSION_BUDGETS); -1 any
+    text_padding_pct: int = 0
 
 
 def precision_of(variant: str) -> str:

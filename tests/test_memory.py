@@ -339,7 +339,7 @@ def test_the_gpu_budgets_are_derived_from_the_recorded_run() -> None:
         )
         assert measured == GPU_MEMORY[precision]
         assert measured.room == record["recommended_gpu_budgets"][precision]["unfused"]["room_bytes"]
-        assert gpu_call_budgets(measured) == SESSION_BUDGETS["gpu"][precision]
+        assert gpu_call_budgets(measured).items() <= SESSION_BUDGETS["gpu"][precision].items()
         assert gpu_budgets(precision) == record["gpu_budgets_today"][precision]
 
 

@@ -75,6 +75,14 @@ def test_plan_calls_groups_by_size_within_the_budget():
     assert calls == [[1, 3], [4, 0], [2], [5]]  # small ones together; those over budget alone
 
 
+def test_plan_calls_bounds_padding_where_the_host_computes_it():
+    # a CPU host's vision calls: one grid size per call (padding 0); its text calls: at most 25 % padding
+    costs = [504, 2916, 504, 504, 3072, 2916]
+    assert plan_calls(costs, budget=16384, max_padding=0.0) == [[0, 2, 3], [1, 5], [4]]
+    assert plan_calls(costs, budget=16384) == [[0, 2, 3, 1, 5], [4]]  # a GPU's: any padding
+    assert plan_calls([20, 22, 25, 40], budget=8192, max_padding=0.25) == [[0, 1, 2], [3]]
+
+
 def encoder(parts, vision_session=None, text_session=None, cap: int = 768) -> EncoderRunner:
     tokenizer, vision, text, _ = parts
     return EncoderRunner(

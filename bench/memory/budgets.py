@@ -79,7 +79,7 @@ def image_tokens(width: int, height: int, cap: int = CAP_TOKENS) -> int:
 def gpu_budgets(precision: str, cap: int = CAP_TOKENS) -> dict[str, int]:
     """A GPU host's call budgets for `precision` as `render.py` writes them, with the item counts the encoder
     derives when they are 0 (`runners.bounded`: as many items at the cap as the budget holds)."""
-    budgets = dict(SESSION_BUDGETS["gpu"][precision])
+    budgets = {k: v for k, v in SESSION_BUDGETS["gpu"][precision].items() if k.startswith("max_session")}
     vision = bounded(Budget(budgets["max_session_patches"], budgets["max_session_images"]), PATCHES_PER_TOKEN * cap)
     longest = max(QUERY_TOKENS, cap + PROMPT_EXTRA_TOKENS)  # as `runners.encoder_runner` takes it
     text = bounded(Budget(budgets["max_session_tokens"], budgets["max_session_sequences"]), longest)

@@ -38,19 +38,27 @@ class TextItem:
     grid: tuple[int, int] | None = None  # the image's grid; None for a query
 
 
-def plan_calls(costs: Sequence[int], budget: int, max_items: int = 0) -> list[list[int]]:
+def plan_calls(
+    costs: Sequence[int], budget: int, max_items: int = 0, max_padding: float | None = None
+) -> list[list[int]]:
     """Indices grouped into calls, smallest first: each call's padded size (items x largest cost) stays
     within `budget` and its item count within `max_items` (0: no limit). An item larger than the
-    budget gets a call of its own. Sorting by size keeps items of one call close in size."""
+    budget gets a call of its own. Sorting by size keeps items of one call close in size. `max_padding`
+    (None: any): a call's padded size stays within (1 + max_padding) x its items' own total, so 0 groups
+    only items of one size (a CPU computes padding as surely as data; a GPU does it in parallel)."""
     order = sorted(range(len(costs)), key=lambda i: costs[i])
     calls: list[list[int]] = []
     current: list[int] = []
+    total = 0
     for i in order:
         full = max_items and len(current) >= max_items
-        if current and (full or (len(current) + 1) * costs[i] > budget):
+        padded = (len(current) + 1) * costs[i]
+        wasteful = max_padding is not None and padded > (1 + max_padding) * (total + costs[i])
+        if current and (full or padded > budget or wasteful):
             calls.append(current)
-            current = []
+            current, total = [], 0
         current.append(i)
+        total += costs[i]
     if current:
         calls.append(current)
     return calls

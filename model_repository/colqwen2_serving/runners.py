@@ -65,12 +65,13 @@ class Budget:
 
     size: int
     items: int = 0  # 0: no limit beyond `size`
+    padding: float | None = None  # most padding per call, a fraction of its items' own size (None: any)
 
 
 def run_calls(items: Sequence, costs: Sequence[int], budget: Budget, call: Callable[[list], list]) -> list:
     """`call` over budget-bounded groups of items; per item its result, or the exception it raised alone."""
     results: list = [None] * len(items)
-    for group in plan_calls(costs, budget.size, budget.items):
+    for group in plan_calls(costs, budget.size, budget.items, budget.padding):
         try:
             outputs = call([items[i] for i in group])
         except Exception as exc:
@@ -217,7 +218,7 @@ def _item_error(error: Exception, index: int, count: int) -> Exception:
 
 def bounded(budget: Budget, longest: int) -> Budget:
     """`budget` with its item count set: as given, or (0) as many of the longest items as its size holds."""
-    return budget if budget.items else Budget(budget.size, max(1, budget.size // longest))
+    return budget if budget.items else Budget(budget.size, max(1, budget.size // longest), budget.padding)
 
 
 def vision_profile(budget: Budget, max_visual_tokens: int) -> tuple:
@@ -242,6 +243,12 @@ def text_profile(budget: Budget, longest: int, hidden: int) -> tuple:
     return tuple(shapes)
 
 
+def _padding(params, key: str) -> float | None:
+    """A padding bound in percent (negative or unset: none) as a fraction."""
+    percent = params.integer(key, -1)
+    return None if percent < 0 else percent / 100
+
+
 def encoder_runner(params, instance_args: dict[str, str]) -> EncoderRunner:
     """The encoder model's runner, configured by its Triton parameters (sessions: TensorRT, CUDA or CPU)."""
     from .sessions import provider_of, session_from_parameters
@@ -249,11 +256,13 @@ def encoder_runner(params, instance_args: dict[str, str]) -> EncoderRunner:
     hidden = params.integer("hidden_size")
     cap = params.integer("max_visual_tokens")
     longest = max(params.integer("max_query_tokens"), params.integer("max_prompt_tokens"))
+    vision_padding, text_padding = (_padding(params, f"{kind}_padding_pct") for kind in ("vision", "text"))
     vision_budget = bounded(
-        Budget(params.integer("max_session_patches"), params.integer("max_session_images", 0)), cap * PATCHES_PER_TOKEN
+        Budget(params.integer("max_session_patches"), params.integer("max_session_images", 0), vision_padding),
+        cap * PATCHES_PER_TOKEN,
     )
     text_budget = bounded(
-        Budget(params.integer("max_session_tokens"), params.integer("max_session_sequences", 0)), longest
+        Budget(params.integer("max_session_tokens"), params.integer("max_session_sequences", 0), text_padding), longest
     )
     vision_profile_ = vision_profile(vision_budget, cap)
     vision_session = session_from_parameters(params, instance_args, params.path("vision_model"), vision_profile_)
