@@ -255,9 +255,9 @@ MAX_ATTEMPTS = 50
 
 async def drive(url: str, protocol: str, model: str, data: list[bytes], concurrency: int, requests: int) -> Driven:
     """`requests` single-image requests, `concurrency` in flight. A request refused as busy is retried as the SDK
-    does (its backoff, or the server's `retry in` hint when longer), so the level measures goodput at saturation;
+    does (when the server's `retry in` hint says, else with backoff), so the level measures goodput at saturation;
     other errors are counted and not retried."""
-    from colqwen2_client._base import MAX_BACKOFF, backoff_delay
+    from colqwen2_client._base import retry_delay
     from colqwen2_client._transport import translate
     from colqwen2_client.errors import ServerBusyError
 
@@ -287,7 +287,7 @@ async def drive(url: str, protocol: str, model: str, data: list[bytes], concurre
                     out.errors += 1
                     return
                 out.refusals.append(time.perf_counter() - start)
-                await asyncio.sleep(max(backoff_delay(attempt), min(error.retry_after or 0.0, MAX_BACKOFF)))
+                await asyncio.sleep(retry_delay(attempt, error))
                 continue
             now = time.perf_counter()
             out.latencies.append(now - start)

@@ -51,11 +51,19 @@ def test_the_bound_refuses_past_the_floor_and_says_when_to_retry(tmp_path):
     with pytest.raises(Refused, match=r"^busy: 4\.6 s of encoder work .* \(2 image requests in flight.*3 s bound; "
                        r"retry in 2 s") as refused:  # fmt: skip
         ledger.admit(photo, policy)
-    assert refused.value.retry_after == 2
+    assert refused.value.retry_after == 2  # 4.6 - 3 s, rounded up (a quarter of the bound would be 1)
     ledger.admit(image_cost(4), policy, small=True)  # a canary-sized image passes anyway
     ledger.release([first, second])
     assert ledger.admit(photo, policy)  # room again
     assert sorted(ledger.tickets()) == [4.0, photo]  # costs kept to the unit
+
+
+def test_refused_clients_are_told_to_wait_at_least_a_quarter_of_the_bound(tmp_path):
+    ledger = Ledger(tmp_path, Clock())
+    policy = Policy(max_wait_s=20.0, min_in_flight=0, default_rate=0.01)
+    ledger.admit(1900.0, policy)  # 19 s ahead
+    with pytest.raises(Refused, match="retry in 5 s"):  # 21 s would be 1 s over; the admitted 19 s last longer
+        ledger.admit(200.0, policy)
 
 
 def test_a_ticket_never_released_expires(tmp_path):

@@ -86,8 +86,8 @@ def infer(options: _base.ClientOptions, model: str, name: str, items: list[bytes
         except ColQwen2Error as exc:
             if not exc.retryable or attempt == options.max_retries:
                 raise
-            hint = min(getattr(exc, "retry_after", None) or 0.0, _base.MAX_BACKOFF)
-        yield Sleep(max(_base.backoff_delay(attempt), hint))
+            pause = _base.retry_delay(attempt, exc)
+        yield Sleep(pause)
     raise AssertionError("unreachable")
 
 

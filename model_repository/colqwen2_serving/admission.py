@@ -144,7 +144,9 @@ class Ledger:
             rate = self.rate(policy.default_rate)
             ahead = (sum(costs) + cost) * rate
             if not small and len(costs) >= policy.min_in_flight and ahead > policy.max_wait_s:
-                retry = max(1, math.ceil(ahead - policy.max_wait_s))
+                # when this one would fit, but not sooner than a quarter of the bound: the admitted work keeps the
+                # encoder busy that long, and refused clients retrying sooner only cost the server their refusals
+                retry = max(1, math.ceil(ahead - policy.max_wait_s), math.ceil(policy.max_wait_s / 4))
                 raise Refused(
                     f"busy: {ahead:.1f} s of encoder work would be ahead of this image ({len(costs)} image requests "
                     f"in flight), over the {policy.max_wait_s:g} s bound; retry in {retry} s",
