@@ -152,7 +152,7 @@ def run_config(name: str, args, data: list[bytes], levels: list[int]) -> tuple[l
             url = server.grpc_url if protocol == "grpc" else server.http_url
             asyncio.run(drive(url, protocol, MODEL, data, 2, 4))  # warm up connections and arenas
             for concurrency in levels:
-                requests = max(args.requests, 2 * concurrency)
+                requests = max(args.requests, 4 * concurrency)  # saturated levels long enough to hold their rate
                 results.append(
                     measure_level(server, name, protocol, encoder, data, concurrency, requests, gpu, admission_ms)
                 )
@@ -546,7 +546,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--configs", default="", help="comma-separated; default: native and fixed448, each precision")
     parser.add_argument("--protocols", default="grpc")
     parser.add_argument("--concurrency", default="1,4,16,64")
-    parser.add_argument("--requests", type=int, default=32, help="per level (at least 2 x concurrency)")
+    parser.add_argument("--requests", type=int, default=32, help="per level (at least 4 x concurrency)")
     parser.add_argument("--images", type=int, default=16, help="distinct images of the mixed workload")
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime / torch threads (0: all cores)")
     parser.add_argument("--paired-rounds", type=int, default=16, help="alternated calls for the overhead target")

@@ -13,6 +13,7 @@ from PIL import Image
 
 from model_repository.colqwen2_serving.admission import (
     MIN_MEASURED,
+    RATE_WINDOW,
     Ledger,
     Meter,
     Policy,
@@ -86,12 +87,15 @@ def test_the_encoder_measures_its_rate_and_the_slowest_counts(tmp_path):
     ticket = ledger.admit(1000.0, policy)
     fp32.done(1.0, [1000.0], [ticket])
     assert ledger.tickets() == [] and ledger.rate(0.5) == pytest.approx(0.001)
-    fp32.done(2.0, [1000.0], [])  # EWMA: 0.7 x 0.001 + 0.3 x 0.002
-    assert fp32.rate == pytest.approx(0.0013)
+    fp32.done(2.0, [1000.0], [])  # the slowest of the last RATE_WINDOW calls
+    assert fp32.rate == pytest.approx(0.002)
     int8.done(0.5, [1000.0], [])
-    assert ledger.rate(0.5) == pytest.approx(0.0013)  # the slowest: they share the host's cores
+    assert ledger.rate(0.5) == pytest.approx(0.002)  # the slowest encoder: they share the host's cores
     fp32.done(5.0, [MIN_MEASURED - 1], [])  # a warmup-sized call says more of overhead than of rate
-    assert fp32.rate == pytest.approx(0.0013)
+    assert fp32.rate == pytest.approx(0.002)
+    for _ in range(RATE_WINDOW):
+        fp32.done(1.5, [1000.0], [])
+    assert fp32.rate == pytest.approx(0.0015) and ledger.rate(0.5) == pytest.approx(0.0015)
 
 
 def _admit_many(folder: str, count: int, results) -> None:

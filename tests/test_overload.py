@@ -34,6 +34,11 @@ def bounded_server(tiny_artifacts, tmp_path_factory):
         tiny_artifacts, work / "repo", device="cpu", max_queue_size=2, encoder_queue_delay_us=300_000,
         preferred_batch_sizes=(32,), preprocess_instances=1,
     )  # fmt: skip
+    yield from _serve(options, work)
+
+
+def _serve(options: RenderOptions, work):
+    """A Triton serving `options`' repository, ready, until the fixture ends."""
     server = TritonServer.on_free_ports(render(options), python=serving_python())
     with open(work / "triton.log", "w") as log:
         server.start(log)
@@ -125,12 +130,7 @@ def admitting_server(tiny_artifacts, tmp_path_factory):
         tiny_artifacts, work / "repo", device="cpu", admission_wait_ms=1, admission_min_in_flight=2,
         encoder_queue_delay_us=200_000, preferred_batch_sizes=(32,),
     )  # fmt: skip
-    server = TritonServer.on_free_ports(render(options), python=serving_python())
-    with open(work / "triton.log", "w") as log:
-        server.start(log)
-        server.wait_ready(180)
-        yield server
-        server.stop()
+    yield from _serve(options, work)
 
 
 def test_admission_refuses_at_once_and_keeps_nothing(admitting_server):

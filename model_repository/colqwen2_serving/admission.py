@@ -27,6 +27,7 @@ second, and their wait is bounded by the same admitted image work plus Triton's 
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import fcntl
 import math
@@ -41,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 COST_TOKENS = 768  # where attention's cost equals the linear part's (README "Overload")
-RATE_ALPHA = 0.3  # weight of the newest call in the measured rate
+RATE_WINDOW = 8  # the rate published is the slowest of the last calls': work ahead is not underestimated
 MIN_MEASURED = 100.0  # calls of less image work (warmup, canaries, queries) say more of overhead than of rate
 RATE_PREFIX = "rate-"
 LOCK = ".lock"
@@ -172,11 +173,17 @@ class Ledger:
 
 
 class Meter:
-    """The encoder's side: measures seconds per unit of cost over its calls and releases answered tickets."""
+    """The encoder's side: measures seconds per unit of cost over its calls (publishing the slowest of the last
+    RATE_WINDOW: the cost model is an approximation, and an underestimate would admit past the bound) and
+    releases answered tickets."""
 
     def __init__(self, ledger: Ledger, encoder: str) -> None:
         self.ledger, self.encoder = ledger, encoder
-        self.rate: float | None = None
+        self.recent: collections.deque[float] = collections.deque(maxlen=RATE_WINDOW)
+
+    @property
+    def rate(self) -> float | None:
+        return max(self.recent, default=None)
 
     def done(self, seconds: float, costs: Sequence[float], tickets: Iterable[str]) -> None:
         """After an execute() of `seconds` over requests of `costs` (images' costs; queries count 0)."""
@@ -184,7 +191,6 @@ class Meter:
         total = sum(costs)
         if total < MIN_MEASURED or seconds <= 0:
             return
-        measured = seconds / total
-        self.rate = measured if self.rate is None else (1 - RATE_ALPHA) * self.rate + RATE_ALPHA * measured
+        self.recent.append(seconds / total)
         with contextlib.suppress(OSError):
-            self.ledger.write_rate(self.encoder, self.rate)
+            self.ledger.write_rate(self.encoder, max(self.recent))
