@@ -108,11 +108,11 @@ def backoff_delay(attempt: int, base: float = DEFAULT_BACKOFF) -> float:
 
 def retry_delay(attempt: int, error: BaseException) -> float:
     """How long to wait before retry `attempt + 1`: a server that said when (a busy refusal's `retry_after`) is
-    retried then, spread over 1 to 1.5 times its hint so that refused clients do not return together (capped at
-    MAX_BACKOFF); anything else with `backoff_delay`."""
+    retried then, spread over 1 to 2 times its hint so that refused clients do not return together (the hint
+    capped at MAX_BACKOFF); anything else with `backoff_delay`."""
     hint = getattr(error, "retry_after", None)
     if hint:
-        return min(hint, MAX_BACKOFF) * random.uniform(1.0, 1.5)
+        return min(hint, MAX_BACKOFF) * random.uniform(1.0, 2.0)
     return backoff_delay(attempt)
 
 

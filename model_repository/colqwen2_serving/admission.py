@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 COST_TOKENS = 768  # where attention's cost equals the linear part's (README "Overload")
-RATE_WINDOW = 8  # the rate published is the slowest of the last calls': work ahead is not underestimated
+RATE_WINDOW = 16  # the rate published is over the last calls together: their seconds over their costs
 MIN_MEASURED = 100.0  # calls of less image work (warmup, canaries, queries) say more of overhead than of rate
 RATE_PREFIX = "rate-"
 LOCK = ".lock"
@@ -145,9 +145,10 @@ class Ledger:
             rate = self.rate(policy.default_rate)
             ahead = (sum(costs) + cost) * rate
             if not small and len(costs) >= policy.min_in_flight and ahead > policy.max_wait_s:
-                # when this one would fit, but not sooner than a quarter of the bound: the admitted work keeps the
-                # encoder busy that long, and refused clients retrying sooner only cost the server their refusals
-                retry = max(1, math.ceil(ahead - policy.max_wait_s), math.ceil(policy.max_wait_s / 4))
+                # when this one would fit, but not sooner than half the bound: the admitted work keeps the encoder
+                # busy that long, and refused clients retrying sooner only cost the server their refusals (on the
+                # medium checkpoint, 12 refusals/s took about a tenth of this 2-core host's goodput)
+                retry = max(1, math.ceil(ahead - policy.max_wait_s), math.ceil(policy.max_wait_s / 2))
                 raise Refused(
                     f"busy: {ahead:.1f} s of encoder work would be ahead of this image ({len(costs)} image requests "
                     f"in flight), over the {policy.max_wait_s:g} s bound; retry in {retry} s",
@@ -173,17 +174,20 @@ class Ledger:
 
 
 class Meter:
-    """The encoder's side: measures seconds per unit of cost over its calls (publishing the slowest of the last
-    RATE_WINDOW: the cost model is an approximation, and an underestimate would admit past the bound) and
-    releases answered tickets."""
+    """The encoder's side: measures seconds per unit of cost over its last RATE_WINDOW calls (their seconds over
+    their costs: a chart costs more per unit than a photo, its fixed part weighing more, and a workload's mix
+    averages out; the slowest call's rate instead would hold the encoder's queue to a fraction of the bound, and
+    leave it idle while refused clients wait to retry), and releases answered tickets."""
 
     def __init__(self, ledger: Ledger, encoder: str) -> None:
         self.ledger, self.encoder = ledger, encoder
-        self.recent: collections.deque[float] = collections.deque(maxlen=RATE_WINDOW)
+        self.recent: collections.deque[tuple[float, float]] = collections.deque(maxlen=RATE_WINDOW)
 
     @property
     def rate(self) -> float | None:
-        return max(self.recent, default=None)
+        if not self.recent:
+            return None
+        return sum(s for s, _ in self.recent) / sum(c for _, c in self.recent)
 
     def done(self, seconds: float, costs: Sequence[float], tickets: Iterable[str]) -> None:
         """After an execute() of `seconds` over requests of `costs` (images' costs; queries count 0)."""
@@ -191,6 +195,6 @@ class Meter:
         total = sum(costs)
         if total < MIN_MEASURED or seconds <= 0:
             return
-        self.recent.append(seconds / total)
+        self.recent.append((seconds, total))
         with contextlib.suppress(OSError):
-            self.ledger.write_rate(self.encoder, max(self.recent))
+            self.ledger.write_rate(self.encoder, self.rate)
