@@ -248,6 +248,8 @@ class Driven:
     errors: int
     given_up: int
     vectors: int
+    window: float = 0.0  # s from the start until the last request was first sent: `concurrency` were in flight
+    in_window: int = 0  # requests served within it
 
 
 MAX_ATTEMPTS = 50
@@ -268,6 +270,8 @@ async def drive(url: str, protocol: str, model: str, data: list[bytes], concurre
     client = module.InferenceServerClient(url)
     out = Driven([], [], [], 0.0, 0, 0, 0)
     next_index = 0
+    served_at: list[float] = []
+    last_issued = 0.0
 
     async def one(i: int) -> None:
         first = time.perf_counter()
@@ -290,6 +294,7 @@ async def drive(url: str, protocol: str, model: str, data: list[bytes], concurre
                 await asyncio.sleep(retry_delay(attempt, error))
                 continue
             now = time.perf_counter()
+            served_at.append(now)
             out.latencies.append(now - start)
             out.totals.append(now - first)
             out.vectors += int(result.as_numpy("num_vectors").sum())
@@ -297,14 +302,18 @@ async def drive(url: str, protocol: str, model: str, data: list[bytes], concurre
         out.given_up += 1
 
     async def worker() -> None:
-        nonlocal next_index
+        nonlocal next_index, last_issued
         while next_index < requests:
             i = next_index
             next_index += 1
+            if next_index == requests:
+                last_issued = time.perf_counter()
             await one(i)
 
     start = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     out.wall = time.perf_counter() - start
+    out.window = last_issued - start
+    out.in_window = sum(t <= last_issued for t in served_at)
     await client.close()
     return out

@@ -99,6 +99,10 @@ class Level:
     request_p99_ms: float = float("nan")  # a served request from its first attempt: retries and pauses included
     given_up: int = 0  # refused MAX_ATTEMPTS times
     admission_ms: float = float("nan")  # the server's admission bound (0: off)
+    # served per second while `concurrency` were in flight: from the start until the last request was first sent.
+    # The level's end (its last requests, some asleep before a retry, while the encoder drains) is not load at
+    # that concurrency; `images_per_s` keeps it.
+    window_images_per_s: float = float("nan")
 
 
 def measure_level(server: TritonServer, config: str, protocol: str, encoder: str, data: list[bytes],
@@ -119,11 +123,13 @@ def measure_level(server: TritonServer, config: str, protocol: str, encoder: str
         memory.peak_rss / 2**20, memory.peak_gpu_mb, run.errors, [round(x * 1e3, 2) for x in run.latencies],
         len(run.refusals), float(np.percentile(refusals, 50)), float(np.percentile(refusals, 99)),
         float(np.percentile(totals, 99)), run.given_up, admission_ms,
+        run.in_window / run.window if run.window > 0 else float("nan"),
     )  # fmt: skip
     gpu_text = f"  gpu {level.peak_gpu_mb:7.0f} MiB" if level.peak_gpu_mb is not None else ""
     print(
         f"{config:<32} {protocol:<4} c={concurrency:<3} {level.images_per_s:7.2f} img/s "
-        f"{level.vectors_per_s:8.0f} vec/s  p50 {level.p50_ms:8.1f} ms  p99 {level.p99_ms:8.1f} ms  "
+        f"{level.vectors_per_s:8.0f} vec/s  (in flight: {level.window_images_per_s:5.2f} img/s)  "
+        f"p50 {level.p50_ms:8.1f} ms  p99 {level.p99_ms:8.1f} ms  "
         f"batch {level.encoder_batch:5.2f}  rss {level.peak_rss_mb:7.0f} MB{gpu_text}  "
         f"refused {level.refused} (p99 {level.refusal_p99_ms:.0f} ms)  errors {run.errors}  given up {run.given_up}",
         flush=True,
@@ -242,11 +248,11 @@ def overload_targets(levels: list[Level]) -> list[dict]:
     rows = []
     configs = list(dict.fromkeys(lv.config for lv in levels))
     for config in configs:
-        loaded = [lv.images_per_s for lv in levels if lv.config == config and lv.concurrency in (16, 64)]
-        best = _best(levels, config)
+        loaded = [lv.window_images_per_s for lv in levels if lv.config == config and lv.concurrency in (16, 64)]
+        best = _best(levels, config, "window_images_per_s")
         ratio = min(loaded) / best if loaded and best > 0 else None
-        rows.append(_target(f"{config}: goodput at 16 and 64 in flight (the lower) vs its best level", ratio,
-                            ">=", 0.95, "x", "no level at 16 or 64 in flight"))  # fmt: skip
+        rows.append(_target(f"{config}: goodput at 16 and 64 in flight (the lower) vs its best level, while in "
+                            "flight", ratio, ">=", 0.95, "x", "no level at 16 or 64 in flight"))  # fmt: skip
     refusals = [lv.refusal_p99_ms for lv in levels if lv.refused]
     rows.append(_target("busy refusals answered within (p99, the slowest level)", max(refusals, default=None),
                         "<=", 1000, " ms", "no request was refused"))  # fmt: skip
@@ -480,24 +486,28 @@ def _levels_md(result: dict) -> list[str]:
         "",
         "## Triton",
         "",
-        "Images/s and vectors/s: served requests only (goodput). p50/p95/p99: a served request's accepted attempt. "
+        "Images/s and vectors/s: served requests only (goodput), over the whole level; images/s in flight: served "
+        "per second from the start until the last request was first sent, while `concurrency` requests were in "
+        "flight (the level's end, its last requests draining, is not load at that concurrency; the overload "
+        "targets use this rate). p50/p95/p99: a served request's accepted attempt. "
         "Refused: busy answers (admission or a full queue), each retried by the load generator as the SDK retries "
         "(its backoff, or the server's `retry in` hint); refusal p50/p99: how fast those answers came; request "
         "p99: a served request from its first attempt, its refusals and pauses included. Errors: failures other "
         "than busy; given up: refused 50 times. Batch: requests per execution of the encoder model (Triton's "
         "statistics API) during the level.",
         "",
-        "| config | protocol | concurrency | requests | images / s | vectors / s | p50 ms | p95 ms | p99 ms "
-        "| refused | refusal p50 ms | refusal p99 ms | request p99 ms | encoder batch | peak RSS MB | peak GPU MiB "
-        "| errors | given up |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| config | protocol | concurrency | requests | images / s | images / s in flight | vectors / s | p50 ms "
+        "| p95 ms | p99 ms | refused | refusal p50 ms | refusal p99 ms | request p99 ms | encoder batch | peak RSS MB "
+        "| peak GPU MiB | errors | given up |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for lv in result["levels"]:
         lines.append(
             f"| {lv['config']} | {lv['protocol']} | {lv['concurrency']} | {lv['requests']} | {lv['images_per_s']:.2f} "
-            f"| {lv['vectors_per_s']:.0f} | {lv['p50_ms']:.1f} | {lv['p95_ms']:.1f} | {lv['p99_ms']:.1f} "
-            f"| {lv.get('refused', 0)} | {_fmt(lv.get('refusal_p50_ms'), 1)} | {_fmt(lv.get('refusal_p99_ms'), 1)} "
-            f"| {_fmt(lv.get('request_p99_ms'), 1)} | {_fmt(lv['encoder_batch'], 2)} | {lv['peak_rss_mb']:.0f} "
+            f"| {_fmt(lv.get('window_images_per_s'), 2)} | {lv['vectors_per_s']:.0f} | {lv['p50_ms']:.1f} "
+            f"| {lv['p95_ms']:.1f} | {lv['p99_ms']:.1f} | {lv.get('refused', 0)} | {_fmt(lv.get('refusal_p50_ms'), 1)} "
+            f"| {_fmt(lv.get('refusal_p99_ms'), 1)} | {_fmt(lv.get('request_p99_ms'), 1)} "
+            f"| {_fmt(lv['encoder_batch'], 2)} | {lv['peak_rss_mb']:.0f} "
             f"| {_fmt(lv['peak_gpu_mb'], 0)} | {lv['errors']} | {lv.get('given_up', 0)} |"
         )
     return lines
