@@ -120,7 +120,7 @@ class RenderOptions:
     # stage itself saturated, and is refused (busy) within a second of arriving. 0: the queue_timeout_ms bound.
     preprocess_queue_timeout_ms: int = 500
     # Admission (colqwen2_serving/admission.py): an image is refused at once, before its decode, when more than
-    # this much encoder work (ms, at the encoder's measured rate) would be ahead of it; -1: the host's default
+    # this much encoder work (ms, at the encoder's measured rate) is ahead of it; -1: the host's default
     # (ADMISSION_WAIT_MS), 0: off. With it on, the encoder's queue has no time bound (what it holds is already
     # bounded), so an admitted request is never refused late. `admission_min_in_flight` requests always pass.
     admission_wait_ms: int = -1
@@ -487,7 +487,7 @@ def _add_capacity_arguments(parser: argparse.ArgumentParser, d: RenderOptions) -
         "--admission-wait-ms",
         type=int,
         default=d.admission_wait_ms,
-        help="refuse an image at once when more encoder work than this would be ahead of it (default: -1, the "
+        help="refuse an image at once when more encoder work than this is ahead of it (default: -1, the "
         f"host's: {ADMISSION_WAIT_MS['cpu']} on CPU, {ADMISSION_WAIT_MS['gpu']} on GPU; 0: admission off)",
     )
     parser.add_argument(

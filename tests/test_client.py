@@ -172,10 +172,10 @@ def test_transport_errors_never_leak():
     # the server's admission: refused before any work, with how long to wait; the gateway passes that on
     from colqwen2_client.gateway.models import retry_headers, status_for
 
-    message = "in ensemble 'colqwen2', busy: 14.2 s of encoder work would be ahead of this image; retry in 5 s"
+    message = "in ensemble 'colqwen2', busy: 14.2 s of encoder work ahead of this image; retry in 5 s"
     refused = translate(InferenceServerException(message, status="StatusCode.UNAVAILABLE"), "colqwen2")
     assert type(refused).__name__ == "ServerBusyError" and refused.retry_after == 5.0
-    assert str(refused) == "server busy: 14.2 s of encoder work would be ahead of this image; retry in 5 s (colqwen2)"
+    assert str(refused) == "server busy: 14.2 s of encoder work ahead of this image; retry in 5 s (colqwen2)"
     assert status_for(refused) == 503 and retry_headers(refused) == {"Retry-After": "5"}
     assert retry_headers(busy) == {"Retry-After": "1"} and retry_headers(InvalidInputError("x")) == {}
 

@@ -72,8 +72,8 @@ class Refused(Exception):
 class Policy:
     """What preprocessing admits.
 
-    max_wait_s: the most encoder work (seconds, at the measured rate) a new request may find ahead of it,
-        itself included; 0 turns admission off.
+    max_wait_s: the most encoder work (seconds, at the measured rate) a new request may find ahead of it; an
+        accepted request then waits at most that plus its own time. 0 turns admission off.
     min_in_flight: requests always admitted while fewer than this many are in flight (a user's batch of 4),
         however slow the host: the bound then is their own time.
     default_rate: seconds per unit of cost until the encoder has measured its own.
@@ -143,19 +143,21 @@ class Ledger:
         with self._locked():
             costs = self.tickets()
             rate = self.rate(policy.default_rate)
-            ahead = (sum(costs) + cost) * rate
+            # the work ahead, not this request's own: a photo is refused exactly when a chart would be (pricing
+            # its own cost in would let small images through where large ones starve)
+            ahead = sum(costs) * rate
             if not small and len(costs) >= policy.min_in_flight and ahead > policy.max_wait_s:
                 # when this one would fit, but not sooner than half the bound: the admitted work keeps the encoder
                 # busy that long, and refused clients retrying sooner only cost the server their refusals (on the
                 # medium checkpoint, 12 refusals/s took about a tenth of this 2-core host's goodput)
                 retry = max(1, math.ceil(ahead - policy.max_wait_s), math.ceil(policy.max_wait_s / 2))
                 raise Refused(
-                    f"busy: {ahead:.1f} s of encoder work would be ahead of this image ({len(costs)} image requests "
-                    f"in flight), over the {policy.max_wait_s:g} s bound; retry in {retry} s",
+                    f"busy: {ahead:.1f} s of encoder work ahead of this image ({len(costs)} image requests in "
+                    f"flight), over the {policy.max_wait_s:g} s bound; retry in {retry} s",
                     retry,
                 )
             # expires long after the slowest admitted request should have been answered
-            expiry = self.clock() + 3 * max(ahead, policy.max_wait_s) + 60
+            expiry = self.clock() + 3 * (max(ahead, policy.max_wait_s) + cost * rate) + 60
             name = f"{int(expiry * 1000)}-{cost:.0f}-{uuid.uuid4().hex}"
             (self.folder / name).touch()
             return name
