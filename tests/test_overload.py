@@ -72,7 +72,10 @@ def test_a_burst_overflows_the_queue_cleanly(bounded_server):
     assert refused, "24 concurrent requests against a queue of 2 should overflow it"
     assert served, "the requests the queue accepted should be served"
     for exc in refused:
-        assert exc.status() == "StatusCode.UNAVAILABLE" and "maximum queue size" in exc.message(), exc
+        # a full queue, or (on a loaded host) preprocessing's 500 ms queue bound: both busy, both at once
+        message = exc.message()
+        assert exc.status() == "StatusCode.UNAVAILABLE", exc
+        assert "maximum queue size" in message or "Request timeout expired" in message, message
     # Every accepted request got the same, complete vectors: the overflow touched no one else.
     for vectors in served:
         np.testing.assert_array_equal(vectors, served[0])
@@ -93,7 +96,8 @@ def test_the_sdk_reports_busy_and_retries_through_it(bounded_server):
         with ThreadPoolExecutor(24) as pool:
             results = list(pool.map(one, range(24)))
     busy = [r for r in results if isinstance(r, ServerBusyError)]
-    assert busy and "server busy (colqwen2)" in str(busy[0]) and "maximum queue size" in str(busy[0])
+    assert busy and "server busy (colqwen2)" in str(busy[0])
+    assert "maximum queue size" in str(busy[0]) or "Request timeout expired" in str(busy[0])
     assert busy[0].retryable
     # embed_batch sends the burst with a window, then re-sends what the server refused as busy.
     with ColQwen2Client(url, max_retries=3) as patient:
