@@ -35,9 +35,9 @@ from pathlib import Path
 import numpy as np
 
 from model_repository.render import (
-    ADMISSION_WAIT_MS,
     PREPROCESS,
     RenderOptions,
+    admission_wait_ms,
     detect_device,
     encoder_name,
     render,
@@ -146,7 +146,7 @@ def run_config(name: str, args, data: list[bytes], levels: list[int]) -> tuple[l
         **CONFIGS[args.device][name],
     )  # fmt: skip
     repository = render(options)
-    admission_ms = float(ADMISSION_WAIT_MS[args.device] if options.admission_wait_ms < 0 else options.admission_wait_ms)
+    admission_ms = float(admission_wait_ms(options, args.device))
     variant = json.loads((repository / "render.json").read_text())["ensembles"][MODEL]
     encoder = encoder_name(variant)
     server = TritonServer.on_free_ports(repository)

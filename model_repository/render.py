@@ -140,6 +140,11 @@ def precision_of(variant: str) -> str:
     return "int8" if variant.startswith("int8") else "fp16"
 
 
+def admission_wait_ms(opts: RenderOptions, device: str) -> int:
+    """The admission bound a render writes: the option's, or (-1) the host's default; 0 is off."""
+    return opts.admission_wait_ms if opts.admission_wait_ms >= 0 else ADMISSION_WAIT_MS[device]
+
+
 def session_budgets(opts: RenderOptions, device: str, variant: str) -> dict[str, int]:
     """The host's budgets for this variant's precision, with the render options' overrides."""
     defaults = SESSION_BUDGETS[device][precision_of(variant)]
@@ -240,7 +245,7 @@ def template_values(
     gpu = device == "gpu"
     preferred = ", ".join(map(str, opts.preferred_batch_sizes or ((8, 16, 32) if gpu else (4, 8))))
     encoder_delay = opts.encoder_queue_delay_us if opts.encoder_queue_delay_us >= 0 else (2000 if gpu else 1000)
-    admission_ms = opts.admission_wait_ms if opts.admission_wait_ms >= 0 else ADMISSION_WAIT_MS[device]
+    admission_ms = admission_wait_ms(opts, device)
     checkpoint = Path(manifest["checkpoint"])
     values: dict[str, object] = {
         "max_batch_size": opts.max_batch_size,

@@ -80,7 +80,11 @@ class Preprocessor:
 
     def image_items(self, raw: np.ndarray) -> list[ImageItem]:
         """[n, 1] encoded bytes -> each image's patches and grid (no admission)."""
-        return self._decoded(_each(_items(raw, "IMAGE"), lambda b: open_image(_bytes(b), self.limits)))
+        return self._decoded(self._opened(raw))
+
+    def _opened(self, raw: np.ndarray) -> list:
+        """[n, 1] encoded bytes -> each image opened, its header checked (`open_image`), nothing decoded."""
+        return _each(_items(raw, "IMAGE"), lambda b: open_image(_bytes(b), self.limits))
 
     def _decoded(self, opened: list) -> list[ImageItem]:
         return _each(opened, lambda image: image_item(image_pixels(image, self.resolution)))
@@ -94,7 +98,7 @@ class Preprocessor:
         return self.ledger.admit(sum(image_cost(t) for t in tokens), self.policy, small)
 
     def images(self, raw: np.ndarray) -> dict[str, np.ndarray]:
-        opened = _each(_items(raw, "IMAGE"), lambda b: open_image(_bytes(b), self.limits))
+        opened = self._opened(raw)
         ticket = self.admit(opened)
         try:
             items = self._decoded(opened)
