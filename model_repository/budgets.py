@@ -77,7 +77,8 @@ GPU_MEMORY = {
 # flight against 0.78 alone, issue 25), so text calls take at most 25 % padding (queries of similar lengths still
 # share a call), and a CPU's vision calls hold one image: even images of one grid gain nothing from sharing a call
 # there (medium, this CPU, per image: fp32 at 448 x 448 325 ms alone, 314 ms four to a call; int8 172 ms alone,
-# 194 ms four to a call; photos at the cap in int8 1,073 ms alone, 1,239 ms two to a call). A GPU pads in parallel.
+# 194 ms four to a call; photos at the cap in int8 1,073 ms alone, 1,239 ms two to a call: an ad-hoc timing of the
+# vision graph alone, in process, 2 threads, 2026-12-07, not kept as a bench). A GPU pads in parallel.
 _CPU_BUDGETS = {"max_session_patches": 4096, "max_session_images": 1, "max_session_tokens": 8192,
                 "max_session_sequences": 32, "vision_padding_pct": 0, "text_padding_pct": 25}  # fmt: skip
 _GPU_PADDING = {"vision_padding_pct": -1, "text_padding_pct": -1}

@@ -148,8 +148,8 @@ class Ledger:
             ahead = sum(costs) * rate
             if not small and len(costs) >= policy.min_in_flight and ahead > policy.max_wait_s:
                 # when this one would fit, but not sooner than half the bound: the admitted work keeps the encoder
-                # busy that long, and refused clients retrying sooner only cost the server their refusals (on the
-                # medium checkpoint, 12 refusals/s took about a tenth of this 2-core host's goodput)
+                # busy that long, and refused clients retrying sooner only cost the server their refusals (README
+                # "Overload": about 12 refusals/s beside a 13 % lower goodput in one make bench level)
                 retry = max(1, math.ceil(ahead - policy.max_wait_s), math.ceil(policy.max_wait_s / 2))
                 raise Refused(
                     f"busy: {ahead:.1f} s of encoder work ahead of this image ({len(costs)} image requests in "
