@@ -24,10 +24,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import platform
 import statistics
 import sys
+import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -156,12 +158,17 @@ def run_config(name: str, args, data: list[bytes], levels: list[int]) -> tuple[l
         server.wait_ready(1800 if gpu else 600)  # TensorRT builds engines at load
         for protocol in args.protocols:
             url = server.grpc_url if protocol == "grpc" else server.http_url
+            started = time.perf_counter()
             asyncio.run(drive(url, protocol, MODEL, data, 2, 4))  # warm up connections and arenas
+            rate = 4 / (time.perf_counter() - started)  # images/s, a first guess: sizes the levels
             for concurrency in levels:
-                requests = max(args.requests, 4 * concurrency)  # saturated levels long enough to hold their rate
-                results.append(
-                    measure_level(server, name, protocol, encoder, data, concurrency, requests, gpu, admission_ms)
-                )
+                # saturated levels long enough to hold their rate, and every level at least `min_level_s` long:
+                # a level of a few seconds measures the machine's noise (10 % here) more than the level
+                requests = max(args.requests, 4 * concurrency, math.ceil(rate * args.min_level_s))
+                level = measure_level(server, name, protocol, encoder, data, concurrency, requests, gpu, admission_ms)
+                results.append(level)
+                if math.isfinite(level.window_images_per_s):
+                    rate = max(rate, level.window_images_per_s)
         if name == OVERHEAD_CONFIG[args.device]:
             threads = args.threads or os.cpu_count() or 1
             paired = paired_overhead(
@@ -560,12 +567,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=16, help="distinct images of the mixed workload")
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime / torch threads (0: all cores)")
     parser.add_argument("--paired-rounds", type=int, default=16, help="alternated calls for the overhead target")
+    parser.add_argument(
+        "--min-level-s",
+        type=float,
+        default=40.0,
+        help="requests per level at least this many seconds at the warmup's rate (default: %(default)s)",
+    )
     parser.add_argument("--smoke", action="store_true", help="two levels, few requests: seconds on tiny")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument("--workdir", type=Path, default=Path("build/bench-serving"))
     args = parser.parse_args(argv)
     if args.smoke:
-        args.concurrency, args.requests, args.images, args.paired_rounds = "1,4", 8, 8, 4
+        args.concurrency, args.requests, args.images, args.paired_rounds, args.min_level_s = "1,4", 8, 8, 4, 0
     args.device = detect_device() if args.device == "auto" else args.device
     gpu = args.device == "gpu"
     args.protocols = [p for p in args.protocols.split(",") if p]

@@ -82,6 +82,15 @@ GPU_MEMORY = {
 _CPU_BUDGETS = {"max_session_patches": 4096, "max_session_images": 1, "max_session_tokens": 8192,
                 "max_session_sequences": 32, "vision_padding_pct": 0, "text_padding_pct": 25}  # fmt: skip
 _GPU_PADDING = {"vision_padding_pct": -1, "text_padding_pct": -1}
+# Images per wave of the encoder (`EncoderRunner.waves`; 0: a batch's requests all together): the encoder answers
+# queries first, then image requests every n images in arrival order, so that an image waits for at most n - 1
+# images admitted after it, not for its whole batch (answering the batch together: accepted p99 1.13x the admission
+# bound, bench/results/serving-medium-mixed-cpu2.md of 2026-12-07 13:52). Not n = 1 on a CPU: the vision graph's
+# calls back to back run faster than alternating with the text graph's (medium, this CPU, in process, 8 images:
+# fixed 448 int8 282-298 ms an image alone, 237-269 two a wave, 224-260 all eight; native fp32 918-1058, 906-936,
+# 894-965; native int8 no difference: an ad-hoc timing of `EncoderRunner`, 2 threads, 2026-12-07). A GPU's calls
+# hold several images, and its batch takes milliseconds.
+ANSWER_EVERY = {"cpu": 2, "gpu": 0}
 SESSION_BUDGETS = {
     "cpu": {"fp16": _CPU_BUDGETS, "int8": _CPU_BUDGETS},
     "gpu": {precision: gpu_call_budgets(memory) | _GPU_PADDING for precision, memory in GPU_MEMORY.items()},

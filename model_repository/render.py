@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 from colqwen2_client._constants import CANARY_PRIORITY, USER_PRIORITY
 
-from .budgets import SESSION_BUDGETS
+from .budgets import ANSWER_EVERY, SESSION_BUDGETS
 
 HERE = Path(__file__).resolve().parent
 TEMPLATES = HERE / "templates"
@@ -280,6 +280,7 @@ def template_values(
             opts, preferred, encoder_delay, 0 if admission_ms else opts.queue_timeout_ms
         ),
         "device": device,
+        "answer_every": ANSWER_EVERY[device],
         "admission_wait_ms": admission_ms,
         "admission_min_in_flight": opts.admission_min_in_flight,
         "admission_rate_ns": opts.admission_rate_ns or ADMISSION_RATE_NS[device],

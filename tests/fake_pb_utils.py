@@ -44,9 +44,28 @@ class Tensor:
         return self._array
 
 
+TRITONSERVER_RESPONSE_COMPLETE_FINAL = 1
+
+
+class ResponseSender:
+    """Records what a model sends, and holds it to the non-decoupled rule: one response, sent final."""
+
+    def __init__(self) -> None:
+        self.sent: list[InferenceResponse] = []
+
+    def send(self, response: InferenceResponse | None = None, flags: int = 0) -> None:
+        if self.sent or flags != TRITONSERVER_RESPONSE_COMPLETE_FINAL or response is None:
+            raise RuntimeError("a non-decoupled model sends exactly one response, with the final flag")
+        self.sent.append(response)
+
+
 class InferenceRequest:
     def __init__(self, inputs: dict[str, np.ndarray]) -> None:
         self.inputs = {k: Tensor(k, v) for k, v in inputs.items()}
+        self.sender = ResponseSender()
+
+    def get_response_sender(self) -> ResponseSender:
+        return self.sender
 
     def inputs_as_arrays(self) -> dict[str, np.ndarray]:
         return {k: t.as_numpy() for k, t in self.inputs.items()}

@@ -20,6 +20,8 @@ from model_repository.colqwen2_serving.admission import (
     Refused,
     image_cost,
     images_cost,
+    ledger_folder,
+    sweep_ledgers,
 )
 from model_repository.colqwen2_serving.errors import InputError
 from model_repository.colqwen2_serving.grid import PixelLimits
@@ -50,20 +52,28 @@ def test_the_bound_refuses_past_the_floor_and_says_when_to_retry(tmp_path):
     first, second = ledger.admit(photo, policy), ledger.admit(photo, policy)  # the floor: 2 always pass
     assert len(ledger.tickets()) == 2
     with pytest.raises(Refused, match=r"^busy: 3\.1 s of encoder work ahead of this image \(2 image requests in "
-                       r"flight\), over the 3 s bound; retry in 2 s") as refused:  # fmt: skip
+                       r"flight\), over the 2\.4 s the 3 s bound admits; retry in 1 s") as refused:  # fmt: skip
         ledger.admit(photo, policy)
-    assert refused.value.retry_after == 2  # half the bound, rounded up (more than the 0.07 s over it)
+    assert refused.value.retry_after == 1  # it fits once 0.67 s have drained: at least 1 s
     ledger.admit(image_cost(4), policy, small=True)  # a canary-sized image passes anyway
     ledger.release([first, second])
     assert ledger.admit(photo, policy)  # room again
     assert sorted(ledger.tickets()) == [4.0, photo]  # costs kept to the unit
 
 
-def test_refused_clients_are_told_to_wait_at_least_half_the_bound(tmp_path):
-    ledger = Ledger(tmp_path, Clock())
-    policy = Policy(max_wait_s=20.0, min_in_flight=0, default_rate=0.01)
-    ledger.admit(2100.0, policy)  # 21 s ahead of the next
-    with pytest.raises(Refused, match="retry in 10 s"):  # 1 s over the bound; the admitted 21 s last longer
+def test_refused_requests_are_given_places_in_line(tmp_path):
+    clock = Clock()
+    ledger = Ledger(tmp_path, clock)
+    policy = Policy(max_wait_s=25.0, min_in_flight=0, default_rate=0.01)
+    ledger.admit(2100.0, policy)  # 21 s ahead of the next: 1 s over the 20 s the bound admits (HEADROOM)
+    hints = []
+    for _ in range(3):  # 2 s of encoder work each: each waits for the one refused before it
+        with pytest.raises(Refused) as refused:
+            ledger.admit(200.0, policy)
+        hints.append(refused.value.retry_after)
+    assert hints == [1, 3, 5]
+    clock.now += 10  # the places handed out are past: the next waits only for the work over the bound
+    with pytest.raises(Refused, match="retry in 1 s"):
         ledger.admit(200.0, policy)
 
 
@@ -85,17 +95,30 @@ def test_the_encoder_measures_its_rate_and_the_slowest_counts(tmp_path):
     assert ledger.rate(policy.default_rate) == 0.5  # nothing measured yet
     fp32, int8 = Meter(ledger, "colqwen2_encoder_fp32"), Meter(ledger, "colqwen2_encoder_int8_dynamic")
     ticket = ledger.admit(1000.0, policy)
-    fp32.done(1.0, [1000.0], [ticket])
+    fp32.done(100.0, 101.0, [1000.0], [ticket])  # nothing else was waiting: the wave's own second
     assert ledger.tickets() == [] and ledger.rate(0.5) == pytest.approx(0.001)
-    fp32.done(2.0, [1000.0], [])  # the last RATE_WINDOW calls together: 3 s over 2000 units
+    fp32.done(200.0, 202.0, [1000.0], [])  # the last RATE_WINDOW waves together: 3 s over 2000 units
     assert fp32.rate == pytest.approx(0.0015)
-    int8.done(0.5, [1000.0], [])
+    int8.done(300.0, 300.5, [1000.0], [])
     assert ledger.rate(0.5) == pytest.approx(0.0015)  # the slowest encoder: they share the host's cores
-    fp32.done(5.0, [MIN_MEASURED - 1], [])  # a warmup-sized call says more of overhead than of rate
+    fp32.done(400.0, 405.0, [MIN_MEASURED - 1], [])  # a warmup-sized call says more of overhead than of rate
     assert fp32.rate == pytest.approx(0.0015)
-    for _ in range(RATE_WINDOW):
-        fp32.done(1.2, [1000.0], [])
+    for k in range(RATE_WINDOW):
+        fp32.done(500.0 + 2 * k, 501.2 + 2 * k, [1000.0], [])
     assert fp32.rate == pytest.approx(0.0012) and ledger.rate(0.5) == pytest.approx(0.0012)
+
+
+def test_while_work_waits_the_time_between_waves_counts(tmp_path):
+    ledger = Ledger(tmp_path, Clock())
+    policy = Policy(max_wait_s=100.0, default_rate=0.001)
+    meter = Meter(ledger, "colqwen2_encoder_fp32")
+    first, second = ledger.admit(1000.0, policy), ledger.admit(1000.0, policy)
+    meter.done(10.0, 11.0, [1000.0], [first])  # the second still waits: the time until the next wave is drain time
+    meter.done(11.5, 12.5, [1000.0], [second])  # 0.5 s answering and batching, then 1 s of graphs
+    assert meter.rate == pytest.approx((1.0 + 1.5) / 2000)
+    ledger.admit(1000.0, policy)
+    meter.done(20.0, 21.0, [1000.0], [])  # idle before it (nothing was waiting at 12.5): its own second
+    assert meter.rate == pytest.approx((1.0 + 1.5 + 1.0) / 3000)
 
 
 def _admit_many(folder: str, count: int, results) -> None:
@@ -104,7 +127,7 @@ def _admit_many(folder: str, count: int, results) -> None:
     admitted = 0
     for _ in range(count):
         try:
-            ledger.admit(10.0, policy)  # 0.1 s each: admitted while at most 1 s is ahead, 11 in all
+            ledger.admit(10.0, policy)  # 0.1 s each: admitted while at most 0.8 s is ahead (HEADROOM), 9 in all
             admitted += 1
         except Refused:
             pass
@@ -119,7 +142,7 @@ def test_processes_admitting_at_once_never_pass_the_bound_together(tmp_path):
         w.start()
     for w in workers:
         w.join(60)
-    assert sum(results.get(timeout=5) for _ in workers) == 11
+    assert sum(results.get(timeout=5) for _ in workers) == 9
 
 
 def _png(width: int, height: int) -> bytes:
@@ -161,3 +184,14 @@ def test_with_admission_off_the_ticket_is_empty(preprocessor):
         outputs = preprocessor(np.array([[_png(1500, 1500)]], dtype=object), None)
         assert outputs["TICKET"].tolist() == [[b""]]
     assert preprocessor.ledger.tickets() == []
+
+
+def test_ledgers_of_servers_gone_are_swept(tmp_path):
+    gone = multiprocessing.get_context("spawn").Process(target=int)
+    gone.start()
+    gone.join()
+    ours, stale = tmp_path / ledger_folder().name, tmp_path / ledger_folder(gone.pid).name
+    for folder in (ours, stale, tmp_path / "colqwen2-admission-x"):
+        Ledger(folder).write_rate("colqwen2_encoder_fp32", 0.001)
+    assert sweep_ledgers(tmp_path) == [stale]
+    assert ours.is_dir() and not stale.exists() and (tmp_path / "colqwen2-admission-x").is_dir()

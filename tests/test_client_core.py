@@ -45,7 +45,7 @@ def test_infer_retries_with_backoff_only_what_is_safe_to_retry():
     hinted = _plans.infer(OPTIONS, "colqwen2", IMAGE_INPUT, [b"png"])
     next(hinted)
     pause = hinted.throw(ServerBusyError("busy: retry in 3 s", retry_after=3.0))
-    assert 3.0 <= pause.seconds <= 6.0  # the server's hint, spread over 1 to 2 times it
+    assert 3.0 <= pause.seconds <= 3.75  # the server's hint (its place in line), up to a quarter later
 
     refused = _plans.infer(OPTIONS, "colqwen2", IMAGE_INPUT, [b"png"])
     next(refused)

@@ -97,6 +97,13 @@ def encoder_request(preprocessed) -> pb.InferenceRequest:
     return pb.InferenceRequest({n: preprocessed.output(n) for n in names})
 
 
+def answered(model, requests: list[pb.InferenceRequest]) -> list[pb.InferenceResponse]:
+    """Run the encoder's execute() (it answers through each request's sender and returns None): the responses
+    in request order, each sent exactly once."""
+    assert model.execute(requests) is None
+    return [r.sender.sent[0] for r in requests]
+
+
 @pytest.mark.parametrize("variant", ["fp32", "int8_dynamic"])
 def test_encoder_serves_images_and_queries_and_isolates_a_bad_request(tiny_repository, preprocess, variant):
     model = load_model(tiny_repository / f"colqwen2_encoder_{variant}")
@@ -107,19 +114,19 @@ def test_encoder_serves_images_and_queries_and_isolates_a_bad_request(tiny_repos
         encoder_request(r) for r in preprocess.execute([pb.InferenceRequest(i) for i in inputs])
     )
     broken = pb.InferenceRequest({**small.inputs_as_arrays(), "PATCHES": small.inputs["PATCHES"].as_numpy()[:, :10]})
-    image, bad, other, query, longer = model.execute([small, broken, large, short, long])
+    image, bad, other, query, longer = answered(model, [small, broken, large, short, long])
     assert image.output("NUM_VECTORS").tolist() == [[7 * 18 + 15]] and image.output("EMBEDDINGS").dtype == np.float32
     assert other.output("NUM_VECTORS").tolist() == [[32 * 11 + 15]]
     assert np.allclose(np.linalg.norm(image.output("POOLED"), axis=-1), 1, atol=1e-5)
     assert image.output("PROVIDER").tolist() == [[b"cpu"]]  # what the session really runs on, for health checks
     assert bad.error().code() == pb.TritonError.INVALID_ARG and "needs 504 patches" in bad.error().message()
     assert query.output("NUM_VECTORS")[0, 0] == short.inputs["INPUT_IDS"].as_numpy().shape[1]
-    alone = model.execute([short])[0]
+    alone = answered(model, [encoder_request(preprocess.execute([pb.InferenceRequest(inputs[2])])[0])])[0]
     tol = 1e-5 if variant == "fp32" else 2e-2  # dynamic int8 scales activations per call
     assert np.abs(query.output("EMBEDDINGS") - alone.output("EMBEDDINGS")).max() < tol
     assert longer.output("EMBEDDINGS").shape[1] > query.output("EMBEDDINGS").shape[1]
     broken_mask = pb.InferenceRequest(
         {"INPUT_IDS": np.ones((1, 4), np.int64), "ATTENTION_MASK": np.array([[1, 0, 1, 1]])}
     )
-    assert "padding on the left" in model.execute([broken_mask])[0].error().message()
+    assert "padding on the left" in answered(model, [broken_mask])[0].error().message()
     model.finalize()

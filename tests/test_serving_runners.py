@@ -190,3 +190,23 @@ def test_provider_chain_keeps_what_the_host_has(tmp_path):
         provider_chain(SessionConfig(providers=("tensorrt",)), tmp_path / "m.onnx", ["CPUExecutionProvider"])
     with pytest.raises(ValueError, match="execution_providers"):
         parse_providers("cuda,metal")
+
+
+def test_waves_answer_queries_first_then_images_every_few_in_arrival_order(parts):
+    image = image_requests(parts, [keepa_chart(1, 500, 200)])
+    two = image_requests(parts, [keepa_chart(2, 500, 200), keepa_chart(3, 1000, 400)])
+    tokenizer = parts[0]
+    query = (*left_pad([tokenizer.token_ids("lego")], tokenizer.pad_id), None, None)
+    requests = [image, query, image, two, query, image, image, image]
+    runner = encoder(parts)
+    assert runner.waves(requests) == [list(range(8))] and runner.waves([]) == []  # a GPU's: the batch together
+    runner.answer_every = 2  # a CPU host's (budgets.ANSWER_EVERY)
+    assert runner.waves(requests) == [[1, 4], [0, 2], [3], [5, 6], [7]]
+    assert runner.waves([image, image]) == [[0, 1]] and runner.waves([query]) == [[0]]
+    runner.answer_every = 1
+    assert runner.waves(requests) == [[1, 4], [0], [2], [3], [5], [6], [7]]
+    waves = runner.waves(requests)
+    answered = {i: a for wave in waves for i, a in zip(wave, runner.run([requests[i] for i in wave]), strict=True)}
+    together = encoder(parts).run(requests)
+    for i in range(len(requests)):
+        assert np.abs(answered[i].embeddings - together[i].embeddings).max() < 1e-5

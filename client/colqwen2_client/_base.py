@@ -25,6 +25,7 @@ from ._constants import (
     DEFAULT_URL,
     EMBEDDING_DIM,
     MAX_BACKOFF,
+    MAX_HINT,
     MODELS,
     PROVIDER_OUTPUT,
 )
@@ -107,12 +108,12 @@ def backoff_delay(attempt: int, base: float = DEFAULT_BACKOFF) -> float:
 
 
 def retry_delay(attempt: int, error: BaseException) -> float:
-    """How long to wait before retry `attempt + 1`: a server that said when (a busy refusal's `retry_after`) is
-    retried then, spread over 1 to 2 times its hint so that refused clients do not return together (the hint
-    capped at MAX_BACKOFF); anything else with `backoff_delay`."""
+    """How long to wait before retry `attempt + 1`: a server that said when (a busy refusal's `retry_after`: its
+    place in the server's line of refused requests) is retried then, up to a quarter later so that clients told
+    the same second do not return together (the hint capped at MAX_HINT); anything else with `backoff_delay`."""
     hint = getattr(error, "retry_after", None)
     if hint:
-        return min(hint, MAX_BACKOFF) * random.uniform(1.0, 2.0)
+        return min(hint, MAX_HINT) * random.uniform(1.0, 1.25)
     return backoff_delay(attempt)
 
 

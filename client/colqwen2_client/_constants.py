@@ -11,6 +11,7 @@ DEFAULT_TIMEOUT = 60.0  # seconds per request, connection included
 DEFAULT_MAX_RETRIES = 6
 DEFAULT_BACKOFF = 0.25  # seconds; doubles per attempt (capped), the upper half of it jittered
 MAX_BACKOFF = 8.0
+MAX_HINT = 60.0  # the longest a busy server's "retry in N s" is followed: past it, the caller had better know
 DEFAULT_BATCH_SIZE = 16  # requests in flight in embed_batch; Triton batches them dynamically
 EMBEDDING_DIM = 128
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .admission import Ledger, Policy, image_cost, ledger_folder
+from .admission import Ledger, Policy, image_cost, ledger_folder, sweep_ledgers
 from .config import ModelParameters
 from .errors import InputError
 from .feeds import ImageItem
@@ -75,7 +75,11 @@ class Preprocessor:
             min_in_flight=params.integer("admission_min_in_flight", 4),
             default_rate=params.integer("admission_rate_ns", 1_000_000) / 1e9,
         )
-        ledger = Ledger(ledger_folder()) if policy.enabled else None
+        ledger = None
+        if policy.enabled:
+            folder = ledger_folder()
+            sweep_ledgers(folder.parent)  # servers gone before (a folder each, in memory): never this one
+            ledger = Ledger(folder)
         return cls(resolution, limits, tokenizer, policy, ledger)
 
     def image_items(self, raw: np.ndarray) -> list[ImageItem]:

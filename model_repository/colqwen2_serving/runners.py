@@ -155,10 +155,13 @@ EncoderRequest = tuple[np.ndarray, np.ndarray, "np.ndarray | None", "np.ndarray 
 class EncoderRunner:
     """Image and query requests -> Embedded per request (see the module docstring)."""
 
-    def __init__(self, vision: VisionRunner, text: TextRunner, max_visual_tokens: int = 0) -> None:
+    def __init__(
+        self, vision: VisionRunner, text: TextRunner, max_visual_tokens: int = 0, answer_every: int = 0
+    ) -> None:
         self.vision = vision
         self.text = text
         self.max_visual_tokens = max_visual_tokens  # per image (0: no limit): the TensorRT profile's and memory's
+        self.answer_every = answer_every  # images per wave (0: the whole batch): see `waves`
         self.provider = "cpu"  # the ONNX Runtime provider the sessions really run on (reported to health checks)
 
     def check(self, request: EncoderRequest) -> InputError | None:
@@ -182,6 +185,27 @@ class EncoderRunner:
         if grids.shape[0] != ids.shape[0] or (tokens != grids[:, 0] * grids[:, 1]).any():
             return InputError(f"image prompts hold {tokens.tolist()} image tokens for grids {grids.tolist()}")
         return None
+
+    def waves(self, requests: Sequence[EncoderRequest]) -> list[list[int]]:
+        """Which requests run together and are answered together, in order: all of them (their items share
+        calls), or with `answer_every` n the queries together first (milliseconds), then the image requests in
+        arrival order, n images a wave: an image then waits for the work admitted before it and at most n - 1
+        images after it, not for its whole batch (`budgets.ANSWER_EVERY`)."""
+        if not self.answer_every:
+            return [list(range(len(requests)))] if requests else []
+        waves = [[i for i, r in enumerate(requests) if r[2] is None]]
+        images = 0
+        for i, request in enumerate(requests):
+            if request[2] is None:
+                continue
+            if images >= self.answer_every:
+                waves.append([])
+                images = 0
+            if images == 0 and waves[-1] and requests[waves[-1][0]][2] is None:
+                waves.append([])
+            waves[-1].append(i)
+            images += len(request[2])
+        return [wave for wave in waves if wave]
 
     def run(self, requests: Sequence[EncoderRequest]) -> list[Embedded | Exception]:
         answers: list = [self.check(r) for r in requests]
@@ -272,6 +296,7 @@ def encoder_runner(params, instance_args: dict[str, str]) -> EncoderRunner:
         VisionRunner(vision_session, hidden, vision_budget),
         TextRunner(text_session, params.integer("pad_token_id"), params.integer("image_token_id"), hidden, text_budget),
         max_visual_tokens=cap,
+        answer_every=params.integer("answer_every", 0),
     )
     providers = {provider_of(vision_session), provider_of(text_session)}
     runner.provider = providers.pop() if len(providers) == 1 else "mixed"

@@ -59,6 +59,12 @@ def error_response(error: Exception, model_name: str) -> Any:
     return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, pb_utils.TritonError.INTERNAL))
 
 
+def send(request: Any, answer: Any) -> None:
+    """`answer` as the request's one and final response, from inside execute() (which then returns None): the
+    Python backend's response sender, so that a batch's requests are answered as each is done."""
+    request.get_response_sender().send(answer, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+
 def encoder_responses(results: list, dtypes: Mapping[str, np.dtype], model_name: str, provider: str = "") -> list:
     """Encoder results (an `Embedded` or the exception for that request) -> Triton responses, each naming the
     execution provider that ran it when the model declares a PROVIDER output."""

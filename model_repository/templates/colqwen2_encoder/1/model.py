@@ -8,7 +8,7 @@ import time
 from colqwen2_serving.admission import Ledger, Meter, images_cost, ledger_folder
 from colqwen2_serving.config import ModelParameters
 from colqwen2_serving.runners import encoder_runner
-from colqwen2_serving.triton_io import encoder_responses, input_array, output_dtypes, tickets
+from colqwen2_serving.triton_io import encoder_responses, input_array, output_dtypes, send, tickets
 
 INPUTS = ("INPUT_IDS", "ATTENTION_MASK", "PATCHES", "GRID")
 
@@ -22,13 +22,19 @@ class TritonPythonModel:
         self.runner = encoder_runner(ModelParameters.from_args(args), args)
         self.meter = Meter(Ledger(ledger_folder()), self.name)  # admission: the rate, the answered tickets
 
-    def execute(self, requests: list) -> list:
-        """Images (vision, then text) and queries (text) of all requests in budgeted calls; one response each."""
+    def execute(self, requests: list) -> None:
+        """Images (vision, then text) and queries (text) in budgeted calls, wave by wave (`EncoderRunner.waves`);
+        each request answered as soon as its wave is done."""
         inputs = [tuple(input_array(r, name) for name in INPUTS) for r in requests]
-        start = time.perf_counter()
-        results = self.runner.run(inputs)
-        self.meter.done(time.perf_counter() - start, [images_cost(i[3]) for i in inputs], tickets(requests))
-        return encoder_responses(results, self.dtypes, self.name, self.runner.provider)
+        for wave in self.runner.waves(inputs):
+            start = time.perf_counter()
+            results = self.runner.run([inputs[i] for i in wave])
+            done = [requests[i] for i in wave]
+            costs = [images_cost(inputs[i][3]) for i in wave]
+            self.meter.done(start, time.perf_counter(), costs, tickets(done))
+            answers = encoder_responses(results, self.dtypes, self.name, self.runner.provider)
+            for request, answer in zip(done, answers, strict=True):
+                send(request, answer)
 
     def finalize(self) -> None:
         """Drop the sessions so GPU memory is released before the stub exits."""
