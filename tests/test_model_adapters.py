@@ -130,3 +130,17 @@ def test_encoder_serves_images_and_queries_and_isolates_a_bad_request(tiny_repos
     )
     assert "padding on the left" in answered(model, [broken_mask])[0].error().message()
     model.finalize()
+
+
+def test_the_encoder_answers_every_request_even_when_its_runner_breaks(tiny_repository, preprocess):
+    model = load_model(tiny_repository / "colqwen2_encoder_fp32")
+    query = encoder_request(preprocess.execute([pb.InferenceRequest({"TEXT": strings(b"lego")})])[0])
+
+    def broken(_requests):
+        raise MemoryError("out of memory")
+
+    model.runner.run = broken
+    (answer,) = answered(model, [query])
+    assert answer.error().code() == pb.TritonError.INTERNAL
+    assert "MemoryError: out of memory" in answer.error().message()
+    model.finalize()

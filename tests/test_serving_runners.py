@@ -210,3 +210,13 @@ def test_waves_answer_queries_first_then_images_every_few_in_arrival_order(parts
     together = encoder(parts).run(requests)
     for i in range(len(requests)):
         assert np.abs(answered[i].embeddings - together[i].embeddings).max() < 1e-5
+
+
+def test_served_cpu_sessions_do_not_spin(tiny_artifacts):
+    path = tiny_artifacts / "fp32" / "text_encoder.onnx"
+    key = "session.intra_op.allow_spinning"
+    served = create_session(path, SessionConfig(providers=("cpu",), threads=1, spin=False))
+    assert served.get_session_options().get_session_config_entry(key) == "0"
+    default = create_session(path, SessionConfig(providers=("cpu",), threads=1))
+    with pytest.raises(Exception, match="does not have"):  # ONNX Runtime's default: spinning
+        default.get_session_options().get_session_config_entry(key)

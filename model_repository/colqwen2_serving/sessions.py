@@ -26,6 +26,9 @@ class SessionConfig:
     # TensorRT optimisation profile: input name -> (min, opt, max) shapes. Without one TensorRT
     # rebuilds the engine whenever a larger batch arrives.
     profile: tuple[tuple[str, tuple[int, ...], tuple[int, ...], tuple[int, ...]], ...] = ()
+    # Whether idle intra-op threads spin waiting for work (ONNX Runtime's default). A served CPU host turns it off:
+    # between and beside the graphs' ops the host's other work (decoding, Triton, gRPC) needs those cores.
+    spin: bool = True
 
 
 def _shapes(profile, which: int) -> str:
@@ -97,6 +100,8 @@ def create_session(model_path: str | Path, config: SessionConfig):
     if config.threads:
         opts.intra_op_num_threads = config.threads
     opts.inter_op_num_threads = 1
+    if not config.spin:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     chain = provider_chain(config, model_path, ort.get_available_providers())
     session = ort.InferenceSession(str(model_path), opts, providers=chain)
     log.info("loaded %s with %s", model_path.name, session.get_providers())
@@ -121,5 +126,6 @@ def session_from_parameters(params, args: dict[str, str], model_path: Path, prof
         threads=params.integer("threads", 0),
         cache_dir=params.text("trt_cache_dir", ""),
         profile=tuple(profile),
+        spin=on_gpu,
     )
     return create_session(model_path, config)

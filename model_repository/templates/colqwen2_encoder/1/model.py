@@ -8,7 +8,7 @@ import time
 from colqwen2_serving.admission import Ledger, Meter, images_cost, ledger_folder
 from colqwen2_serving.config import ModelParameters
 from colqwen2_serving.runners import encoder_runner
-from colqwen2_serving.triton_io import encoder_responses, input_array, output_dtypes, send, tickets
+from colqwen2_serving.triton_io import encoder_responses, error_response, input_array, output_dtypes, send, tickets
 
 INPUTS = ("INPUT_IDS", "ATTENTION_MASK", "PATCHES", "GRID")
 
@@ -27,12 +27,14 @@ class TritonPythonModel:
         each request answered as soon as its wave is done."""
         inputs = [tuple(input_array(r, name) for name in INPUTS) for r in requests]
         for wave in self.runner.waves(inputs):
-            start = time.perf_counter()
-            results = self.runner.run([inputs[i] for i in wave])
             done = [requests[i] for i in wave]
-            costs = [images_cost(inputs[i][3]) for i in wave]
-            self.meter.done(start, time.perf_counter(), costs, tickets(done))
-            answers = encoder_responses(results, self.dtypes, self.name, self.runner.provider)
+            try:
+                start = time.perf_counter()
+                results = self.runner.run([inputs[i] for i in wave])
+                self.meter.done(start, time.perf_counter(), [images_cost(inputs[i][3]) for i in wave], tickets(done))
+                answers = encoder_responses(results, self.dtypes, self.name, self.runner.provider)
+            except Exception as exc:  # the runner answers failures per request; never leave a wave unanswered
+                answers = [error_response(exc, self.name)] * len(done)
             for request, answer in zip(done, answers, strict=True):
                 send(request, answer)
 
