@@ -193,12 +193,12 @@ class Ledger:
             return name
 
     def _place_in_line(self, over_s: float, own_s: float) -> int:
-        """Seconds until a refused request should retry (under the lock): when the work ahead has drained to the
-        bound (`over_s` from now), after the places handed to the requests refused before it, each of which holds
-        its own encoder time. Retries then come back about as fast as the encoder frees room, in the order they
-        were refused, where a fixed hint brought every refused client back together (issue 25: 2.6 refusals per
-        served image at 64 in flight, and a served request's p99 from its first attempt of 5 minutes). A place
-        nobody comes back for costs nothing but a later hint: admission itself reads only the tickets."""
+        """Seconds until a refused request should retry (under the lock): when the work ahead has drained to what
+        the bound admits (`over_s` from now), after the places handed to the requests refused before it, each of
+        which holds its own encoder time. Retries then come back about as fast as the encoder frees room, in the
+        order they were refused, where a fixed hint brought every refused client back together (issue 25: 2.6
+        refusals per served image at 64 in flight, and a served request's p99 from its first attempt of 5
+        minutes). A place nobody comes back for costs nothing but a later hint: admission reads only the tickets."""
         now = self.clock()
         line = self.folder / LINE
         try:

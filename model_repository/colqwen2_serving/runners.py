@@ -193,19 +193,18 @@ class EncoderRunner:
         images after it, not for its whole batch (`budgets.ANSWER_EVERY`)."""
         if not self.answer_every:
             return [list(range(len(requests)))] if requests else []
-        waves = [[i for i, r in enumerate(requests) if r[2] is None]]
-        images = 0
+        queries = [i for i, r in enumerate(requests) if r[2] is None]
+        waves: list[list[int]] = []
+        images = self.answer_every  # the first image opens a wave
         for i, request in enumerate(requests):
             if request[2] is None:
                 continue
             if images >= self.answer_every:
                 waves.append([])
                 images = 0
-            if images == 0 and waves[-1] and requests[waves[-1][0]][2] is None:
-                waves.append([])
             waves[-1].append(i)
             images += len(request[2])
-        return [wave for wave in waves if wave]
+        return ([queries] if queries else []) + waves
 
     def run(self, requests: Sequence[EncoderRequest]) -> list[Embedded | Exception]:
         answers: list = [self.check(r) for r in requests]
