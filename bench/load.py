@@ -257,9 +257,10 @@ MAX_ATTEMPTS = 50
 
 async def drive(url: str, protocol: str, model: str, data: list[bytes], concurrency: int, requests: int) -> Driven:
     """`requests` single-image requests, `concurrency` in flight. A request refused as busy is retried as the SDK
-    does (when the server's `retry in` hint says, else with backoff), so the level measures goodput at saturation;
-    other errors are counted and not retried."""
-    from colqwen2_client._base import retry_delay
+    does (when the server's `retry in` hint says, else with backoff, claiming the place in line the refusal gave),
+    so the level measures goodput at saturation; other errors are counted and not retried."""
+    from colqwen2_client._constants import PLACE_PARAMETER
+    from colqwen2_client._retry import Retry, retry_delay
     from colqwen2_client._transport import translate
     from colqwen2_client.errors import ServerBusyError
 
@@ -274,7 +275,7 @@ async def drive(url: str, protocol: str, model: str, data: list[bytes], concurre
     last_issued = 0.0
 
     async def one(i: int) -> None:
-        first = time.perf_counter()
+        first, place = time.perf_counter(), ""  # "": this client comes back with the place a refusal gives it
         for attempt in range(MAX_ATTEMPTS):
             tensor = module.InferInput("image", [1, 1], "BYTES")
             array = np.array([[data[i % len(data)]]], dtype=object)
@@ -284,13 +285,14 @@ async def drive(url: str, protocol: str, model: str, data: list[bytes], concurre
                 tensor.set_data_from_numpy(array)
             start = time.perf_counter()
             try:
-                result = await client.infer(model, [tensor])
+                result = await client.infer(model, [tensor], parameters={PLACE_PARAMETER: place})
             except Exception as exc:
                 error = translate(exc, model)
                 if not isinstance(error, ServerBusyError):
                     out.errors += 1
                     return
                 out.refusals.append(time.perf_counter() - start)
+                place = Retry.place(error)
                 await asyncio.sleep(retry_delay(attempt, error))
                 continue
             now = time.perf_counter()

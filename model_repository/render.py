@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from colqwen2_client._constants import CANARY_PRIORITY, USER_PRIORITY
+from colqwen2_client._constants import CANARY_PRIORITY, PLACE_PARAMETER, USER_PRIORITY
 
 from .budgets import ANSWER_EVERY, SESSION_BUDGETS
 
@@ -116,9 +116,13 @@ class RenderOptions:
     # CPU serves 0.8 to 1.1 images/s, so 2 s is 2 images; a GPU many more). 0 turns either off.
     max_queue_size: int = 128
     queue_timeout_ms: int = 2000
-    # Preprocessing takes milliseconds a request: one still waiting for it after this long finds the decode
-    # stage itself saturated, and is refused (busy) within a second of arriving. 0: the queue_timeout_ms bound.
-    preprocess_queue_timeout_ms: int = 500
+    # Preprocessing (admission's check, then a decode for what it admits) is bounded by count, not time: a
+    # request finding `preprocess_max_queue` others already waiting is refused (busy) at once; 16 is the SDK's
+    # embed_batch window (DEFAULT_BATCH_SIZE), so one user's batch is never refused there, however slow the host.
+    # A time bound refused a single user's 4 in flight on a host busy with other work (the decode waited > 500 ms).
+    # 0: max_queue_size. `preprocess_queue_timeout_ms` adds a time bound (0: none).
+    preprocess_max_queue: int = 16
+    preprocess_queue_timeout_ms: int = 0
     # Admission (colqwen2_serving/admission.py): an image is refused at once, before its decode, when more than
     # this much encoder work (ms, at the encoder's measured rate) is ahead of it; -1: the host's default
     # (ADMISSION_WAIT_MS), 0: off. With it on, the encoder's queue has no time bound (what it holds is already
@@ -214,7 +218,8 @@ def pixel_limits(opts: RenderOptions, manifest: dict):
     from .colqwen2_serving.grid import PixelLimits
 
     names = ("max_batch_size", "max_queue_size", "queue_timeout_ms", "max_visual_tokens", "fixed_image_size",
-             "admission_min_in_flight", "admission_rate_ns", "preprocess_queue_timeout_ms")  # fmt: skip
+             "admission_min_in_flight", "admission_rate_ns", "preprocess_queue_timeout_ms",
+             "preprocess_max_queue")  # fmt: skip
     for name in names:
         if getattr(opts, name) < 0 or (name == "max_batch_size" and opts.max_batch_size < 1):
             raise RenderError(f"{name} must be {'at least 1' if name == 'max_batch_size' else '0 or more'}")
@@ -274,7 +279,11 @@ def template_values(
         # one request per preprocessing call: decoding gains nothing from batches, and a short call lets the
         # scheduler refuse what timed out (and admission refuse what is over its bound) without waiting on one
         "preprocess_batching": _batching_block(
-            opts, "1", opts.preprocess_queue_delay_us, opts.preprocess_queue_timeout_ms or None
+            opts,
+            "1",
+            opts.preprocess_queue_delay_us,
+            opts.preprocess_queue_timeout_ms,
+            opts.preprocess_max_queue or opts.max_queue_size,
         ),
         "encoder_batching": _batching_block(
             opts, preferred, encoder_delay, 0 if admission_ms else opts.queue_timeout_ms
@@ -284,6 +293,7 @@ def template_values(
         "admission_wait_ms": admission_ms,
         "admission_min_in_flight": opts.admission_min_in_flight,
         "admission_rate_ns": opts.admission_rate_ns or ADMISSION_RATE_NS[device],
+        "admission_place_parameter": PLACE_PARAMETER,
     }
     warmup_ids = np.asarray(tokenizer.token_ids(WARMUP_QUERY), dtype="<i8")
     prompt_ids = np.asarray(tokenizer.image_prompt_ids(WARMUP_GRID[0] * WARMUP_GRID[1]), dtype="<i8")
@@ -298,15 +308,18 @@ def template_values(
     return values, warmup
 
 
-def _batching_block(opts: RenderOptions, preferred: str, delay_us: int, timeout_ms: int | None = None) -> str:
-    """The `dynamic_batching` block, or nothing: each execute() then gets exactly one request. `timeout_ms`: the
-    queue's time bound (default the render option's; 0 none)."""
+def _batching_block(
+    opts: RenderOptions, preferred: str, delay_us: int, timeout_ms: int | None = None, max_queue: int | None = None
+) -> str:
+    """The `dynamic_batching` block, or nothing: each execute() then gets exactly one request. `timeout_ms` and
+    `max_queue`: the queue's time and count bounds (default the render options'; 0 none)."""
     if not opts.dynamic_batching:
         return "# dynamic batching off (render option)"
     timeout_ms = opts.queue_timeout_ms if timeout_ms is None else timeout_ms
+    max_queue = opts.max_queue_size if max_queue is None else max_queue
     policy = []
-    if opts.max_queue_size:
-        policy.append(f"max_queue_size: {opts.max_queue_size}")
+    if max_queue:
+        policy.append(f"max_queue_size: {max_queue}")
     if timeout_ms:
         policy.append(f"timeout_action: REJECT default_timeout_microseconds: {timeout_ms * 1000}")
     queue = f"\n  default_queue_policy {{ {' '.join(policy)} }}" if policy else ""
@@ -487,7 +500,14 @@ def _add_capacity_arguments(parser: argparse.ArgumentParser, d: RenderOptions) -
         "--preprocess-queue-timeout-ms",
         type=int,
         default=d.preprocess_queue_timeout_ms,
-        help="a user request waiting longer for preprocessing is refused (default: %(default)s; 0: --queue-timeout-ms)",
+        help="a user request waiting longer for preprocessing is refused (default: %(default)s; 0: no time bound)",
+    )
+    parser.add_argument(
+        "--preprocess-max-queue",
+        type=int,
+        default=d.preprocess_max_queue,
+        help="a user request finding this many waiting for preprocessing is refused at once (default: %(default)s, "
+        "the SDK's embed_batch window; 0: --max-queue-size)",
     )
     parser.add_argument(
         "--admission-wait-ms",
@@ -577,6 +597,7 @@ def options_from_args(args: argparse.Namespace, out: Path) -> RenderOptions:
         queue_timeout_ms=args.queue_timeout_ms,
         admission_wait_ms=args.admission_wait_ms,
         preprocess_queue_timeout_ms=args.preprocess_queue_timeout_ms,
+        preprocess_max_queue=args.preprocess_max_queue,
         admission_min_in_flight=args.admission_min_in_flight,
         max_image_pixels=args.max_image_pixels,
         max_session_patches=args.max_session_patches,

@@ -108,7 +108,7 @@ def tiny_repository(tiny_artifacts: Path, tmp_path_factory: pytest.TempPathFacto
         extra_variants=("fp16", "int8"),
         encoder_queue_delay_us=10_000,
         queue_timeout_ms=30_000,
-        preprocess_queue_timeout_ms=0,  # the same 30 s: a burst of photos decodes slowly beside other suites
+        preprocess_max_queue=0,  # the 128 of max_queue_size: bursts here are larger than one user's window
         admission_wait_ms=0,  # bursts here test calls and answers; admission has servers of its own (test_overload)
     )
     return render(options)

@@ -5,6 +5,7 @@ Integration tests never use it: they run the real Triton server.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
@@ -60,9 +61,13 @@ class ResponseSender:
 
 
 class InferenceRequest:
-    def __init__(self, inputs: dict[str, np.ndarray]) -> None:
+    def __init__(self, inputs: dict[str, np.ndarray], parameters: dict | None = None) -> None:
         self.inputs = {k: Tensor(k, v) for k, v in inputs.items()}
         self.sender = ResponseSender()
+        self._parameters = parameters or {}
+
+    def parameters(self) -> str:  # the Python backend hands them over as JSON
+        return json.dumps(self._parameters)
 
     def get_response_sender(self) -> ResponseSender:
         return self.sender

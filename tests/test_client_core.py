@@ -16,6 +16,7 @@ from colqwen2_client import (
     ServerUnavailableError,
     _base,
     _plans,
+    _retry,
 )
 from colqwen2_client._constants import IMAGE_INPUT, TEXT_INPUT
 
@@ -34,18 +35,20 @@ def outputs(n: int = 3, provider: bytes | None = None) -> dict[str, np.ndarray]:
 
 def test_infer_retries_with_backoff_only_what_is_safe_to_retry():
     plan = _plans.infer(OPTIONS, "colqwen2", IMAGE_INPUT, [b"png"])
-    assert next(plan) == _plans.Call("infer", ("colqwen2", IMAGE_INPUT, [b"png"]))
+    # a client that retries says so: a busy server then holds the place in line it hands out
+    assert next(plan) == _plans.Call("infer", ("colqwen2", IMAGE_INPUT, [b"png"]), {"place": ""})
     pause = plan.throw(ServerBusyError("queue full"))
     assert isinstance(pause, _plans.Sleep) and 0.125 <= pause.seconds <= 0.25
-    assert plan.send(None) == _plans.Call("infer", ("colqwen2", IMAGE_INPUT, [b"png"]))
+    assert plan.send(None) == _plans.Call("infer", ("colqwen2", IMAGE_INPUT, [b"png"]), {"place": ""})
     with pytest.raises(StopIteration) as stop:
         plan.send(answer := outputs())
     assert stop.value.value is answer
 
     hinted = _plans.infer(OPTIONS, "colqwen2", IMAGE_INPUT, [b"png"])
     next(hinted)
-    pause = hinted.throw(ServerBusyError("busy: retry in 3 s", retry_after=3.0))
+    pause = hinted.throw(ServerBusyError("busy: retry in 3 s with place 9f3a", retry_after=3.0, place="9f3a"))
     assert 3.0 <= pause.seconds <= 3.75  # the server's hint (its place in line), up to a quarter later
+    assert hinted.send(None) == _plans.Call("infer", ("colqwen2", IMAGE_INPUT, [b"png"]), {"place": "9f3a"})
 
     refused = _plans.infer(OPTIONS, "colqwen2", IMAGE_INPUT, [b"png"])
     next(refused)
@@ -60,21 +63,42 @@ def test_infer_retries_with_backoff_only_what_is_safe_to_retry():
     with pytest.raises(ServerUnavailableError):  # max_retries spent
         down.throw(ServerUnavailableError("down"))
 
+    once = _base.ClientOptions.create("grpc://triton:8001", "fp16", 60.0, 0, 1, None)
+    assert next(_plans.infer(once, "colqwen2", IMAGE_INPUT, [b"png"])).kwargs == {"place": None}  # never back
 
-def test_infer_each_sends_chunks_and_retries_failed_items_one_at_a_time():
+
+def test_infer_each_sends_chunks_and_retries_unhinted_failures_one_at_a_time():
+    """Refusals with a place in line are the transport's to retry (each item on its own, `hinted_only`); what is
+    left retryable without a hint (a full queue) is retried one at a time, as a full queue always admits."""
     items = [bytes([i]) for i in range(6)]
     seen: list[tuple[int, int]] = []
     plan = _plans.infer_each(OPTIONS, "colqwen2", IMAGE_INPUT, items, lambda done, total: seen.append((done, total)))
-    assert next(plan) == _plans.Call("infer_each", ("colqwen2", IMAGE_INPUT, items[:4], 1))  # 4 windows a chunk
-    first = [outputs(), ServerBusyError("busy"), InvalidInputError("bad"), outputs()]
-    assert plan.send(first) == _plans.Call("infer", ("colqwen2", IMAGE_INPUT, [items[1]]))
-    assert plan.send(retried := outputs()) == _plans.Call("infer_each", ("colqwen2", IMAGE_INPUT, items[4:], 1))
+    retry = _retry.Retry(OPTIONS.max_retries, hinted_only=True)
+    assert next(plan) == _plans.Call("infer_each", ("colqwen2", IMAGE_INPUT, items[:4], 1), {"retry": retry})
+    spent = ServerBusyError("busy: retry in 2 s", retry_after=2.0)  # its hinted retries spent in the transport
+    first = [outputs(), ServerBusyError("queue full"), InvalidInputError("bad"), spent]
+    assert plan.send(first) == _plans.Call("infer", ("colqwen2", IMAGE_INPUT, [items[1]]), {"place": ""})
+    retried = outputs()
+    assert plan.send(retried) == _plans.Call("infer_each", ("colqwen2", IMAGE_INPUT, items[4:], 1), {"retry": retry})
     assert seen == [(4, 6)]
     with pytest.raises(StopIteration) as stop:
         plan.send([outputs(), outputs()])
     results = stop.value.value
-    assert results[1] is retried and isinstance(results[2], InvalidInputError) and len(results) == 6
-    assert seen == [(4, 6), (6, 6)]
+    assert results[1] is retried and isinstance(results[2], InvalidInputError) and results[3] is spent
+    assert len(results) == 6 and seen == [(4, 6), (6, 6)]
+
+
+def test_the_retry_policy_follows_hints_claims_places_and_gives_up():
+    retry = _retry.Retry(2)
+    assert retry.first_place == "" and _retry.Retry(0).first_place is None
+    busy = ServerBusyError("busy: retry in 4 s with place ab12", retry_after=4.0, place="ab12")
+    assert 4.0 <= retry.after(0, busy) <= 5.0 and retry.place(busy) == "ab12"
+    assert retry.place(ServerBusyError("queue full")) == ""  # no place given: the retry still says it comes back
+    assert retry.after(2, busy) is None  # spent
+    assert retry.after(0, InvalidInputError("bad")) is None  # not retryable
+    hinted_only = _retry.Retry(2, hinted_only=True)
+    assert hinted_only.after(0, busy) and hinted_only.after(0, ServerBusyError("queue full")) is None
+    assert _retry.retry_delay(0, ServerBusyError("x", retry_after=600.0)) <= 1.25 * 60  # the hint capped
 
 
 class FakeTransport:
@@ -90,13 +114,13 @@ class FakeTransport:
             raise self.fail[method].pop(0)
         return reply
 
-    def infer(self, model: str, name: str, items: list[bytes], canary: bool = False) -> Any:
+    def infer(self, model: str, name: str, items: list[bytes], canary: bool = False, place: str | None = None) -> Any:
         provider = b"cpu" if canary else None
         return self._answer(
             "infer", (model, name, len(items), canary), outputs(2 if name == TEXT_INPUT else 3, provider)
         )
 
-    def infer_each(self, model: str, name: str, items: list[bytes], window: int) -> Any:
+    def infer_each(self, model: str, name: str, items: list[bytes], window: int, retry: Any = None) -> Any:
         return self._answer("infer_each", (model, name, len(items), window), [outputs() for _ in items])
 
     def model_parameters(self, model: str) -> Any:
@@ -110,8 +134,8 @@ class AsyncFakeTransport(FakeTransport):
     async def infer(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
         return FakeTransport.infer(self, *args, **kwargs)
 
-    async def infer_each(self, *args: Any) -> Any:  # type: ignore[override]
-        return FakeTransport.infer_each(self, *args)
+    async def infer_each(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        return FakeTransport.infer_each(self, *args, **kwargs)
 
     async def model_parameters(self, model: str) -> Any:  # type: ignore[override]
         return FakeTransport.model_parameters(self, model)
@@ -122,7 +146,7 @@ class AsyncFakeTransport(FakeTransport):
 
 def both_clients(monkeypatch: pytest.MonkeyPatch, fail: dict[str, list[Exception]] | None = None) -> list:
     """A sync and an async client over fakes that fail the same way; no backoff pauses."""
-    monkeypatch.setattr(_base, "backoff_delay", lambda attempt: 0.0)
+    monkeypatch.setattr(_retry, "backoff_delay", lambda attempt: 0.0)
     fail = fail or {}
     sync_fake, async_fake = FakeTransport({k: list(v) for k, v in fail.items()}), AsyncFakeTransport(fail)
     monkeypatch.setattr(ColQwen2Client, "_transport_type", staticmethod(lambda *args: sync_fake))
@@ -173,7 +197,7 @@ def test_image_urls_are_fetched_in_one_step_and_a_failed_fetch_keeps_its_place()
     assert fetch == _plans.Fetch((images[0], images[2]), OPTIONS.fetch)
     failed = FetchError("keepa.example", "HTTP 404 Not Found")
     sent = plan.send([b"jpg", failed])
-    assert sent == _plans.Call("infer_each", ("colqwen2", IMAGE_INPUT, [b"jpg", b"png"], 1))
+    assert sent.args == ("colqwen2", IMAGE_INPUT, [b"jpg", b"png"], 1)
     with pytest.raises(StopIteration) as stop:
         plan.send([outputs(), outputs()])
     first, second, third = stop.value.value

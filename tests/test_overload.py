@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 from colqwen2_client import ColQwen2Client, ServerBusyError
+from colqwen2_client._constants import PLACE_PARAMETER
 from tritonclient.utils import InferenceServerException
 
 from model_repository.colqwen2_serving.admission import Ledger, ledger_folder
@@ -31,8 +32,8 @@ from tests.images import square_chart
 def bounded_server(tiny_artifacts, tmp_path_factory):
     work = tmp_path_factory.mktemp("overload")
     options = RenderOptions(
-        tiny_artifacts, work / "repo", device="cpu", max_queue_size=2, encoder_queue_delay_us=300_000,
-        preferred_batch_sizes=(32,), preprocess_instances=1,
+        tiny_artifacts, work / "repo", device="cpu", max_queue_size=2, preprocess_max_queue=0,
+        encoder_queue_delay_us=300_000, preferred_batch_sizes=(32,), preprocess_instances=1,
     )  # fmt: skip
     yield from _serve(options, work)
 
@@ -157,9 +158,9 @@ def test_admission_refuses_at_once_and_keeps_nothing(admitting_server):
     assert refused and len(served) >= 2, [str(r)[:100] for _, r in results]
     for seconds, exc in refused:
         assert exc.status() == "StatusCode.UNAVAILABLE", exc
-        # admission's refusal, or on a loaded host preprocessing's 500 ms queue bound: both busy, both at once
+        # admission's refusal, or preprocessing's queue full (16 waiting): both busy, both at once
         message = exc.message()
-        assert ("busy: " in message and "retry in" in message) or "Request timeout expired" in message, message
+        assert ("busy: " in message and "retry in" in message) or "maximum queue size" in message, message
         assert seconds < 1.0  # answered before any decode or queue
     for vectors in served:
         np.testing.assert_array_equal(vectors, served[0])
@@ -184,6 +185,32 @@ def test_under_admission_the_sdk_retries_the_canary_passes_and_the_gateway_says_
         assert health.result()["status"] == "healthy"
     busy = [r for r in results if isinstance(r, ServerBusyError)]
     assert busy and str(busy[0]).startswith("server busy: ") and busy[0].retry_after >= 1
+    assert busy[0].place == ""  # a client that does not retry is held no place
     with ColQwen2Client(url, max_retries=6) as patient:
         results = patient.embed_batch([image] * 12, batch_size=12, return_exceptions=True)
     assert all(not isinstance(r, BaseException) for r in results), [r for r in results if isinstance(r, Exception)]
+
+
+def test_a_place_in_line_travels_through_the_ensemble_and_is_claimed(admitting_server):
+    """The request parameter reaches preprocessing through the ensemble: a client that says it comes back ("")
+    is refused with a place the ledger holds, and the retry that names it claims it."""
+    image = _png()
+    client = grpcclient.InferenceServerClient(admitting_server.grpc_url)
+    ledger = Ledger(ledger_folder(admitting_server.process.pid))
+
+    def one(place: str) -> str:
+        tensor = grpcclient.InferInput("image", [1, 1], "BYTES")
+        tensor.set_data_from_numpy(np.array([[image]], dtype=object))
+        try:
+            client.infer("colqwen2", [tensor], parameters={PLACE_PARAMETER: place})
+            return ""
+        except InferenceServerException as exc:
+            return exc.message()
+
+    with ThreadPoolExecutor(12) as pool:
+        messages = [m for m in pool.map(one, [""] * 12) if m]
+    held = {p.token for p in ledger.places()}
+    tokens = [m.rsplit("with place ", 1)[1] for m in messages if "with place " in m]
+    assert tokens and set(tokens) <= held, messages
+    assert one(tokens[0]) == ""  # nothing in flight now: admitted, and its place claimed
+    assert tokens[0] not in {p.token for p in ledger.places()}

@@ -138,25 +138,30 @@ def test_queues_are_bounded_by_default_with_an_unbounded_lane_for_canaries(tiny_
     assert batching
     for name, b in batching.items():
         policy = b.default_queue_policy
-        # admission bounds the encoder's work ahead, so its queue has no time bound that would refuse late
-        # preprocessing: milliseconds a request, so half a second of waiting means its stage is saturated
-        timeout = 0 if name.startswith("colqwen2_encoder") else 500_000
-        assert policy.max_queue_size == 128 and policy.default_timeout_microseconds == timeout, name
+        # admission bounds the encoder's work ahead, so its queue has no time bound that would refuse late;
+        # preprocessing is bounded by count (the SDK's embed_batch window), refusing at once, never by a slow host
+        size = 16 if name == "colqwen2_preprocess" else 128
+        assert policy.max_queue_size == size and policy.default_timeout_microseconds == 0, name
         assert policy.timeout_action == policy.REJECT
         assert b.priority_levels == 2 and b.default_priority_level == 2  # user traffic
         canary = b.priority_queue_policy[1]  # colqwen2_client's CANARY_PRIORITY
         assert canary.max_queue_size == 0 and canary.default_timeout_microseconds == 0
-    sized = configs(render(RenderOptions(tiny_artifacts, tmp_path / "sized", device="cpu", max_queue_size=64)))
+    sized = RenderOptions(tiny_artifacts, tmp_path / "sized", device="cpu", max_queue_size=64, preprocess_max_queue=0)
     assert all(
-        c.dynamic_batching.default_queue_policy.max_queue_size == 64 for c in sized.values() if c.platform != "ensemble"
+        c.dynamic_batching.default_queue_policy.max_queue_size == 64
+        for c in configs(render(sized)).values()
+        if c.platform != "ensemble"
     )
+    timed = RenderOptions(tiny_artifacts, tmp_path / "timed", device="cpu", preprocess_queue_timeout_ms=500)
+    policy = configs(render(timed))["colqwen2_preprocess"].dynamic_batching.default_queue_policy
+    assert policy.max_queue_size == 16 and policy.default_timeout_microseconds == 500_000
     off = RenderOptions(
         tiny_artifacts,
         tmp_path / "unbounded",
         device="cpu",
         max_queue_size=0,
         queue_timeout_ms=0,
-        preprocess_queue_timeout_ms=0,
+        preprocess_max_queue=0,
     )
     assert all(not c.dynamic_batching.HasField("default_queue_policy") for c in configs(render(off)).values())
     with pytest.raises(RenderError, match="max_queue_size must be 0"):
@@ -178,7 +183,8 @@ def test_admission_is_on_by_default_with_the_hosts_bound_and_can_be_turned_off(t
         return {k: v.string_value for k, v in config.parameters.items() if k.startswith("admission")}
 
     cpu = preprocess(RenderOptions(tiny_artifacts, tmp_path / "cpu", device="cpu"))
-    assert cpu == {"admission_wait_ms": "10000", "admission_min_in_flight": "4", "admission_rate_ns": "800000"}
+    assert cpu == {"admission_wait_ms": "10000", "admission_min_in_flight": "4", "admission_rate_ns": "800000",
+                   "admission_place_parameter": "colqwen2-place"}  # fmt: skip
     off = RenderOptions(tiny_artifacts, tmp_path / "off", device="cpu", admission_wait_ms=0)
     assert preprocess(off)["admission_wait_ms"] == "0"
     # admission off: the encoder's queue keeps the time bound

@@ -186,8 +186,8 @@ def test_a_saturated_server_stays_live_and_a_dead_one_does_not(tiny_artifacts, t
     """Queue bound 2 and a slow-to-batch encoder: bursts keep user requests refused (busy) while the canary's
     own lane still answers; /livez stays 200 throughout. Then, restarts off, a dead encoder reads dead in seconds."""
     supervisor = supervised(
-        tiny_artifacts, tmp_path, restart=False, max_queue_size=2, encoder_queue_delay_us=300_000,
-        preferred_batch_sizes=(32,),
+        tiny_artifacts, tmp_path, restart=False, max_queue_size=2, preprocess_max_queue=0,
+        encoder_queue_delay_us=300_000, preferred_batch_sizes=(32,),
     )  # fmt: skip
     livez = f"http://{supervisor.settings.host}:{supervisor.settings.port}/livez"
     big = _png(square_chart(512, seed=9).resize((1500, 1500)))

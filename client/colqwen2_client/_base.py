@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import io
-import random
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -18,17 +17,15 @@ import numpy as np
 from PIL import Image
 
 from ._constants import (
-    DEFAULT_BACKOFF,
     DEFAULT_BATCH_SIZE,
     DEFAULT_MAX_RETRIES,
     DEFAULT_TIMEOUT,
     DEFAULT_URL,
     EMBEDDING_DIM,
-    MAX_BACKOFF,
-    MAX_HINT,
     MODELS,
     PROVIDER_OUTPUT,
 )
+from ._retry import Retry, backoff_delay, retry_delay  # noqa: F401  (the SDK's retry policy, re-exported)
 from ._transport import Endpoint, parse_url
 from .errors import ColQwen2Error, ServerError
 from .fetch import FetchPolicy
@@ -98,23 +95,6 @@ class BaseClient:
     @property
     def url(self) -> str:
         return self.options.endpoint.url
-
-
-def backoff_delay(attempt: int, base: float = DEFAULT_BACKOFF) -> float:
-    """Equal jitter: half of min(cap, base * 2**attempt) for sure, the other half uniform, so the retries
-    spread out and their sum has a floor (a restart they must outlast)."""
-    ceiling = min(MAX_BACKOFF, base * 2**attempt)
-    return ceiling / 2 + random.uniform(0, ceiling / 2)
-
-
-def retry_delay(attempt: int, error: BaseException) -> float:
-    """How long to wait before retry `attempt + 1`: a server that said when (a busy refusal's `retry_after`: its
-    place in the server's line of refused requests) is retried then, up to a quarter later so that clients told
-    the same second do not return together (the hint capped at MAX_HINT); anything else with `backoff_delay`."""
-    hint = getattr(error, "retry_after", None)
-    if hint:
-        return min(hint, MAX_HINT) * random.uniform(1.0, 1.25)
-    return backoff_delay(attempt)
 
 
 def encode_images(images: Sequence[Any]) -> list[Any]:

@@ -12,6 +12,9 @@ DEFAULT_MAX_RETRIES = 6
 DEFAULT_BACKOFF = 0.25  # seconds; doubles per attempt (capped), the upper half of it jittered
 MAX_BACKOFF = 8.0
 MAX_HINT = 60.0  # the longest a busy server's "retry in N s" is followed: past it, the caller had better know
+# A request parameter: "" from a client that retries busy refusals itself and comes back with the place in line
+# a refusal hands it ("retry in N s with place TOKEN"), the token when it does (server: admission's Ledger).
+PLACE_PARAMETER = "colqwen2-place"
 DEFAULT_BATCH_SIZE = 16  # requests in flight in embed_batch; Triton batches them dynamically
 EMBEDDING_DIM = 128
 

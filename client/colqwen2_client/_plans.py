@@ -15,7 +15,7 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
-from . import _base
+from . import _base, _retry
 from ._constants import CANARY_QUERY, IMAGE_INPUT, TEXT_INPUT
 from ._transport import Outputs
 from .errors import ColQwen2Error
@@ -79,14 +79,18 @@ class Run(Generic[T]):
 
 
 def infer(options: _base.ClientOptions, model: str, name: str, items: list[bytes]) -> Plan[Outputs]:
-    """One request carrying every item, retried with backoff while its error is retryable."""
+    """One request carrying every item, retried with backoff while its error is retryable, each retry claiming
+    the place in line its busy refusal gave it."""
+    retry = _base.Retry(options.max_retries)
+    place = retry.first_place
     for attempt in range(options.max_retries + 1):
         try:
-            return (yield Call("infer", (model, name, items)))
+            return (yield Call("infer", (model, name, items), {"place": place}))
         except ColQwen2Error as exc:
-            if not exc.retryable or attempt == options.max_retries:
+            pause = retry.after(attempt, exc)
+            if pause is None:
                 raise
-            pause = _base.retry_delay(attempt, exc)
+            place = retry.place(exc)
         yield Sleep(pause)
     raise AssertionError("unreachable")
 
@@ -99,14 +103,18 @@ def infer_each(
     progress: _base.Progress | None,
     window: int | None = None,
 ) -> Plan[list]:
-    """One request per item, `window` in flight, in chunks of 4 windows; a result or the item's error, in order."""
+    """One request per item, `window` in flight, in chunks of 4 windows; a result or the item's error, in order.
+    Refusals that say when (admission's places in line) the transport retries item by item, each holding its
+    slot in the window while it waits, so they come back at their places, not one after another; other retryable
+    failures (a full queue, a server restarting) are retried here afterwards, one at a time, which a full queue
+    always admits where a window of retries would fill it again."""
     window = window or options.batch_size
+    retry = _base.Retry(options.max_retries, hinted_only=True)
     results: list = []
     for chunk in _base.chunks(items, window * 4):
-        results.extend((yield Call("infer_each", (model, name, chunk, window))))
-        # Retry, one at a time, only the items whose failure is safe to retry.
+        results.extend((yield Call("infer_each", (model, name, chunk, window), {"retry": retry})))
         for i in range(len(results) - len(chunk), len(results)):
-            if isinstance(results[i], ColQwen2Error) and results[i].retryable:
+            if isinstance(results[i], ColQwen2Error) and results[i].retryable and not _retry.hinted(results[i]):
                 try:
                     results[i] = yield from infer(options, model, name, [items[i]])
                 except ColQwen2Error as exc:

@@ -11,6 +11,7 @@ import importlib
 import re
 import socket
 import threading
+import time
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
@@ -24,8 +25,10 @@ from ._constants import (
     IMAGE_INPUT,
     IMAGE_OUTPUTS,
     OUTPUTS,
+    PLACE_PARAMETER,
     PROVIDER_OUTPUT,
 )
+from ._retry import Retry
 from .errors import (
     ColQwen2Error,
     InvalidInputError,
@@ -82,7 +85,10 @@ def translate(exc: BaseException, model: str = "") -> ColQwen2Error:
         return InvalidInputError(message)
     if lowered.startswith("busy:"):  # the server's admission: refused before any work, with a retry hint
         hint = re.search(r"retry in (\d+) s", message)
-        return ServerBusyError(f"server {message}{where}", float(hint.group(1)) if hint else None)
+        place = re.search(r"with place ([0-9a-f]+)", message)
+        return ServerBusyError(
+            f"server {message}{where}", float(hint.group(1)) if hint else None, place.group(1) if place else ""
+        )
     if "maximum queue size" in lowered or "queue is full" in lowered or "request timeout expired" in lowered:
         return ServerBusyError(f"server busy{where}: {message}")
     if "stub process" in lowered and "not healthy" in lowered:
@@ -146,11 +152,14 @@ class _Transport:
     def _input(self, name: str, items: Sequence[bytes]) -> Any:
         return _bytes_input(self.module, self.endpoint.protocol, name, items)
 
-    def _infer_options(self, canary: bool) -> dict[str, Any]:
-        """A canary rides the health lane; gRPC takes the timeout per request."""
+    def _infer_options(self, canary: bool, place: str | None = None) -> dict[str, Any]:
+        """A canary rides the health lane; gRPC takes the timeout per request; `place` (None: none) is the
+        request's PLACE_PARAMETER, its place in the server's line of refused requests."""
         options: dict[str, Any] = {"priority": CANARY_PRIORITY if canary else 0}
         if self.endpoint.protocol == "grpc":
             options["client_timeout"] = self.timeout
+        if place is not None:
+            options["parameters"] = {PLACE_PARAMETER: place}
         return options
 
 
@@ -168,71 +177,101 @@ class SyncTransport(_Transport):
             return [self.module.InferRequestedOutput(n, binary_data=True) for n in _names(input_name, canary)]
         return [self.module.InferRequestedOutput(n) for n in _names(input_name, canary)]
 
-    def infer(self, model: str, input_name: str, items: Sequence[bytes], canary: bool = False) -> Outputs:
+    def infer(
+        self, model: str, input_name: str, items: Sequence[bytes], canary: bool = False, place: str | None = None
+    ) -> Outputs:
         """One request carrying every item; a canary rides the health lane and asks which provider ran it."""
-        kwargs = self._infer_options(canary) | {"outputs": self._outputs_requested(input_name, canary)}
+        kwargs = self._infer_options(canary, place) | {"outputs": self._outputs_requested(input_name, canary)}
         try:
             return _outputs(self.client.infer(model, [self._input(input_name, items)], **kwargs), input_name, canary)
         except Exception as exc:
             raise translate(exc, model) from None
 
     def infer_each(
-        self, model: str, input_name: str, items: Sequence[bytes], window: int
+        self, model: str, input_name: str, items: Sequence[bytes], window: int, retry: Retry | None = None
     ) -> list[Outputs | ColQwen2Error]:
-        """One request per item, `window` in flight; a result or the item's error, in order."""
+        """One request per item, `window` in flight, each retried on its own under `retry` (holding its slot
+        while it waits); a result or the item's last error, in order."""
+        retry = retry or Retry(0)
         if self.endpoint.protocol == "http":
-            return self._each_http(model, input_name, items, window)
-        return self._each_grpc(model, input_name, items, window)
+            return self._each_http(model, input_name, items, window, retry)
+        return self._each_grpc(model, input_name, items, window, retry)
 
-    def _each_http(self, model: str, input_name: str, items: Sequence[bytes], window: int) -> list:
+    def _each_http(self, model: str, input_name: str, items: Sequence[bytes], window: int, retry: Retry) -> list:
         results: list = [None] * len(items)
         pending: dict[int, Any] = {}
         next_item = 0
+        options = self._infer_options(False, retry.first_place)
         for done in range(len(items)):
             while next_item < len(items) and len(pending) < window:
                 request = self._input(input_name, [items[next_item]])
                 outputs = self._outputs_requested(input_name)
-                pending[next_item] = self.client.async_infer(model, [request], outputs=outputs)
+                pending[next_item] = self.client.async_infer(model, [request], outputs=outputs, **options)
                 next_item += 1
             try:
                 results[done] = _outputs(pending.pop(done).get_result(), input_name)
             except Exception as exc:
-                results[done] = translate(exc, model)
+                results[done] = self._retried(model, input_name, items[done], translate(exc, model), retry)
         return results
 
-    def _each_grpc(self, model: str, input_name: str, items: Sequence[bytes], window: int) -> list:
+    def _retried(self, model: str, input_name: str, item: bytes, error: ColQwen2Error, retry: Retry) -> Any:
+        """`item` sent again while `retry` says so (its first attempt failed with `error`): a result or the last
+        error. The other requests of the window stay in flight meanwhile."""
+        attempt = 0
+        while (pause := retry.after(attempt, error)) is not None:
+            time.sleep(pause)
+            try:
+                return self.infer(model, input_name, [item], place=retry.place(error))
+            except ColQwen2Error as exc:
+                error, attempt = exc, attempt + 1
+        return error
+
+    def _each_grpc(self, model: str, input_name: str, items: Sequence[bytes], window: int, retry: Retry) -> list:
         results: list = [None] * len(items)
         slots = threading.Semaphore(window)
         finished = threading.Event()
         remaining = [len(items)]
         lock = threading.Lock()
 
-        def callback(index: int, result: Any, error: Exception | None) -> None:
-            try:  # runs on a gRPC thread: whatever happens, the slot and the count must be released
-                results[index] = translate(error, model) if error is not None else _outputs(result, input_name)
-            except Exception as exc:
-                results[index] = translate(exc, model)
-            finally:
-                slots.release()
-                with lock:
-                    remaining[0] -= 1
-                    if remaining[0] == 0:
-                        finished.set()
-
-        if not items:
-            return results
-        for index, item in enumerate(items):
-            slots.acquire()
+        def send(index: int, attempt: int, place: str | None) -> None:
             try:
                 self.client.async_infer(
                     model,
-                    [self._input(input_name, [item])],
-                    callback=lambda result, error, i=index: callback(i, result, error),
+                    [self._input(input_name, [items[index]])],
+                    callback=lambda result, error: callback(index, attempt, result, error),
                     outputs=self._outputs_requested(input_name),
-                    client_timeout=self.timeout,
+                    **self._infer_options(False, place),
                 )
             except Exception as exc:
-                callback(index, None, exc)
+                callback(index, attempt, None, exc)
+
+        def callback(index: int, attempt: int, result: Any, error: Exception | None) -> None:
+            final = True
+            try:  # runs on a gRPC thread: whatever happens, the slot and the count must be released
+                outcome = translate(error, model) if error is not None else _outputs(result, input_name)
+                pause = retry.after(attempt, outcome) if isinstance(outcome, ColQwen2Error) else None
+                if pause is not None:  # again after the pause, from a timer thread, still holding the slot
+                    timer = threading.Timer(pause, send, (index, attempt + 1, retry.place(outcome)))
+                    timer.daemon = True
+                    timer.start()
+                    final = False
+                    return
+                results[index] = outcome
+            except Exception as exc:
+                results[index] = translate(exc, model)
+            finally:
+                if final:
+                    slots.release()
+                    with lock:
+                        remaining[0] -= 1
+                        if remaining[0] == 0:
+                            finished.set()
+
+        if not items:
+            return results
+        for index in range(len(items)):
+            slots.acquire()
+            send(index, 0, retry.first_place)
         finished.wait()
         return results
 
@@ -272,20 +311,31 @@ class AsyncTransport(_Transport):
         except Exception as exc:
             raise translate(exc, model) from None
 
-    async def infer(self, model: str, input_name: str, items: Sequence[bytes], canary: bool = False) -> Outputs:
-        kwargs = self._infer_options(canary)  # no outputs named: all come
+    async def infer(
+        self, model: str, input_name: str, items: Sequence[bytes], canary: bool = False, place: str | None = None
+    ) -> Outputs:
+        kwargs = self._infer_options(canary, place)  # no outputs named: all come
         result = await self._call(self.client.infer(model, [self._input(input_name, items)], **kwargs), model)
         return _outputs(result, input_name, canary)
 
-    async def infer_each(self, model: str, input_name: str, items: Sequence[bytes], window: int) -> list:
-        slots = asyncio.Semaphore(window)
+    async def infer_each(
+        self, model: str, input_name: str, items: Sequence[bytes], window: int, retry: Retry | None = None
+    ) -> list:
+        """As `SyncTransport.infer_each`."""
+        slots, retry = asyncio.Semaphore(window), retry or Retry(0)
 
         async def one(item: bytes) -> Outputs | ColQwen2Error:
             async with slots:
-                try:
-                    return await self.infer(model, input_name, [item])
-                except ColQwen2Error as exc:
-                    return exc
+                place, attempt = retry.first_place, 0
+                while True:
+                    try:
+                        return await self.infer(model, input_name, [item], place=place)
+                    except ColQwen2Error as exc:
+                        pause = retry.after(attempt, exc)
+                        if pause is None:
+                            return exc
+                        place, attempt = retry.place(exc), attempt + 1
+                    await asyncio.sleep(pause)
 
         return list(await asyncio.gather(*(one(item) for item in items)))
 

@@ -21,11 +21,12 @@ class ServerUnavailableError(ColQwen2Error):
 
 class ServerBusyError(ServerUnavailableError):
     """The server refused the request as busy (admission, or a full queue). Retried with backoff, waiting at
-    least `retry_after` seconds when the server said how long (capped at the SDK's longest backoff)."""
+    least `retry_after` seconds when the server said how long (capped at the SDK's longest hint), and claiming
+    `place`, the room the server holds for the retry from then on, when it gave one."""
 
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
+    def __init__(self, message: str, retry_after: float | None = None, place: str = "") -> None:
         super().__init__(message)
-        self.retry_after = retry_after
+        self.retry_after, self.place = retry_after, place
 
 
 class RequestTimeoutError(ColQwen2Error):

@@ -5,7 +5,7 @@ Where a request can wait, and what bounds it:
 - the gateway: at most `--max-concurrency` requests inside; the next is 503 with `Retry-After` at once;
 - Triton's HTTP and gRPC frontends hand requests straight to the ensemble: no queue of their own;
 - the preprocessing model's queue: decoding takes milliseconds, and a refused request costs only its image
-  header; bounded by Triton's queue policy (`max_queue_size`, `queue_timeout_ms`) as a backstop;
+  header; bounded by count (render's `preprocess_max_queue`, the SDK's batch window): one more is refused at once;
 - the encoder's queue and batch: the wait that matters. An image waits for every encoder call admitted before
   it, and one `execute()` answers its whole batch together, so a request the encoder's queue accepted could
   wait for a 30 s batch and then be refused by a 2 s queue timeout it had long passed (issue 25's record).
@@ -52,6 +52,10 @@ MIN_MEASURED = 100.0  # calls of less image work (warmup, canaries, queries) say
 RATE_PREFIX = "rate-"
 LOCK = ".lock"
 LINE = ".line"  # until when the refused requests' places in line are handed out (epoch seconds)
+PLACE_PREFIX = "place-"  # a held place: place-<due ms>-<expiry ms>-<cost>-<token>
+# A held place waits this long past the latest its holder should come back (the SDK retries at the hint to a
+# quarter later) before it lapses and stops holding room for it.
+PLACE_GRACE_S = 5.0
 
 
 def image_cost(tokens: int) -> float:
@@ -67,11 +71,34 @@ def images_cost(grids: np.ndarray | None) -> float:
 
 
 class Refused(Exception):
-    """The server is busy: this request is refused before any work, and may be retried after `retry_after`."""
+    """The server is busy: this request is refused before any work, and may be retried after `retry_after`,
+    with `place` (a token held for it, or "") as the retry's PLACE_PARAMETER."""
 
-    def __init__(self, message: str, retry_after: int) -> None:
+    def __init__(self, message: str, retry_after: int, place: str = "") -> None:
         super().__init__(message)
-        self.retry_after = retry_after
+        self.retry_after, self.place = retry_after, place
+
+
+@dataclass(frozen=True)
+class Place:
+    """Room held for a refused request whose client said it will come back with the token: from `due` (when its
+    hint says to retry) until `expiry` (epoch seconds), `cost` units of encoder work."""
+
+    due: float
+    expiry: float
+    cost: float
+    token: str
+    name: str
+
+    @classmethod
+    def parse(cls, name: str) -> Place | None:
+        parts = name.removeprefix(PLACE_PREFIX).split("-")
+        if not name.startswith(PLACE_PREFIX) or len(parts) != 4 or not (parts[0].isdigit() and parts[1].isdigit()):
+            return None
+        try:
+            return cls(int(parts[0]) / 1000, int(parts[1]) / 1000, float(parts[2]), parts[3], name)
+        except ValueError:
+            return None
 
 
 @dataclass(frozen=True)
@@ -170,21 +197,49 @@ class Ledger:
                 rates.append(float(path.read_text()))
         return max(rates, default=default)
 
-    def admit(self, cost: float, policy: Policy, small: bool = False) -> str:
-        """A ticket for a request of `cost`, or `Refused` naming the work ahead and when to retry."""
+    def places(self) -> list[Place]:
+        """The places held; lapsed ones are removed."""
+        now, held = self.clock(), []
+        for entry in os.scandir(self.folder):
+            place = Place.parse(entry.name)
+            if place is None:
+                continue
+            if place.expiry < now:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+                continue
+            held.append(place)
+        return held
+
+    def admit(self, cost: float, policy: Policy, small: bool = False, place: str | None = None) -> str:
+        """A ticket for a request of `cost`, or `Refused` naming the work ahead and when to retry. `place`: None
+        from a client that does not come back with places, "" from one that does (its refusal then holds room for
+        it), else the token of the place it was given, which it claims."""
         with self._locked():
             costs = self.tickets()
             rate = self.rate(policy.default_rate)
+            now, held = self.clock(), self.places()
+            mine = next((p for p in held if place and p.token == place), None)
+            if mine is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.folder / mine.name)
+            # places already due hold their room against everyone behind them in line: a newcomer, or a holder of
+            # a later place (otherwise whoever sends first, typically a client just answered, takes the room a
+            # refused client was told to come back for)
+            reserved = [p for p in held if p is not mine and p.due <= now and (mine is None or p.due < mine.due)]
             # the work ahead, not this request's own: a photo is refused exactly when a chart would be (pricing
             # its own cost in would let small images through where large ones starve)
-            ahead = sum(costs) * rate
+            ahead = (sum(costs) + sum(p.cost for p in reserved)) * rate
             limit = HEADROOM * policy.max_wait_s
             if not small and len(costs) >= policy.min_in_flight and ahead > limit:
-                retry = self._place_in_line(ahead - limit, cost * rate)
+                retry, token = self._place_in_line(ahead - limit, cost, rate, place, front=mine is not None)
+                held_for = f" ({len(reserved)} places held)" if reserved else ""
                 raise Refused(
                     f"busy: {ahead:.1f} s of encoder work ahead of this image ({len(costs)} image requests in "
-                    f"flight), over the {limit:g} s the {policy.max_wait_s:g} s bound admits; retry in {retry} s",
+                    f"flight{held_for}), over the {limit:g} s the {policy.max_wait_s:g} s bound admits; retry in "
+                    f"{retry} s" + (f" with place {token}" if token else ""),
                     retry,
+                    token,
                 )
             # expires long after the slowest admitted request should have been answered
             expiry = self.clock() + 3 * (max(ahead, policy.max_wait_s) + cost * rate) + 60
@@ -192,22 +247,34 @@ class Ledger:
             (self.folder / name).touch()
             return name
 
-    def _place_in_line(self, over_s: float, own_s: float) -> int:
-        """Seconds until a refused request should retry (under the lock): when the work ahead has drained to what
-        the bound admits (`over_s` from now), after the places handed to the requests refused before it, each of
-        which holds its own encoder time. Retries then come back about as fast as the encoder frees room, in the
-        order they were refused, where a fixed hint brought every refused client back together (issue 25: 2.6
-        refusals per served image at 64 in flight, and a served request's p99 from its first attempt of 5
-        minutes). A place nobody comes back for costs nothing but a later hint: admission reads only the tickets."""
+    def _place_in_line(
+        self, over_s: float, cost: float, rate: float, place: str | None, front: bool
+    ) -> tuple[int, str]:
+        """Seconds until a refused request should retry, and the token of the place held for it ("" where its
+        client does not come back with one), under the lock: when the work ahead has drained to what the bound
+        admits (`over_s` from now), after the places handed to the requests refused before it, each of which holds
+        its own encoder time. Retries then come back about as fast as the encoder frees room, in the order they
+        were refused, where a fixed hint brought every refused client back together (issue 25: 2.6 refusals per
+        served image at 64 in flight). A client that comes back with its token finds its room held from the hint
+        on (`admit`); one refused again while claiming its place (`front`) keeps its rank: it is told only when
+        the work now ahead of it will have drained. A place nobody claims lapses PLACE_GRACE_S after the latest
+        its holder should have come back."""
         now = self.clock()
         line = self.folder / LINE
         try:
             taken = float(line.read_text())
         except (OSError, ValueError):
             taken = 0.0
-        start = max(now + over_s, taken)
-        line.write_text(repr(start + own_s))
-        return max(1, math.ceil(start - now))
+        start = now + over_s if front else max(now + over_s, taken)
+        if not front:
+            line.write_text(repr(start + cost * rate))
+        retry = max(1, math.ceil(start - now))
+        if place is None:
+            return retry, ""
+        token = uuid.uuid4().hex[:16]
+        expiry = now + 1.25 * retry + PLACE_GRACE_S
+        (self.folder / f"{PLACE_PREFIX}{int(start * 1000)}-{int(expiry * 1000)}-{cost:.0f}-{token}").touch()
+        return retry, token
 
     def release(self, tickets: Iterable[str]) -> None:
         for name in tickets:

@@ -58,6 +58,8 @@ class Preprocessor:
     tokenizer: PromptTokenizer
     policy: Policy | None = None  # admission; None or max_wait_s 0: off
     ledger: Ledger | None = None
+    # the request parameter by which a client says it comes back with its place in line (render.py names it)
+    place_parameter: str = ""
 
     @classmethod
     def from_parameters(cls, params: ModelParameters) -> Preprocessor:
@@ -80,7 +82,7 @@ class Preprocessor:
             folder = ledger_folder()
             sweep_ledgers(folder.parent)  # servers gone before (a folder each, in memory): never this one
             ledger = Ledger(folder)
-        return cls(resolution, limits, tokenizer, policy, ledger)
+        return cls(resolution, limits, tokenizer, policy, ledger, params.text("admission_place_parameter", ""))
 
     def image_items(self, raw: np.ndarray) -> list[ImageItem]:
         """[n, 1] encoded bytes -> each image's patches and grid (no admission)."""
@@ -93,17 +95,18 @@ class Preprocessor:
     def _decoded(self, opened: list) -> list[ImageItem]:
         return _each(opened, lambda image: image_item(image_pixels(image, self.resolution)))
 
-    def admit(self, opened: list) -> str:
-        """A ledger ticket for these opened images, or `Refused`; "" when admission is off."""
+    def admit(self, opened: list, place: str | None = None) -> str:
+        """A ledger ticket for these opened images, or `Refused`; "" when admission is off. `place`: the request's
+        PLACE_PARAMETER (`Ledger.admit`)."""
         if self.policy is None or self.ledger is None or not self.policy.enabled:
             return ""
         tokens = [self.resolution.tokens(image) for image in opened]
         small = max(tokens) <= self.policy.always_tokens
-        return self.ledger.admit(sum(image_cost(t) for t in tokens), self.policy, small)
+        return self.ledger.admit(sum(image_cost(t) for t in tokens), self.policy, small, place)
 
-    def images(self, raw: np.ndarray) -> dict[str, np.ndarray]:
+    def images(self, raw: np.ndarray, place: str | None = None) -> dict[str, np.ndarray]:
         opened = self._opened(raw)
-        ticket = self.admit(opened)
+        ticket = self.admit(opened, place)
         try:
             items = self._decoded(opened)
         except BaseException:
@@ -128,11 +131,13 @@ class Preprocessor:
         rows = _each(_items(raw, "TEXT"), lambda t: self.tokenizer.token_ids(self.tokenizer.decode_text(_bytes(t))))
         return left_pad(rows, self.tokenizer.pad_id)
 
-    def __call__(self, image: np.ndarray | None, text: np.ndarray | None) -> dict[str, np.ndarray]:
+    def __call__(
+        self, image: np.ndarray | None, text: np.ndarray | None, place: str | None = None
+    ) -> dict[str, np.ndarray]:
         if (image is None) == (text is None):
             raise InputError("send exactly one of IMAGE (encoded image bytes) or TEXT (a UTF-8 query)")
         if image is not None:
-            return self.images(image)
+            return self.images(image, place)
         ids, mask = self.queries(text)
         return {"INPUT_IDS": ids, "ATTENTION_MASK": mask}
 

@@ -8,6 +8,7 @@ message; anything else becomes INTERNAL naming the model and the error, never a 
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -24,6 +25,18 @@ log = logging.getLogger("colqwen2_serving")
 def input_array(request: Any, name: str) -> np.ndarray | None:
     tensor = pb_utils.get_input_tensor_by_name(request, name)
     return None if tensor is None else tensor.as_numpy()
+
+
+def string_parameter(request: Any, name: str) -> str | None:
+    """A request parameter's value as a string (Triton's request parameters, which an ensemble passes on to the
+    models it calls), or None when the request does not carry it, its parameters cannot be read or `name` is ""."""
+    if not name:
+        return None
+    try:
+        value = json.loads(request.parameters() or "{}").get(name)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    return None if value is None else str(value)
 
 
 def tickets(requests: list) -> list[str]:

@@ -6,7 +6,7 @@ import json
 
 from colqwen2_serving.config import ModelParameters
 from colqwen2_serving.preprocess import Preprocessor
-from colqwen2_serving.triton_io import error_response, input_array, output_dtypes, response
+from colqwen2_serving.triton_io import error_response, input_array, output_dtypes, response, string_parameter
 
 
 class TritonPythonModel:
@@ -22,7 +22,8 @@ class TritonPythonModel:
         responses = []
         for request in requests:
             try:
-                outputs = self.preprocess(input_array(request, "IMAGE"), input_array(request, "TEXT"))
+                place = string_parameter(request, self.preprocess.place_parameter)  # its place in admission's line
+                outputs = self.preprocess(input_array(request, "IMAGE"), input_array(request, "TEXT"), place)
                 responses.append(response(outputs, self.dtypes))
             except Exception as exc:
                 responses.append(error_response(exc, self.name))

@@ -1,0 +1,58 @@
+"""When the SDK retries a failed request, and with what: one policy for both clients and both transports."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from ._constants import DEFAULT_BACKOFF, MAX_BACKOFF, MAX_HINT
+
+
+def backoff_delay(attempt: int, base: float = DEFAULT_BACKOFF) -> float:
+    """Equal jitter: half of min(cap, base * 2**attempt) for sure, the other half uniform, so the retries
+    spread out and their sum has a floor (a restart they must outlast)."""
+    ceiling = min(MAX_BACKOFF, base * 2**attempt)
+    return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
+def retry_delay(attempt: int, error: BaseException) -> float:
+    """How long to wait before retry `attempt + 1`: a server that said when (a busy refusal's `retry_after`: its
+    place in the server's line of refused requests) is retried then, up to a quarter later so that clients told
+    the same second do not return together (the hint capped at MAX_HINT); anything else with `backoff_delay`."""
+    hint = getattr(error, "retry_after", None)
+    if hint:
+        return min(hint, MAX_HINT) * random.uniform(1.0, 1.25)
+    return backoff_delay(attempt)
+
+
+def hinted(error: BaseException) -> bool:
+    """A busy refusal that said when to retry (admission's place in line), not a full queue or a server down."""
+    return bool(getattr(error, "retry_after", None))
+
+
+@dataclass(frozen=True)
+class Retry:
+    """Up to `max_retries` retries of a request whose error is retryable, each after `retry_delay`; a busy
+    refusal's place in line (`ServerBusyError.place`) goes with the retry that claims it."""
+
+    max_retries: int
+    hinted_only: bool = False  # retry only busy refusals that said when (the rest are the caller's to retry)
+
+    @property
+    def first_place(self) -> str | None:
+        """What a first attempt says of places: "" (it will come back with the place a refusal gives it) when it
+        retries, None (nothing: the server holds no room for a client that will not claim it) when it does not."""
+        return "" if self.max_retries > 0 else None
+
+    def after(self, attempt: int, error: BaseException) -> float | None:
+        """Seconds to wait before retrying a request that failed `attempt` + 1 times with `error`; None: give up."""
+        if attempt >= self.max_retries or not getattr(error, "retryable", False):
+            return None
+        if self.hinted_only and not hinted(error):
+            return None
+        return retry_delay(attempt, error)
+
+    @staticmethod
+    def place(error: BaseException) -> str:
+        """The place the retry claims ("" when the refusal gave none: the retry still says it would come back)."""
+        return getattr(error, "place", "") or ""
