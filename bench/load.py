@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import shutil
 import subprocess
 import threading
@@ -81,9 +82,21 @@ def process_tree(root: int) -> list[int]:
     return tree
 
 
+PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+
+
 def rss_bytes(pids: list[int]) -> int:
-    """Resident memory of processes, each page counted in every process that maps it."""
-    return _resident(pids, "Rss:")
+    """Resident memory of processes, each page counted in every process that maps it: the kernel's counters
+    (/proc/<pid>/statm), the same figure as smaps' Rss. Not smaps_rollup, which walks the page tables: 11 ms for
+    a 740 MB encoder process, so sampling a server's tree every 50 ms took a quarter of a core from the server
+    it measured (2026-12-07, this 2-core machine)."""
+    total = 0
+    for pid in pids:
+        try:
+            total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE_BYTES
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
 
 
 def pss_bytes(pids: list[int]) -> int:

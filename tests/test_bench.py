@@ -117,3 +117,19 @@ def test_gpu_targets_from_levels():
     assert rows["int8 peak GPU memory"]["measured"] == 4100.0 and not rows["int8 peak GPU memory"]["met"]
     cpu_rows = [t for t in rows.values() if t["not_measured"] == "a CPU-host target"]
     assert len(cpu_rows) == 3 and all(t["met"] is None for t in cpu_rows)
+
+
+def test_rss_is_read_from_the_kernels_counters_and_equals_smaps():
+    """The peak-memory sampler reads statm (constant time), which agrees with smaps' Rss (a page-table walk)."""
+    import os
+    from pathlib import Path
+
+    from bench.load import rss_bytes
+
+    ballast = bytearray(64 << 20)  # 64 MiB resident, so that the figures are not all interpreter
+    ballast[::4096] = b"\1" * len(ballast[::4096])
+    rollup = Path(f"/proc/{os.getpid()}/smaps_rollup").read_text()
+    smaps = 1024 * next(int(line.split()[1]) for line in rollup.splitlines() if line.startswith("Rss:"))
+    assert rss_bytes([os.getpid()]) == pytest.approx(smaps, rel=0.02)
+    assert rss_bytes([os.getpid(), 2**22 + 12345]) == pytest.approx(smaps, rel=0.02)  # a gone process counts 0
+    del ballast
