@@ -99,7 +99,7 @@ def test_a_place_is_held_for_the_client_that_comes_back_for_it(tmp_path):
     busy = ledger.admit(1700.0, policy)  # tickets 18.5 s: 22.5 s ahead of a newcomer with the places counted
     with pytest.raises(Refused, match=r"\(2 places held\)"):
         ledger.admit(100.0, policy)
-    ledger.admit(200.0, policy, place=early.value.place)  # the earlier place's holder: 18.5 s of tickets ahead
+    ledger.admit(200.0, policy, place=early.value.place)  # a holder sees the tickets only: 18.5 s ahead
     assert [p.token for p in ledger.places()] == [late.value.place]
     with pytest.raises(Refused) as again:  # the later holder finds 20.5 s ahead: refused again, told when the
         ledger.admit(200.0, policy, place=late.value.place)  # work ahead of *it* drains, not after the line
