@@ -91,6 +91,12 @@ _GPU_PADDING = {"vision_padding_pct": -1, "text_padding_pct": -1}
 # 894-965; native int8 no difference: an ad-hoc timing of `EncoderRunner`, 2 threads, 2026-12-07). A GPU's calls
 # hold several images, and its batch takes milliseconds.
 ANSWER_EVERY = {"cpu": 2, "gpu": 0}
+# Requests that may wait for preprocessing before one more is refused at once (render's `preprocess_max_queue`): at
+# least the gateway's batch window (32; the SDK's is 16), so that one user's batch is never refused there, and on a
+# GPU twice that, its preferred batches of up to 32 arriving while the last ones decode. On a saturated CPU host
+# what waits there is mostly admission's millisecond checks: refusals at 64 in flight answered within 166 to 463 ms
+# at p99 (medium, 2026-12-07, with 16) where a 500 ms time bound took up to 1,016 ms.
+PREPROCESS_MAX_QUEUE = {"cpu": 32, "gpu": 64}
 SESSION_BUDGETS = {
     "cpu": {"fp16": _CPU_BUDGETS, "int8": _CPU_BUDGETS},
     "gpu": {precision: gpu_call_budgets(memory) | _GPU_PADDING for precision, memory in GPU_MEMORY.items()},

@@ -32,9 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from colqwen2_client._constants import CANARY_PRIORITY, PLACE_PARAMETER, USER_PRIORITY
+from colqwen2_client._constants import CANARY_PRIORITY, FINAL_CLAIM, PLACE_PARAMETER, USER_PRIORITY
 
-from .budgets import ANSWER_EVERY, SESSION_BUDGETS
+from .budgets import ANSWER_EVERY, PREPROCESS_MAX_QUEUE, SESSION_BUDGETS
 
 HERE = Path(__file__).resolve().parent
 TEMPLATES = HERE / "templates"
@@ -117,11 +117,11 @@ class RenderOptions:
     max_queue_size: int = 128
     queue_timeout_ms: int = 2000
     # Preprocessing (admission's check, then a decode for what it admits) is bounded by count, not time: a
-    # request finding `preprocess_max_queue` others already waiting is refused (busy) at once; 16 is the SDK's
-    # embed_batch window (DEFAULT_BATCH_SIZE), so one user's batch is never refused there, however slow the host.
-    # A time bound refused a single user's 4 in flight on a host busy with other work (the decode waited > 500 ms).
-    # 0: max_queue_size. `preprocess_queue_timeout_ms` adds a time bound (0: none).
-    preprocess_max_queue: int = 16
+    # request finding `preprocess_max_queue` others already waiting is refused (busy) at once; -1: the host's
+    # (budgets.PREPROCESS_MAX_QUEUE: at least the gateway's batch window, so one user's batch is never refused
+    # there, however slow the host), 0: max_queue_size. A time bound refused a single user's 4 in flight on a host
+    # busy with other work (the decode waited > 500 ms). `preprocess_queue_timeout_ms` adds one (0: none).
+    preprocess_max_queue: int = -1
     preprocess_queue_timeout_ms: int = 0
     # Admission (colqwen2_serving/admission.py): an image is refused at once, before its decode, when more than
     # this much encoder work (ms, at the encoder's measured rate) is ahead of it; -1: the host's default
@@ -218,11 +218,12 @@ def pixel_limits(opts: RenderOptions, manifest: dict):
     from .colqwen2_serving.grid import PixelLimits
 
     names = ("max_batch_size", "max_queue_size", "queue_timeout_ms", "max_visual_tokens", "fixed_image_size",
-             "admission_min_in_flight", "admission_rate_ns", "preprocess_queue_timeout_ms",
-             "preprocess_max_queue")  # fmt: skip
+             "admission_min_in_flight", "admission_rate_ns", "preprocess_queue_timeout_ms")  # fmt: skip
     for name in names:
         if getattr(opts, name) < 0 or (name == "max_batch_size" and opts.max_batch_size < 1):
             raise RenderError(f"{name} must be {'at least 1' if name == 'max_batch_size' else '0 or more'}")
+    if opts.preprocess_max_queue < -1:
+        raise RenderError("preprocess_max_queue must be -1 (the host's default), 0 (max_queue_size) or more")
     if opts.admission_wait_ms < -1:
         raise RenderError("admission_wait_ms must be -1 (the host's default), 0 (off) or more")
     try:
@@ -283,7 +284,7 @@ def template_values(
             "1",
             opts.preprocess_queue_delay_us,
             opts.preprocess_queue_timeout_ms,
-            opts.preprocess_max_queue or opts.max_queue_size,
+            preprocess_queue(opts, device),
         ),
         "encoder_batching": _batching_block(
             opts, preferred, encoder_delay, 0 if admission_ms else opts.queue_timeout_ms
@@ -294,6 +295,7 @@ def template_values(
         "admission_min_in_flight": opts.admission_min_in_flight,
         "admission_rate_ns": opts.admission_rate_ns or ADMISSION_RATE_NS[device],
         "admission_place_parameter": PLACE_PARAMETER,
+        "admission_final_claim": FINAL_CLAIM,
     }
     warmup_ids = np.asarray(tokenizer.token_ids(WARMUP_QUERY), dtype="<i8")
     prompt_ids = np.asarray(tokenizer.image_prompt_ids(WARMUP_GRID[0] * WARMUP_GRID[1]), dtype="<i8")
@@ -306,6 +308,13 @@ def template_values(
         "grid": np.asarray(WARMUP_GRID, dtype="<i4"),
     }
     return values, warmup
+
+
+def preprocess_queue(opts: RenderOptions, device: str) -> int:
+    """How many requests may wait for preprocessing (0: no bound)."""
+    if opts.preprocess_max_queue < 0:
+        return PREPROCESS_MAX_QUEUE[device]
+    return opts.preprocess_max_queue or opts.max_queue_size
 
 
 def _batching_block(
@@ -506,8 +515,8 @@ def _add_capacity_arguments(parser: argparse.ArgumentParser, d: RenderOptions) -
         "--preprocess-max-queue",
         type=int,
         default=d.preprocess_max_queue,
-        help="a user request finding this many waiting for preprocessing is refused at once (default: %(default)s, "
-        "the SDK's embed_batch window; 0: --max-queue-size)",
+        help="a user request finding this many waiting for preprocessing is refused at once (default: the host's, "
+        "32 on a CPU and 64 on a GPU; 0: --max-queue-size)",
     )
     parser.add_argument(
         "--admission-wait-ms",

@@ -78,34 +78,40 @@ def test_refused_requests_are_given_places_in_line(tmp_path):
 
 
 def test_a_place_is_held_for_the_client_that_comes_back_for_it(tmp_path):
-    """A refused request whose client said it comes back ("") is given a token; from its hint on, the room is held
-    for it: a newcomer (typically a client just answered, sending its next) is refused, the holder admitted."""
+    """A refused request whose client said it comes back ("") is given a token, and its room is held: a newcomer
+    (typically a client just answered, sending its next) joins the line's end while places are held; holders see
+    only the tickets, whatever order they come back in; a last try claims without asking for a new place."""
     clock = Clock()
     ledger = Ledger(tmp_path, clock)
     policy = Policy(max_wait_s=25.0, min_in_flight=0, default_rate=0.01)
     first = ledger.admit(2100.0, policy)  # 21 s ahead of the next: 1 s over the 20 s the bound admits
     with pytest.raises(Refused, match=r"retry in 1 s with place [0-9a-f]{16}$") as early:
         ledger.admit(200.0, policy, place="")
-    with pytest.raises(Refused, match=r"retry in 3 s$") as other:  # None: a client that does not come back
+    with pytest.raises(Refused, match=r", 1 place in line held\).*retry in 3 s$") as other:  # None: never comes back
         ledger.admit(200.0, policy, place=None)
     assert early.value.place and other.value.place == "" and len(ledger.places()) == 1
     with pytest.raises(Refused) as late:
         ledger.admit(200.0, policy, place="")
-    assert late.value.retry_after == 5
-    ledger.release([first])  # the encoder answered: room for both places
-    ledger.admit(100.0, policy)  # before any place is due, a newcomer takes room as before
-    clock.now += 5  # both places due now: 2 + 2 s held, with 1 s of tickets
-    ledger.admit(50.0, policy)  # 5 s ahead: still within the 20 s
-    busy = ledger.admit(1700.0, policy)  # tickets 18.5 s: 22.5 s ahead of a newcomer with the places counted
-    with pytest.raises(Refused, match=r"\(2 places held\)"):
-        ledger.admit(100.0, policy)
-    ledger.admit(200.0, policy, place=early.value.place)  # a holder sees the tickets only: 18.5 s ahead
-    assert [p.token for p in ledger.places()] == [late.value.place]
-    with pytest.raises(Refused) as again:  # the later holder finds 20.5 s ahead: refused again, told when the
-        ledger.admit(200.0, policy, place=late.value.place)  # work ahead of *it* drains, not after the line
-    assert again.value.retry_after == 1 and again.value.place and len(ledger.places()) == 1
+    assert late.value.retry_after == 5 and len(ledger.places()) == 2
+    ledger.release([first])  # the encoder answered: 0 s of tickets, 4 s of places
+    ledger.admit(1700.0, policy)  # a newcomer still fits: 4 s ahead of it
+    with pytest.raises(
+        Refused, match=r"21\.0 s of encoder work .* \(1 image requests in flight, 2 places in line held\)"
+    ):
+        ledger.admit(100.0, policy, place="")  # 17 s of tickets + 4 s held: the room is the places'
+    clock.now += 5
+    ledger.admit(200.0, policy, place=late.value.place)  # the later holder first: it sees the tickets only (17 s)
+    busy = ledger.admit(200.0, policy, place=early.value.place)  # then the earlier one (19 s)
+    assert len(ledger.places()) == 1  # the newcomer refused above holds one
+    with pytest.raises(Refused) as again:  # a holder finding more than the bound ahead of it: refused again, told
+        ledger.admit(100.0, policy, place=ledger.places()[0].token)  # when the tickets drain, not after the line
+    assert again.value.retry_after == 1 and again.value.place  # 21 s of tickets: 1 s over
+    claim = again.value.place
+    with pytest.raises(Refused) as last:  # its last try: claims the place, asks for none if refused
+        ledger.admit(100.0, policy, place=claim, hold=False)
+    assert last.value.place == "" and claim not in {p.token for p in ledger.places()}
     ledger.release([busy])
-    clock.now += 1.25 * 1 + 5 + 1  # nobody came back: the place lapses and holds nothing
+    clock.now += 1.25 * 60 + 5 + 1  # nobody came back: the places lapse and hold nothing
     assert ledger.places() == [] and ledger.admit(100.0, policy)
 
 

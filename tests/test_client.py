@@ -178,6 +178,12 @@ def test_transport_errors_never_leak():
     assert str(refused) == "server busy: 14.2 s of encoder work ahead of this image; retry in 5 s (colqwen2)"
     assert status_for(refused) == 503 and retry_headers(refused) == {"Retry-After": "5"}
     assert retry_headers(busy) == {"Retry-After": "1"} and retry_headers(InvalidInputError("x")) == {}
+    # a place in line is the gateway's own client's: translated into the error, never shown to the gateway's callers
+    from colqwen2_client.gateway.models import public_detail
+
+    placed = translate(InferenceServerException(message + " with place 0a1b2c3d4e5f6789", status="503"), "colqwen2")
+    assert refused.place == "" and placed.place == "0a1b2c3d4e5f6789" and placed.retry_after == 5.0
+    assert public_detail(placed) == str(refused)
 
 
 def test_image_inputs_without_a_server(tmp_path):

@@ -49,6 +49,8 @@ def test_infer_retries_with_backoff_only_what_is_safe_to_retry():
     pause = hinted.throw(ServerBusyError("busy: retry in 3 s with place 9f3a", retry_after=3.0, place="9f3a"))
     assert 3.0 <= pause.seconds <= 3.75  # the server's hint (its place in line), up to a quarter later
     assert hinted.send(None) == _plans.Call("infer", ("colqwen2", IMAGE_INPUT, [b"png"]), {"place": "9f3a"})
+    hinted.throw(ServerBusyError("queue full"))  # the retry never reached admission: the place is still held
+    assert hinted.send(None).kwargs == {"place": "9f3a!"}  # the last of OPTIONS' 2 retries: claim, hold nothing
 
     refused = _plans.infer(OPTIONS, "colqwen2", IMAGE_INPUT, [b"png"])
     next(refused)
@@ -92,8 +94,15 @@ def test_the_retry_policy_follows_hints_claims_places_and_gives_up():
     retry = _retry.Retry(2)
     assert retry.first_place == "" and _retry.Retry(0).first_place is None
     busy = ServerBusyError("busy: retry in 4 s with place ab12", retry_after=4.0, place="ab12")
-    assert 4.0 <= retry.after(0, busy) <= 5.0 and retry.place(busy) == "ab12"
-    assert retry.place(ServerBusyError("queue full")) == ""  # no place given: the retry still says it comes back
+    assert 4.0 <= retry.after(0, busy) <= 5.0 and retry.place(0, busy, "") == "ab12"
+    full = ServerBusyError("queue full")  # refused before admission: no place of its own
+    assert retry.place(0, full, "") == ""  # the retry still says it comes back
+    assert retry.place(0, full, "ab12") == "ab12"  # and keeps the place it holds
+    assert retry.place(1, busy, "") == "ab12!"  # the last retry: claim it, hold nothing new
+    assert retry.place(1, full, "") is None  # nothing to claim on the last: no place asked
+    assert (
+        _retry.Retry(2, places=False).place(0, busy, "ab12") is None and not _retry.Retry(2, places=False).first_place
+    )
     assert retry.after(2, busy) is None  # spent
     assert retry.after(0, InvalidInputError("bad")) is None  # not retryable
     hinted_only = _retry.Retry(2, hinted_only=True)

@@ -140,7 +140,7 @@ def test_queues_are_bounded_by_default_with_an_unbounded_lane_for_canaries(tiny_
         policy = b.default_queue_policy
         # admission bounds the encoder's work ahead, so its queue has no time bound that would refuse late;
         # preprocessing is bounded by count (the SDK's embed_batch window), refusing at once, never by a slow host
-        size = 16 if name == "colqwen2_preprocess" else 128
+        size = 32 if name == "colqwen2_preprocess" else 128  # budgets.PREPROCESS_MAX_QUEUE of a CPU host
         assert policy.max_queue_size == size and policy.default_timeout_microseconds == 0, name
         assert policy.timeout_action == policy.REJECT
         assert b.priority_levels == 2 and b.default_priority_level == 2  # user traffic
@@ -154,7 +154,7 @@ def test_queues_are_bounded_by_default_with_an_unbounded_lane_for_canaries(tiny_
     )
     timed = RenderOptions(tiny_artifacts, tmp_path / "timed", device="cpu", preprocess_queue_timeout_ms=500)
     policy = configs(render(timed))["colqwen2_preprocess"].dynamic_batching.default_queue_policy
-    assert policy.max_queue_size == 16 and policy.default_timeout_microseconds == 500_000
+    assert policy.max_queue_size == 32 and policy.default_timeout_microseconds == 500_000
     off = RenderOptions(
         tiny_artifacts,
         tmp_path / "unbounded",
@@ -164,6 +164,10 @@ def test_queues_are_bounded_by_default_with_an_unbounded_lane_for_canaries(tiny_
         preprocess_max_queue=0,
     )
     assert all(not c.dynamic_batching.HasField("default_queue_policy") for c in configs(render(off)).values())
+    gpu = RenderOptions(tiny_artifacts, tmp_path / "gpu-queue", device="gpu", allow_cpu_fallback=True)
+    assert configs(render(gpu))["colqwen2_preprocess"].dynamic_batching.default_queue_policy.max_queue_size == 64
+    with pytest.raises(RenderError, match="preprocess_max_queue must be -1"):
+        render(RenderOptions(tiny_artifacts, tmp_path / "bad-queue", device="cpu", preprocess_max_queue=-2))
     with pytest.raises(RenderError, match="max_queue_size must be 0"):
         render(RenderOptions(tiny_artifacts, tmp_path / "bad", device="cpu", max_queue_size=-1))
 
@@ -184,7 +188,7 @@ def test_admission_is_on_by_default_with_the_hosts_bound_and_can_be_turned_off(t
 
     cpu = preprocess(RenderOptions(tiny_artifacts, tmp_path / "cpu", device="cpu"))
     assert cpu == {"admission_wait_ms": "10000", "admission_min_in_flight": "4", "admission_rate_ns": "800000",
-                   "admission_place_parameter": "colqwen2-place"}  # fmt: skip
+                   "admission_place_parameter": "colqwen2-place", "admission_final_claim": "!"}  # fmt: skip
     off = RenderOptions(tiny_artifacts, tmp_path / "off", device="cpu", admission_wait_ms=0)
     assert preprocess(off)["admission_wait_ms"] == "0"
     # admission off: the encoder's queue keeps the time bound

@@ -15,6 +15,9 @@ MAX_HINT = 60.0  # the longest a busy server's "retry in N s" is followed: past 
 # A request parameter: "" from a client that retries busy refusals itself and comes back with the place in line
 # a refusal hands it ("retry in N s with place TOKEN"), the token when it does (server: admission's Ledger).
 PLACE_PARAMETER = "colqwen2-place"
+# Appended to the token the last retry claims: "claim it, but hold no new place if refused", since nobody would come
+# back for that one (the server would hold its room against newcomers until it lapsed).
+FINAL_CLAIM = "!"
 DEFAULT_BATCH_SIZE = 16  # requests in flight in embed_batch; Triton batches them dynamically
 EMBEDDING_DIM = 128
 

@@ -78,11 +78,11 @@ class Run(Generic[T]):
             yield step
 
 
-def infer(options: _base.ClientOptions, model: str, name: str, items: list[bytes]) -> Plan[Outputs]:
+def infer(options: _base.ClientOptions, model: str, name: str, items: list[bytes], held: str = "") -> Plan[Outputs]:
     """One request carrying every item, retried with backoff while its error is retryable, each retry claiming
-    the place in line its busy refusal gave it."""
+    the place in line its busy refusal gave it (`held`: a place the items already hold)."""
     retry = _base.Retry(options.max_retries)
-    place = retry.first_place
+    place = (held or retry.first_place) if retry.places and options.max_retries else None
     for attempt in range(options.max_retries + 1):
         try:
             return (yield Call("infer", (model, name, items), {"place": place}))
@@ -90,7 +90,7 @@ def infer(options: _base.ClientOptions, model: str, name: str, items: list[bytes
             pause = retry.after(attempt, exc)
             if pause is None:
                 raise
-            place = retry.place(exc)
+            place = retry.place(attempt, exc, place)
         yield Sleep(pause)
     raise AssertionError("unreachable")
 
@@ -115,8 +115,8 @@ def infer_each(
         results.extend((yield Call("infer_each", (model, name, chunk, window), {"retry": retry})))
         for i in range(len(results) - len(chunk), len(results)):
             if isinstance(results[i], ColQwen2Error) and results[i].retryable and not _retry.hinted(results[i]):
-                try:
-                    results[i] = yield from infer(options, model, name, [items[i]])
+                try:  # still holding the place its last hinted refusal gave it, if any
+                    results[i] = yield from infer(options, model, name, [items[i]], getattr(results[i], "place", ""))
                 except ColQwen2Error as exc:
                     results[i] = exc
         if progress:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from ._constants import DEFAULT_BACKOFF, MAX_BACKOFF, MAX_HINT
+from ._constants import DEFAULT_BACKOFF, FINAL_CLAIM, MAX_BACKOFF, MAX_HINT
 
 
 def backoff_delay(attempt: int, base: float = DEFAULT_BACKOFF) -> float:
@@ -37,12 +37,15 @@ class Retry:
 
     max_retries: int
     hinted_only: bool = False  # retry only busy refusals that said when (the rest are the caller's to retry)
+    # The client comes back with the places refusals give it, each at its hint. Off where a transport cannot keep
+    # that time (one that reads its answers in order): a place nobody claims holds room against others.
+    places: bool = True
 
     @property
     def first_place(self) -> str | None:
         """What a first attempt says of places: "" (it will come back with the place a refusal gives it) when it
         retries, None (nothing: the server holds no room for a client that will not claim it) when it does not."""
-        return "" if self.max_retries > 0 else None
+        return "" if self.places and self.max_retries > 0 else None
 
     def after(self, attempt: int, error: BaseException) -> float | None:
         """Seconds to wait before retrying a request that failed `attempt` + 1 times with `error`; None: give up."""
@@ -52,7 +55,13 @@ class Retry:
             return None
         return retry_delay(attempt, error)
 
-    @staticmethod
-    def place(error: BaseException) -> str:
-        """The place the retry claims ("" when the refusal gave none: the retry still says it would come back)."""
-        return getattr(error, "place", "") or ""
+    def place(self, attempt: int, error: BaseException, held: str | None = "") -> str | None:
+        """The place parameter of the retry after `attempt` failed with `error`: the place that refusal gave, else
+        the one still `held` (a full queue's refusal never reached admission, and the place stays the client's),
+        else "" (it would come back); on the last retry, the claim alone (FINAL_CLAIM), or nothing to claim."""
+        if not self.places:
+            return None
+        token = getattr(error, "place", "") or (held or "").removesuffix(FINAL_CLAIM)
+        if attempt + 1 >= self.max_retries:
+            return token + FINAL_CLAIM if token else None
+        return token

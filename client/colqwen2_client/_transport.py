@@ -7,6 +7,7 @@ own exceptions, so callers see one hierarchy whatever the protocol.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import importlib
 import re
 import socket
@@ -22,6 +23,7 @@ import numpy as np
 from ._constants import (
     CANARY_PRIORITY,
     DEFAULT_PORTS,
+    FINAL_CLAIM,
     IMAGE_INPUT,
     IMAGE_OUTPUTS,
     OUTPUTS,
@@ -134,6 +136,14 @@ def _parameters(config: dict) -> dict[str, str]:
     return {k: v.get("string_value", v.get("stringValue", "")) for k, v in (config.get("parameters") or {}).items()}
 
 
+def _holding(outcome: Any, place: str | None) -> Any:
+    """An item's last outcome; a busy refusal that gave no place of its own (a full queue's, which never reached
+    admission) keeps the one its attempt claimed, for the caller's own retries."""
+    if isinstance(outcome, ServerBusyError) and not outcome.place and place:
+        outcome.place = place.removesuffix(FINAL_CLAIM)
+    return outcome
+
+
 class _Transport:
     """What both transports share: the endpoint, the timeout, tritonclient's client and request building."""
 
@@ -201,6 +211,9 @@ class SyncTransport(_Transport):
         results: list = [None] * len(items)
         pending: dict[int, Any] = {}
         next_item = 0
+        # answers are read in order, so a retry's pause starts only once those before it are done: past the time
+        # its place would be held, which would then hold room for nobody. Hints are followed, places not asked.
+        retry = dataclasses.replace(retry, places=False)
         options = self._infer_options(False, retry.first_place)
         for done in range(len(items)):
             while next_item < len(items) and len(pending) < window:
@@ -221,7 +234,7 @@ class SyncTransport(_Transport):
         while (pause := retry.after(attempt, error)) is not None:
             time.sleep(pause)
             try:
-                return self.infer(model, input_name, [item], place=retry.place(error))
+                return self.infer(model, input_name, [item], place=retry.place(attempt, error, None))
             except ColQwen2Error as exc:
                 error, attempt = exc, attempt + 1
         return error
@@ -238,25 +251,25 @@ class SyncTransport(_Transport):
                 self.client.async_infer(
                     model,
                     [self._input(input_name, [items[index]])],
-                    callback=lambda result, error: callback(index, attempt, result, error),
+                    callback=lambda result, error: callback(index, attempt, place, result, error),
                     outputs=self._outputs_requested(input_name),
                     **self._infer_options(False, place),
                 )
             except Exception as exc:
-                callback(index, attempt, None, exc)
+                callback(index, attempt, place, None, exc)
 
-        def callback(index: int, attempt: int, result: Any, error: Exception | None) -> None:
+        def callback(index: int, attempt: int, place: str | None, result: Any, error: Exception | None) -> None:
             final = True
             try:  # runs on a gRPC thread: whatever happens, the slot and the count must be released
                 outcome = translate(error, model) if error is not None else _outputs(result, input_name)
                 pause = retry.after(attempt, outcome) if isinstance(outcome, ColQwen2Error) else None
                 if pause is not None:  # again after the pause, from a timer thread, still holding the slot
-                    timer = threading.Timer(pause, send, (index, attempt + 1, retry.place(outcome)))
+                    timer = threading.Timer(pause, send, (index, attempt + 1, retry.place(attempt, outcome, place)))
                     timer.daemon = True
                     timer.start()
                     final = False
                     return
-                results[index] = outcome
+                results[index] = _holding(outcome, place)
             except Exception as exc:
                 results[index] = translate(exc, model)
             finally:
@@ -333,8 +346,8 @@ class AsyncTransport(_Transport):
                     except ColQwen2Error as exc:
                         pause = retry.after(attempt, exc)
                         if pause is None:
-                            return exc
-                        place, attempt = retry.place(exc), attempt + 1
+                            return _holding(exc, place)
+                        place, attempt = retry.place(attempt, exc, place), attempt + 1
                     await asyncio.sleep(pause)
 
         return list(await asyncio.gather(*(one(item) for item in items)))

@@ -211,31 +211,38 @@ class Ledger:
             held.append(place)
         return held
 
-    def admit(self, cost: float, policy: Policy, small: bool = False, place: str | None = None) -> str:
+    def admit(
+        self, cost: float, policy: Policy, small: bool = False, place: str | None = None, hold: bool = True
+    ) -> str:
         """A ticket for a request of `cost`, or `Refused` naming the work ahead and when to retry. `place`: None
         from a client that does not come back with places, "" from one that does (its refusal then holds room for
-        it), else the token of the place it was given, which it claims."""
+        it), else the token of the place it was given, which it claims. `hold` False: a client's last try, which
+        claims its place but would not come back for a new one."""
         with self._locked():
             costs = self.tickets()
             rate = self.rate(policy.default_rate)
-            now, held = self.clock(), self.places()
+            held = self.places()
             mine = next((p for p in held if place and p.token == place), None)
             if mine is not None:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.folder / mine.name)
-            # places already due hold their room against newcomers (otherwise whoever sends first, typically a
-            # client just answered sending its next, takes the room a refused client was told to come back for);
-            # not against each other: holders come back up to a quarter of their hint late, out of order, and one
-            # made to wait for an earlier holder still on its way was refused again and again (1,725 refusals and
-            # a request given up after 50 at 64 in flight, native fp32, where 180 sufficed at 16)
-            reserved = [] if mine is not None else [p for p in held if p.due <= now]
+            # the places handed out hold their room against newcomers, due or not: the line is scheduled to fill
+            # the room as the encoder frees it, and a newcomer taking it before a place fell due left the holder
+            # refused again at its hint (1,567 refusals and 2 requests given up after 50 in a level of 64 in flight,
+            # native fp32, where 154 sufficed at 16). So whoever sends first, typically a client just answered
+            # sending its next, joins the line's end. Not against each other: holders come back up to a quarter of
+            # their hint late, out of order, and one made to wait for an earlier holder still on its way was
+            # refused again and again (1,725 refusals).
+            reserved = [] if mine is not None else held
             # the work ahead, not this request's own: a photo is refused exactly when a chart would be (pricing
             # its own cost in would let small images through where large ones starve)
             ahead = (sum(costs) + sum(p.cost for p in reserved)) * rate
             limit = HEADROOM * policy.max_wait_s
             if not small and len(costs) >= policy.min_in_flight and ahead > limit:
-                retry, token = self._place_in_line(ahead - limit, cost, rate, place, front=mine is not None)
-                held_for = f" ({len(reserved)} places held)" if reserved else ""
+                asks = place if hold else None
+                retry, token = self._place_in_line(ahead - limit, cost, rate, asks, front=mine is not None)
+                n = len(reserved)
+                held_for = f", {n} place{'s' if n > 1 else ''} in line held" if n else ""
                 raise Refused(
                     f"busy: {ahead:.1f} s of encoder work ahead of this image ({len(costs)} image requests in "
                     f"flight{held_for}), over the {limit:g} s the {policy.max_wait_s:g} s bound admits; retry in "

@@ -58,8 +58,10 @@ class Preprocessor:
     tokenizer: PromptTokenizer
     policy: Policy | None = None  # admission; None or max_wait_s 0: off
     ledger: Ledger | None = None
-    # the request parameter by which a client says it comes back with its place in line (render.py names it)
+    # the request parameter by which a client says it comes back with its place in line, and the suffix of a last
+    # claim (no new place held if refused): the client's protocol, which render.py passes on
     place_parameter: str = ""
+    final_claim: str = ""
 
     @classmethod
     def from_parameters(cls, params: ModelParameters) -> Preprocessor:
@@ -82,7 +84,8 @@ class Preprocessor:
             folder = ledger_folder()
             sweep_ledgers(folder.parent)  # servers gone before (a folder each, in memory): never this one
             ledger = Ledger(folder)
-        return cls(resolution, limits, tokenizer, policy, ledger, params.text("admission_place_parameter", ""))
+        place = params.text("admission_place_parameter", ""), params.text("admission_final_claim", "")
+        return cls(resolution, limits, tokenizer, policy, ledger, *place)
 
     def image_items(self, raw: np.ndarray) -> list[ImageItem]:
         """[n, 1] encoded bytes -> each image's patches and grid (no admission)."""
@@ -102,7 +105,10 @@ class Preprocessor:
             return ""
         tokens = [self.resolution.tokens(image) for image in opened]
         small = max(tokens) <= self.policy.always_tokens
-        return self.ledger.admit(sum(image_cost(t) for t in tokens), self.policy, small, place)
+        last = bool(place and self.final_claim and place.endswith(self.final_claim))
+        if last:  # the client's last try: it claims its place, and would not come back for a new one
+            place = place.removesuffix(self.final_claim)
+        return self.ledger.admit(sum(image_cost(t) for t in tokens), self.policy, small, place, hold=not last)
 
     def images(self, raw: np.ndarray, place: str | None = None) -> dict[str, np.ndarray]:
         opened = self._opened(raw)

@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 
 from ..errors import ColQwen2Error
 from .limits import RequestGuard
-from .models import retry_headers, status_for
+from .models import public_detail, retry_headers, status_for
 from .routes import batch_router, catalog_router, embed_router, health_router
 from .settings import GatewaySettings
 from .state import GatewayState
@@ -64,4 +64,4 @@ async def _invalid_request(_request: Request, error: RequestValidationError) -> 
 
 
 async def _sdk_error(_request: Request, error: ColQwen2Error) -> JSONResponse:
-    return JSONResponse({"detail": str(error)}, status_code=status_for(error), headers=retry_headers(error))
+    return JSONResponse({"detail": public_detail(error)}, status_code=status_for(error), headers=retry_headers(error))

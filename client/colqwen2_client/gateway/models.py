@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, create_model, model_validator
@@ -193,6 +194,12 @@ def status_for(error: ColQwen2Error) -> int:
     if isinstance(error, RequestTimeoutError):
         return 504
     return 502
+
+
+def public_detail(error: BaseException) -> str:
+    """An error's message for the gateway's callers: without the place in line the server handed the gateway's
+    own client (a token another caller could claim)."""
+    return re.sub(r" with place [0-9a-f]+", "", str(error))
 
 
 def retry_headers(error: BaseException) -> dict[str, str]:

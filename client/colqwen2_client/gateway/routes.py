@@ -24,6 +24,7 @@ from .models import (
     SearchResponse,
     batch_status,
     embed_batch_request,
+    public_detail,
 )
 from .state import GatewayState, gateway_state
 
@@ -88,7 +89,7 @@ async def embed_images(state: GatewayState, body: EmbedBatchRequest) -> dict[str
     }
     if body.partial:
         payload["errors"] = [
-            {"index": i, "detail": str(e) if str(e).startswith("images[") else f"images[{i}]: {e}",
+            {"index": i, "detail": d if (d := public_detail(e)).startswith("images[") else f"images[{i}]: {d}",
              "status": batch_status(e)}
             for i, e in errors
         ]  # fmt: skip
