@@ -282,13 +282,14 @@ async def drive(url: str, protocol: str, model: str, data: list[bytes], concurre
     else:
         import tritonclient.http.aio as module
     client = module.InferenceServerClient(url)
+    retry = Retry(MAX_ATTEMPTS - 1)  # what a retry claims; the delays are the SDK's (`retry_delay`)
     out = Driven([], [], [], 0.0, 0, 0, 0)
     next_index = 0
     served_at: list[float] = []
     last_issued = 0.0
 
     async def one(i: int) -> None:
-        first, place = time.perf_counter(), ""  # "": this client comes back with the place a refusal gives it
+        first, place = time.perf_counter(), retry.first_place  # "": it comes back with the place it is given
         for attempt in range(MAX_ATTEMPTS):
             tensor = module.InferInput("image", [1, 1], "BYTES")
             array = np.array([[data[i % len(data)]]], dtype=object)
@@ -305,7 +306,7 @@ async def drive(url: str, protocol: str, model: str, data: list[bytes], concurre
                     out.errors += 1
                     return
                 out.refusals.append(time.perf_counter() - start)
-                place = Retry.place(error)
+                place = retry.place(attempt, error, place)
                 await asyncio.sleep(retry_delay(attempt, error))
                 continue
             now = time.perf_counter()
