@@ -5,7 +5,8 @@ Where a request can wait, and what bounds it:
 - the gateway: at most `--max-concurrency` requests inside; the next is 503 with `Retry-After` at once;
 - Triton's HTTP and gRPC frontends hand requests straight to the ensemble: no queue of their own;
 - the preprocessing model's queue: decoding takes milliseconds, and a refused request costs only its image
-  header; bounded by count (render's `preprocess_max_queue`, the SDK's batch window): one more is refused at once;
+  header; bounded by count (budgets.PREPROCESS_MAX_QUEUE, at least the gateway's batch window): one more is
+  refused at once;
 - the encoder's queue and batch: the wait that matters. An image waits for every encoder call admitted before
   it, and one `execute()` answers its whole batch together, so a request the encoder's queue accepted could
   wait for a 30 s batch and then be refused by a 2 s queue timeout it had long passed (issue 25's record).
