@@ -214,3 +214,16 @@ def test_a_place_in_line_travels_through_the_ensemble_and_is_claimed(admitting_s
     assert tokens and set(tokens) <= held, messages
     assert one(tokens[0]) == ""  # nothing in flight now: admitted, and its place claimed
     assert tokens[0] not in {p.token for p in ledger.places()}
+
+
+def test_the_bench_load_generator_retries_refusals_with_their_places(admitting_server):
+    """`make bench`'s load generator (bench/load.py) against refusals: each refused request comes back at its hint
+    with its place, and every request ends served; every admitted request's ticket released."""
+    import asyncio
+
+    from bench.load import drive
+
+    out = asyncio.run(drive(admitting_server.grpc_url, "grpc", "colqwen2", [_png()], concurrency=6, requests=12))
+    assert out.refusals and out.errors == 0 and out.given_up == 0 and len(out.latencies) == 12
+    assert all(seconds < 1.0 for seconds in out.refusals)  # answered at once
+    assert Ledger(ledger_folder(admitting_server.process.pid)).tickets() == []
