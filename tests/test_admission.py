@@ -85,7 +85,7 @@ def test_a_place_is_held_for_the_client_that_comes_back_for_it(tmp_path):
     ledger = Ledger(tmp_path, clock)
     policy = Policy(max_wait_s=25.0, min_in_flight=0, default_rate=0.01)
     first = ledger.admit(2100.0, policy)  # 21 s ahead of the next: 1 s over the 20 s the bound admits
-    with pytest.raises(Refused, match=r"retry in 1 s with place [0-9a-f]{16}$") as early:
+    with pytest.raises(Refused, match=r"retry in 1 s with place [0-9a-f]{16} due in 1\.00 s$") as early:
         ledger.admit(200.0, policy, place="")
     with pytest.raises(Refused, match=r", 1 place in line held\).*retry in 3 s$") as other:  # None: never comes back
         ledger.admit(200.0, policy, place=None)

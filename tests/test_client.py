@@ -181,8 +181,10 @@ def test_transport_errors_never_leak():
     # a place in line is the gateway's own client's: translated into the error, never shown to the gateway's callers
     from colqwen2_client.gateway.models import public_detail
 
-    placed = translate(InferenceServerException(message + " with place 0a1b2c3d4e5f6789", status="503"), "colqwen2")
-    assert refused.place == "" and placed.place == "0a1b2c3d4e5f6789" and placed.retry_after == 5.0
+    placed = translate(
+        InferenceServerException(message + " with place 0a1b2c3d4e5f6789 due in 4.37 s", status="503"), "colqwen2"
+    )
+    assert refused.place == "" and placed.place == "0a1b2c3d4e5f6789" and placed.retry_after == 4.37  # not rounded
     assert public_detail(placed) == str(refused)
 
 

@@ -46,8 +46,13 @@ def test_infer_retries_with_backoff_only_what_is_safe_to_retry():
 
     hinted = _plans.infer(OPTIONS, "colqwen2", IMAGE_INPUT, [b"png"])
     next(hinted)
-    pause = hinted.throw(ServerBusyError("busy: retry in 3 s with place 9f3a", retry_after=3.0, place="9f3a"))
-    assert 3.0 <= pause.seconds <= 3.75  # the server's hint (its place in line), up to a quarter later
+    pause = hinted.throw(ServerBusyError("busy: retry in 3 s", retry_after=3.0))
+    assert 3.0 <= pause.seconds <= 3.75  # the server's hint, up to a quarter later (clients told the same second)
+    assert hinted.send(None) == _plans.Call("infer", ("colqwen2", IMAGE_INPUT, [b"png"]), {"place": ""})
+    hinted = _plans.infer(OPTIONS, "colqwen2", IMAGE_INPUT, [b"png"])
+    next(hinted)
+    pause = hinted.throw(ServerBusyError("busy: retry in 3 s with place 9f3a due in 2.5 s", 2.5, place="9f3a"))
+    assert 2.5 <= pause.seconds <= 2.5 + _retry.PLACE_SPREAD  # its place in line: when it is due
     assert hinted.send(None) == _plans.Call("infer", ("colqwen2", IMAGE_INPUT, [b"png"]), {"place": "9f3a"})
     hinted.throw(ServerBusyError("queue full"))  # the retry never reached admission: the place is still held
     assert hinted.send(None).kwargs == {"place": "9f3a!"}  # the last of OPTIONS' 2 retries: claim, hold nothing
@@ -93,8 +98,9 @@ def test_infer_each_sends_chunks_and_retries_unhinted_failures_one_at_a_time():
 def test_the_retry_policy_follows_hints_claims_places_and_gives_up():
     retry = _retry.Retry(2)
     assert retry.first_place == "" and _retry.Retry(0).first_place is None
-    busy = ServerBusyError("busy: retry in 4 s with place ab12", retry_after=4.0, place="ab12")
-    assert 4.0 <= retry.after(0, busy) <= 5.0 and retry.place(0, busy, "") == "ab12"
+    busy = ServerBusyError("busy: retry in 4 s with place ab12 due in 3.51 s", retry_after=3.51, place="ab12")
+    assert 3.51 <= retry.after(0, busy) <= 3.51 + _retry.PLACE_SPREAD  # when the place is due, barely later
+    assert retry.place(0, busy, "") == "ab12"
     full = ServerBusyError("queue full")  # refused before admission: no place of its own
     assert retry.place(0, full, "") == ""  # the retry still says it comes back
     assert retry.place(0, full, "ab12") == "ab12"  # and keeps the place it holds

@@ -7,6 +7,10 @@ from dataclasses import dataclass
 
 from ._constants import DEFAULT_BACKOFF, FINAL_CLAIM, MAX_BACKOFF, MAX_HINT
 
+# A place's holder comes back when it is due, up to this much later (seconds): places are due apart already, and a
+# holder a quarter of its hint late (the spread for clients told the same second) left the room held for it idle.
+PLACE_SPREAD = 0.1
+
 
 def backoff_delay(attempt: int, base: float = DEFAULT_BACKOFF) -> float:
     """Equal jitter: half of min(cap, base * 2**attempt) for sure, the other half uniform, so the retries
@@ -18,8 +22,11 @@ def backoff_delay(attempt: int, base: float = DEFAULT_BACKOFF) -> float:
 def retry_delay(attempt: int, error: BaseException) -> float:
     """How long to wait before retry `attempt + 1`: a server that said when (a busy refusal's `retry_after`: its
     place in the server's line of refused requests) is retried then, up to a quarter later so that clients told
-    the same second do not return together (the hint capped at MAX_HINT); anything else with `backoff_delay`."""
+    the same second do not return together (the hint capped at MAX_HINT), or, holding a place (each due at its
+    own time), when it is due, up to PLACE_SPREAD later; anything else with `backoff_delay`."""
     hint = getattr(error, "retry_after", None)
+    if hint and getattr(error, "place", ""):  # a place of its own in the line: come back when it is due
+        return min(hint, MAX_HINT) + random.uniform(0.0, PLACE_SPREAD)
     if hint:
         return min(hint, MAX_HINT) * random.uniform(1.0, 1.25)
     return backoff_delay(attempt)

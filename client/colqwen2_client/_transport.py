@@ -87,10 +87,10 @@ def translate(exc: BaseException, model: str = "") -> ColQwen2Error:
         return InvalidInputError(message)
     if lowered.startswith("busy:"):  # the server's admission: refused before any work, with a retry hint
         hint = re.search(r"retry in (\d+) s", message)
-        place = re.search(r"with place ([0-9a-f]+)", message)
-        return ServerBusyError(
-            f"server {message}{where}", float(hint.group(1)) if hint else None, place.group(1) if place else ""
-        )
+        place = re.search(r"with place ([0-9a-f]+)(?: due in ([\d.]+) s)?", message)
+        due = float(place.group(2)) if place and place.group(2) else None  # when its place is due, not rounded
+        after = due if due is not None else float(hint.group(1)) if hint else None
+        return ServerBusyError(f"server {message}{where}", after, place.group(1) if place else "")
     if "maximum queue size" in lowered or "queue is full" in lowered or "request timeout expired" in lowered:
         return ServerBusyError(f"server busy{where}: {message}")
     if "stub process" in lowered and "not healthy" in lowered:

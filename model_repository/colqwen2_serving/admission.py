@@ -241,13 +241,13 @@ class Ledger:
             limit = HEADROOM * policy.max_wait_s
             if not small and len(costs) >= policy.min_in_flight and ahead > limit:
                 asks = place if hold else None
-                retry, token = self._place_in_line(ahead - limit, cost, rate, asks, front=mine is not None)
+                retry, token, due = self._place_in_line(ahead - limit, cost, rate, asks, front=mine is not None)
                 n = len(reserved)
                 held_for = f", {n} place{'s' if n > 1 else ''} in line held" if n else ""
                 raise Refused(
                     f"busy: {ahead:.1f} s of encoder work ahead of this image ({len(costs)} image requests in "
                     f"flight{held_for}), over the {limit:g} s the {policy.max_wait_s:g} s bound admits; retry in "
-                    f"{retry} s" + (f" with place {token}" if token else ""),
+                    f"{retry} s" + (f" with place {token} due in {due:.2f} s" if token else ""),
                     retry,
                     token,
                 )
@@ -259,16 +259,17 @@ class Ledger:
 
     def _place_in_line(
         self, over_s: float, cost: float, rate: float, place: str | None, front: bool
-    ) -> tuple[int, str]:
-        """Seconds until a refused request should retry, and the token of the place held for it ("" where its
-        client does not come back with one), under the lock: when the work ahead has drained to what the bound
-        admits (`over_s` from now), after the places handed to the requests refused before it, each of which holds
-        its own encoder time. Retries then come back about as fast as the encoder frees room, in the order they
-        were refused, where a fixed hint brought every refused client back together (issue 25: 2.6 refusals per
-        served image at 64 in flight). A client that comes back with its token finds its room held from the hint
-        on (`admit`); one refused again while claiming its place (`front`) keeps its rank: it is told only when
-        the work now ahead of it will have drained. A place nobody claims lapses PLACE_GRACE_S after the latest
-        its holder should have come back."""
+    ) -> tuple[int, str, float]:
+        """Seconds until a refused request should retry (whole, at least 1), the token of the place held for it
+        ("" where its client does not come back with one) and when that place falls due (seconds, not rounded: a
+        holder told whole seconds came back up to one late, and the room held for it idled), under the lock: when
+        the work ahead has drained to what the bound admits (`over_s` from now), after the places handed to the
+        requests refused before it, each of which holds its own encoder time. Retries then come back about as fast
+        as the encoder frees room, in the order they were refused, where a fixed hint brought every refused client
+        back together (issue 25: 2.6 refusals per served image at 64 in flight). A client that comes back with its
+        token finds its room held (`admit`); one refused again while claiming its place (`front`) keeps its rank:
+        it is told only when the work now ahead of it will have drained. A place nobody claims lapses
+        PLACE_GRACE_S after the latest its holder should have come back."""
         now = self.clock()
         line = self.folder / LINE
         try:
@@ -278,13 +279,16 @@ class Ledger:
         start = now + over_s if front else max(now + over_s, taken)
         if not front:
             line.write_text(repr(start + cost * rate))
-        retry = max(1, math.ceil(start - now))
+        # at least a second: a place due at once sent its holder back before anything had drained, to be refused
+        # again at once, its retries spent in a second (a bound of milliseconds, tests/test_overload.py)
+        due = max(1.0, start - now)
+        retry = math.ceil(due)
         if place is None:
-            return retry, ""
+            return retry, "", due
         token = uuid.uuid4().hex[:16]
         expiry = now + 1.25 * retry + PLACE_GRACE_S
-        (self.folder / f"{PLACE_PREFIX}{int(start * 1000)}-{int(expiry * 1000)}-{cost:.0f}-{token}").touch()
-        return retry, token
+        (self.folder / f"{PLACE_PREFIX}{int((now + due) * 1000)}-{int(expiry * 1000)}-{cost:.0f}-{token}").touch()
+        return retry, token, due
 
     def release(self, tickets: Iterable[str]) -> None:
         for name in tickets:

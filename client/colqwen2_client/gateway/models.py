@@ -199,7 +199,7 @@ def status_for(error: ColQwen2Error) -> int:
 def public_detail(error: BaseException) -> str:
     """An error's message for the gateway's callers: without the place in line the server handed the gateway's
     own client (a token another caller could claim)."""
-    return re.sub(r" with place [0-9a-f]+", "", str(error))
+    return re.sub(r" with place [0-9a-f]+(?: due in [\d.]+ s)?", "", str(error))
 
 
 def retry_headers(error: BaseException) -> dict[str, str]:
