@@ -82,7 +82,7 @@ def infer(options: _base.ClientOptions, model: str, name: str, items: list[bytes
     """One request carrying every item, retried with backoff while its error is retryable, each retry claiming
     the place in line its busy refusal gave it (`held`: a place the items already hold)."""
     retry = _base.Retry(options.max_retries)
-    place = (held or retry.first_place) if retry.places and options.max_retries else None
+    place = (held or retry.first_place) if options.max_retries else None
     for attempt in range(options.max_retries + 1):
         try:
             return (yield Call("infer", (model, name, items), {"place": place}))
