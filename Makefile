@@ -113,7 +113,7 @@ format: $(STAMP) ## apply ruff fixes and formatting
 # 8 layers), real (Qwen2-VL-2B shapes, for a GPU host: add BENCH_ARGS="--device gpu").
 BENCH_SIZE ?= medium
 BENCH_ARTIFACTS ?= artifacts/$(BENCH_SIZE)
-bench: $(STAMP) ## serving benchmark (BENCH_SIZE=medium): Triton sweep vs in-process references, report + plots (~12 min on medium)
+bench: $(STAMP) ## serving benchmark (BENCH_SIZE=medium): Triton sweep vs in-process references, report + plots, two sweeps (~35 min on medium)
 	@[ -f "$(BENCH_ARTIFACTS)/manifest.json" ] || { [ -f checkpoints/$(BENCH_SIZE)/config.json ] || \
 		$(PY) -m export.random_checkpoint checkpoints/$(BENCH_SIZE) --size $(BENCH_SIZE); \
 		$(PY) -m export --checkpoint checkpoints/$(BENCH_SIZE) --out $(BENCH_ARTIFACTS); }
