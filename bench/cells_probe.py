@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     import colqwen2_client.qdrant as visual
     import colqwen2_client.stores as stores
     from colqwen2_client.catalog import point_id
-    from colqwen2_client.qdrant import CELL, ITEM
+    from colqwen2_client.qdrant import CELL, ITEM, rank_by_cells
 
     visual.CELL_SIZE, stores.HNSW_PAYLOAD_M = args.cell_size, args.payload_m
     stores.HNSW_M = args.m or stores.HNSW_M
@@ -85,15 +85,12 @@ def main(argv: list[str] | None = None) -> int:
 
     def candidates(q: np.ndarray, params) -> list[str]:
         """As `VisualIndex.cell_candidates`, with the search parameters given."""
-        best: dict[str, dict[int, float]] = {}
-        for t, vector in enumerate(q):
+        found = []
+        for vector in q:
             request = edge.QueryRequest(limit=args.cell_hits, query=edge.Query.Nearest(vector.tolist(), using=CELL),
                                         params=params, with_payload=True)  # fmt: skip
-            for p in shard.query(request):
-                item = best.setdefault(str(p.payload[ITEM]), {})
-                item[t] = max(item.get(t, -1.0), p.score)
-        ranked = sorted(((sum(v.values()), k) for k, v in best.items()), reverse=True)
-        return [k for _, k in ranked[: args.prefetch]]
+            found.append([(str(p.payload[ITEM]), p.score) for p in shard.query(request)])
+        return [k for _, k in rank_by_cells(found)[: args.prefetch]]
 
     searches = [("exact", edge.SearchParams(exact=True)), ("hnsw, default ef", None)]
     searches += [(f"hnsw, ef {ef}", edge.SearchParams(hnsw_ef=ef)) for ef in (128, 512, 1024)]

@@ -9,7 +9,7 @@ each query vector takes its `--hits` nearest cells
 - exactly (a scan of every cell): what the pooling alone loses, the ceiling of any graph over the cells;
 - through `--lists` k-means lists (an inverted file: `--nprobe` nearest lists scanned exactly per query vector): a
   first stage that needs no graph, only a k-means and an assignment, whose cost is the cells scanned per query vector.
-Items score the sum over query vectors of their best cell found, as `VisualIndex.cell_candidates` scores them, and
+Items score the sum over query vectors of their best cell found (`qdrant.rank_by_cells`, as the index ranks them), and
 the best `--prefetch` items are reranked exactly. Memory: the cells in float16 (about 3 GB at 100,000 items).
 """
 
@@ -31,23 +31,15 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
-def candidates(found: list[list[tuple[int, float]]]) -> np.ndarray:
-    """Items by the sum over query vectors of their best cell found (VisualIndex.cell_candidates' score)."""
-    best: dict[int, dict[int, float]] = {}
-    for t, hits in enumerate(found):
-        for item, score in hits:
-            slot = best.setdefault(item, {})
-            slot[t] = max(slot.get(t, -np.inf), score)
-    ranked = sorted(((sum(v.values()), k) for k, v in best.items()), reverse=True)
-    return np.array([k for _, k in ranked], dtype=np.int64)
+def recall(scores: np.ndarray, found: list[list[tuple[int, float]]], prefetch: int) -> float:
+    """recall@10 (`make bench-scale`'s: ties with the exact 10th count) of the exact rerank of the `prefetch` best
+    items by `rank_by_cells` over the cells found per query vector."""
+    from colqwen2_client.qdrant import rank_by_cells
 
-
-def recall(scores: np.ndarray, found: np.ndarray, prefetch: int) -> float:
-    """Share of the exact top 10 (ties within scale.TIE of the 10th count) in the exact rerank of `prefetch`."""
-    top = found[:prefetch]
-    reranked = top[np.argsort(-scores[top], kind="stable")][: scale.LIMIT]
-    tenth = np.sort(scores)[-scale.LIMIT]
-    return float(np.mean(scores[reranked] >= tenth - abs(tenth) * scale.TIE))
+    top = np.array([item for _, item in rank_by_cells(found)[:prefetch]], dtype=np.int64)
+    reranked = top[np.argsort(-scores[top], kind="stable")]
+    truth = scale._truth(scores[None, :], None, list(range(len(scores))))[0]
+    return scale._recall(reranked.tolist(), truth)
 
 
 def kmeans(x: np.ndarray, k: int, iterations: int, rng: np.random.Generator) -> np.ndarray:
@@ -101,8 +93,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{len(queries)} text-like queries: scored in {time.perf_counter() - started:.0f} s")  # fmt: skip
 
     def report(label: str, found_per_query: list[list[list[tuple[int, float]]]], scanned: float) -> None:
-        rows = np.array([[recall(exact[q], candidates(f), p) for p in args.prefetch] for q, f in
-                         enumerate(found_per_query)])  # fmt: skip
+        rows = np.array([[recall(exact[q], f, p) for p in args.prefetch] for q, f in enumerate(found_per_query)])
         means, lows = rows.mean(0), rows.min(0)
         cols = ", ".join(f"{p}: {m:.3f} (min {lo:.1f})" for p, m, lo in zip(args.prefetch, means, lows, strict=True))
         print(f"{label}: recall@10 at prefetch {cols}; cells scanned per query vector {scanned:,.0f}", flush=True)

@@ -162,12 +162,12 @@ def run_config(name: str, args, data: list[bytes], levels: list[int]) -> tuple[l
             started = time.perf_counter()
             asyncio.run(drive(url, protocol, MODEL, data, 2, 4))  # warm up connections and arenas
             rate = 4 / (time.perf_counter() - started)  # images/s, a first guess: sizes the levels
-            for concurrency in sweep_order(levels, args.sweeps):
+            for sweep, concurrency in sweep_order(levels, args.sweeps):
                 # saturated levels long enough to hold their rate, and every level at least `min_level_s` long:
                 # a level of a few seconds measures the machine's noise (10 % here) more than the level
                 requests = max(args.requests, 4 * concurrency, math.ceil(rate * args.min_level_s))
                 level = measure_level(server, name, protocol, encoder, data, concurrency, requests, gpu, admission_ms)
-                level.sweep = sum(lv.concurrency == concurrency and lv.protocol == protocol for lv in results)
+                level.sweep = sweep
                 results.append(level)
                 if math.isfinite(level.window_images_per_s):
                     rate = max(rate, level.window_images_per_s)
@@ -193,10 +193,10 @@ def _target(name: str, measured: float | None, op: str, goal: float, unit: str, 
     return {"target": name, "measured": measured, "goal": f"{op} {goal:g}{unit}", "met": ok, "not_measured": why_not}
 
 
-def sweep_order(levels: list[int], sweeps: int) -> list[int]:
-    """The levels of `sweeps` passes, every other one backward (1, 4, 16, 64, 64, 16, 4, 1): a drift of the
+def sweep_order(levels: list[int], sweeps: int) -> list[tuple[int, int]]:
+    """(sweep, level) over `sweeps` passes, every other one backward (1, 4, 16, 64, 64, 16, 4, 1): a drift of the
     machine's speed over the run (up to 10 % between runs here) weighs on every level's mean alike."""
-    return [c for k in range(sweeps) for c in (levels if k % 2 == 0 else levels[::-1])]
+    return [(k, c) for k in range(sweeps) for c in (levels if k % 2 == 0 else levels[::-1])]
 
 
 def level_means(levels: list[Level], config: str, metric: str = "images_per_s") -> dict[int, float]:

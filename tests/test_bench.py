@@ -127,8 +127,8 @@ def test_goodput_averages_each_level_over_sweeps_forward_and_back():
     compares the levels' means, not one lucky or unlucky pass."""
     from bench.serving import Level, overload_targets, sweep_order
 
-    assert sweep_order([1, 4, 16, 64], 2) == [1, 4, 16, 64, 64, 16, 4, 1]
-    assert sweep_order([1, 4], 3) == [1, 4, 4, 1, 1, 4]
+    assert [c for _, c in sweep_order([1, 4, 16, 64], 2)] == [1, 4, 16, 64, 64, 16, 4, 1]
+    assert sweep_order([1, 4], 3) == [(0, 1), (0, 4), (1, 4), (1, 1), (2, 1), (2, 4)]
 
     def level(concurrency: int, rate: float, sweep: int) -> Level:
         ms = dict(p50_ms=1.0, p95_ms=1.0, p99_ms=1.0, mean_ms=1.0, encoder_ms=1.0, preprocess_ms=1.0, queue_ms=0.0)

@@ -41,7 +41,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, TypeVar
 
 import numpy as np
 
@@ -786,13 +786,12 @@ class VisualIndex:
         payload). A query vector that finds none of an item's cells adds nothing to it."""
         if self.schema.first_stage != "cells":
             raise InvalidInputError(f"collection {self.name!r} has no 'cells' first stage")
-        best: dict[str, dict[int, float]] = {}
-        for t, vector in enumerate(query.vectors):
-            for p in self.store.query(self.cells_name, vector, CELL, self.settings.cell_hits, where):
-                item = best.setdefault(str(p.payload[ITEM]), {})
-                item[t] = max(item.get(t, -1.0), p.score)
-        totals = sorted(((sum(v.values()), pid) for pid, v in best.items()), reverse=True)[:limit]
-        return [Hit(pid, score, {}) for score, pid in totals]
+        hits = self.settings.cell_hits
+        found = (
+            ((str(p.payload[ITEM]), p.score) for p in self.store.query(self.cells_name, v, CELL, hits, where))
+            for v in query.vectors
+        )
+        return [Hit(pid, score, {}) for score, pid in rank_by_cells(found)[:limit]]
 
     def stored_vectors(self, ids: Sequence[str], name: str = MULTI) -> dict[str, np.ndarray]:
         """A named vector as stored (`colqwen2`: after any token pooling, in float16), by point id."""
@@ -801,6 +800,20 @@ class VisualIndex:
     def records(self, ids: Sequence[str], vectors: Sequence[str] = ()) -> list[Record]:
         """Stored points (payload, and the named vectors asked for)."""
         return self.store.retrieve(self.name, list(ids), True, vectors)
+
+
+K = TypeVar("K")  # an item's key: its point id, or an index in the benchmarks
+
+
+def rank_by_cells(found: Iterable[Iterable[tuple[K, float]]]) -> list[tuple[float, K]]:
+    """First stage `cells`' item score from the cells each query vector found, as (item, cosine) pairs: the sum over
+    query vectors of the item's best cell among them (one that found none of its cells adds nothing); best first."""
+    best: dict[K, dict[int, float]] = {}
+    for t, hits in enumerate(found):
+        for item, score in hits:
+            slot = best.setdefault(item, {})
+            slot[t] = max(slot.get(t, score), score)
+    return sorted(((sum(v.values()), item) for item, v in best.items()), reverse=True)
 
 
 def migrate(old: str | Path, index: VisualIndex, batch: int = 256) -> int:
